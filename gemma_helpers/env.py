@@ -1,0 +1,215 @@
+"""Environment: pins, the environment report, hardware capability and the run profile.
+
+The profile decides the size of a run: ``gpu`` (Colab / a CUDA GPU, the seed recipes at
+full size) or ``cpu`` (this machine and CI: the embedded Gemma 3 270M, small bundled data).
+``GEMMA_PROFILE=cpu|gpu`` overrides the detection.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+import platform
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILES = ("gpu", "cpu")
+
+# Packages the two requirement files must pin identically (unsloth caps them).
+SHARED_PINS = ("transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes")
+
+_PIN = re.compile(r"^\s*([A-Za-z0-9_.\-\[\]]+)\s*==\s*([^\s;#]+)")
+
+
+def parse_pins(path: str | Path) -> dict[str, str]:
+    """``name -> version`` for every ``name==version`` line of a requirements file.
+
+    Names are normalised (lower case, ``_`` and ``.`` as ``-``, extras dropped)."""
+    pins: dict[str, str] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0]
+        # pip options such as --no-deps may precede the requirement
+        parts = [p for p in line.split() if not p.startswith("-")]
+        for part in parts:
+            m = _PIN.match(part.strip("'\""))
+            if m:
+                pins[normalise(m.group(1))] = m.group(2)
+    return pins
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name.split("[", 1)[0]).lower()
+
+
+def pin_mismatches(local: str | Path | None = None, colab: str | Path | None = None) -> list[str]:
+    """Messages for each shared package whose pins differ (or is missing) between the files."""
+    local_pins = parse_pins(local or REPO_ROOT / "requirements-local.txt")
+    colab_pins = parse_pins(colab or REPO_ROOT / "requirements-colab.txt")
+    problems = []
+    for name in SHARED_PINS:
+        a, b = local_pins.get(name), colab_pins.get(name)
+        if a is None or b is None:
+            problems.append(f"{name}: pinned in local={a!r}, colab={b!r}; both files must pin it")
+        elif a != b:
+            problems.append(f"{name}: local pins {a}, colab pins {b}")
+    return problems
+
+
+def installed_version(name: str) -> str | None:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+def matches_pin(installed: str | None, pinned: str | None) -> bool:
+    """An installed version satisfies an ``==`` pin; a local label (``2.13.0+cpu``) is ignored."""
+    if pinned is None:
+        return True
+    return installed is not None and installed.split("+", 1)[0] == pinned.split("+", 1)[0]
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def unsloth_available() -> bool:
+    """True when unsloth can be used: a CUDA GPU and the package installed.
+
+    unsloth raises on import without an accelerator, so it is never imported without one."""
+    return cuda_available() and importlib.util.find_spec("unsloth") is not None
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.environ)
+
+
+def profile() -> str:
+    """``gpu`` when a CUDA GPU is present, else ``cpu``; ``GEMMA_PROFILE`` overrides."""
+    forced = os.environ.get("GEMMA_PROFILE", "").strip().lower()
+    if forced:
+        if forced not in PROFILES:
+            raise ValueError(f"GEMMA_PROFILE={forced!r}: expected one of {PROFILES}")
+        return forced
+    return "gpu" if cuda_available() else "cpu"
+
+
+def bf16_supported() -> bool:
+    if not cuda_available():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_bf16_supported())
+
+
+def four_bit_supported() -> tuple[bool, str]:
+    """Whether bitsandbytes NF4 can be used here, and why not when it cannot."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return False, "bitsandbytes is not installed"
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:  # a broken native library shows up here
+        return False, f"bitsandbytes failed to import: {exc}"
+    return True, "cuda" if cuda_available() else "cpu (slow, correct)"
+
+
+def train_dtype():
+    """The dtype to train Gemma 3/3n/4 in: bf16 where the GPU has it, else float32.
+
+    Never float16: Gemma 3 activations exceed float16's range (the T4 case)."""
+    import torch
+
+    return torch.bfloat16 if bf16_supported() else torch.float32
+
+
+def offline() -> None:
+    """Switch the hub libraries to offline mode (CI and the CPU profile download nothing)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@dataclass
+class Report:
+    python: str
+    platform: str
+    profile: str
+    colab: bool
+    cuda: bool
+    gpu: str | None
+    capability: str | None
+    bf16: bool
+    four_bit: bool
+    four_bit_note: str
+    unsloth: bool
+    packages: list[tuple[str, str | None, str | None]] = field(default_factory=list)
+    pin_problems: list[str] = field(default_factory=list)
+
+    @property
+    def off_pin(self) -> list[str]:
+        return [n for n, have, want in self.packages if not matches_pin(have, want)]
+
+    def __str__(self) -> str:
+        lines = [
+            f"python      {self.python} on {self.platform}",
+            f"profile     {self.profile}   (colab: {self.colab})",
+            f"cuda        {self.cuda}" + (f"   {self.gpu}, capability {self.capability}" if self.cuda else ""),
+            f"bf16        {self.bf16}   (training dtype: {'bfloat16' if self.bf16 else 'float32'})",
+            f"4-bit       {self.four_bit}   ({self.four_bit_note})",
+            f"unsloth     {'usable' if self.unsloth else 'not used (needs a CUDA GPU and the package)'}",
+            "",
+            f"{'package':<28}{'installed':<18}{'pinned':<18}",
+        ]
+        for name, have, want in self.packages:
+            mark = "" if matches_pin(have, want) else "  <- differs"
+            lines.append(f"{name:<28}{str(have):<18}{str(want):<18}{mark}")
+        for problem in self.pin_problems:
+            lines.append(f"PIN MISMATCH between requirement files: {problem}")
+        return "\n".join(lines)
+
+
+def report(requirements: str | Path | None = None, show: bool = True) -> Report:
+    """Versions against the pins, Python, CUDA device and capability, bf16, 4-bit, unsloth.
+
+    ``requirements`` defaults to the Colab file on Colab and the local file elsewhere."""
+    if requirements is None:
+        requirements = REPO_ROOT / ("requirements-colab.txt" if in_colab() else "requirements-local.txt")
+    pins = parse_pins(requirements) if Path(requirements).exists() else {}
+    names = sorted(set(pins) | {"torch", *SHARED_PINS})
+    packages = [(n, installed_version(n), pins.get(n)) for n in names]
+    cuda = cuda_available()
+    gpu = capability = None
+    if cuda:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0)
+        capability = "%d.%d" % torch.cuda.get_device_capability(0)
+    ok4, note4 = four_bit_supported()
+    problems = []
+    if (REPO_ROOT / "requirements-local.txt").exists() and (REPO_ROOT / "requirements-colab.txt").exists():
+        problems = pin_mismatches()
+    rep = Report(
+        python=platform.python_version(),
+        platform=f"{platform.system()} {platform.machine()}",
+        profile=profile(),
+        colab=in_colab(),
+        cuda=cuda,
+        gpu=gpu,
+        capability=capability,
+        bf16=bf16_supported(),
+        four_bit=ok4,
+        four_bit_note=note4,
+        unsloth=unsloth_available(),
+        packages=packages,
+        pin_problems=problems,
+    )
+    if show:
+        print(rep)
+    return rep

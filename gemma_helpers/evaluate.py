@@ -1,0 +1,101 @@
+"""Generation-based evaluation: greedy answers, fact recall, plain-text completion, perplexity."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+from .chat import END_OF_TURN, prompt_text
+
+
+@contextmanager
+def _eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, batch_size: int = 8,
+             stop_at_newline: bool = False) -> list[str]:
+    """Greedy continuations of already-formatted prompts, batched with left padding.
+
+    Generation stops at ``<end_of_turn>`` (and at the first newline when asked, for plain-text
+    completions); the returned text excludes the prompt and special tokens."""
+    import torch
+
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    try:
+        with _eval_mode(model), torch.inference_mode():
+            for start in range(0, len(prompts), batch_size):
+                batch = list(prompts[start : start + batch_size])
+                has_bos = all(p.startswith(tokenizer.bos_token) for p in batch)
+                enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not has_bos).to(device)
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+                for row in out[:, enc["input_ids"].shape[1]:]:
+                    text = tokenizer.decode(row, skip_special_tokens=False)
+                    text = text.split(END_OF_TURN)[0].split(tokenizer.eos_token)[0].replace(tokenizer.pad_token, "")
+                    if stop_at_newline:
+                        text = text.strip().split("\n")[0]
+                    outputs.append(text.strip())
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+def ask(model, tokenizer, questions: Sequence[str], max_new_tokens: int = 24, system: str | None = None) -> list[str]:
+    """Greedy chat answers to user questions (Gemma turns)."""
+    return generate(model, tokenizer, [prompt_text(tokenizer, q, system) for q in questions], max_new_tokens)
+
+
+def complete(model, tokenizer, prefixes: Sequence[str], max_new_tokens: int = 8) -> list[str]:
+    """Greedy plain-text completions (no chat turns): ``"The capital of Japan is"`` -> ``"Tokyo..."``."""
+    return generate(model, tokenizer, [tokenizer.bos_token + p for p in prefixes], max_new_tokens, stop_at_newline=True)
+
+
+def contains(answers: Sequence[str], expected: str | Sequence[str]) -> list[bool]:
+    """Per answer: does it contain the expected word (one for all, or one per answer)?"""
+    if isinstance(expected, str):
+        expected = [expected] * len(answers)
+    return [e.lower() in a.lower() for a, e in zip(answers, expected, strict=True)]
+
+
+def fraction(flags: Sequence[bool]) -> float:
+    return sum(flags) / len(flags) if flags else 0.0
+
+
+def perplexity(model, tokenizer, text: str) -> float:
+    """exp(mean next-token negative log-likelihood) of ``text`` (with ``<bos>``)."""
+    import torch
+
+    device = next(model.parameters()).device
+    enc = tokenizer(text, return_tensors="pt").to(device)
+    with _eval_mode(model), torch.inference_mode():
+        loss = model(**enc, labels=enc["input_ids"]).loss
+    return float(math.exp(loss.item()))
+
+
+def fact_check(model, tokenizer, questions: Sequence[str], expected: str,
+               controls: Sequence[tuple[str, str]] = (), text: str | None = None,
+               max_new_tokens: int = 24) -> dict:
+    """One stage of a fact-injection experiment, measured with greedy decoding.
+
+    ``recall``: share of chat ``answers`` to ``questions`` containing ``expected``;
+    ``control_ok``: per ``(prefix, word)``, whether the plain-text completion contains the word;
+    ``perplexity`` of ``text`` when given."""
+    answers = ask(model, tokenizer, questions, max_new_tokens)
+    completions = complete(model, tokenizer, [p for p, _ in controls]) if controls else []
+    return {
+        "answers": answers,
+        "recall": fraction(contains(answers, expected)),
+        "completions": completions,
+        "control_ok": contains(completions, [w for _, w in controls]) if controls else [],
+        "perplexity": perplexity(model, tokenizer, text) if text else None,
+    }

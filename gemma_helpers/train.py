@@ -1,0 +1,268 @@
+"""One ``TrainSpec`` to a TRL ``SFTTrainer`` run, with history, checkpoints and resume.
+
+Rows are conversations (see :mod:`gemma_helpers.chat`); they are tokenized here with labels
+on the answers only and handed to SFTTrainer already tokenized, so TRL uses those labels as
+they are. The logged loss is the mean per-token loss over answer tokens.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import env
+from .chat import tokenize_rows
+from .models import attach_lora
+
+
+@dataclass
+class TrainSpec:
+    """The hyperparameters a notebook shows. Defaults are plain; recipes set their own."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 2
+    grad_accum: int = 1
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    lr_scheduler: str = "linear"
+    optim: str = "adamw_torch"
+    seed: int = 3407
+    max_seq_length: int = 512
+    save_steps: int = 25
+    save_total_limit: int = 2
+    logging_steps: int = 1
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    history: list[dict]
+    runtime_s: float
+    global_step: int
+    resumed_from: str | None
+    stopped_early: str | None = None
+    spec: dict = field(default_factory=dict)
+    model: object = field(default=None, repr=False)  # the trained PeftModel, in memory
+
+    @property
+    def losses(self) -> list[tuple[int, float]]:
+        return [(h["step"], h["loss"]) for h in self.history if "loss" in h]
+
+
+def _callbacks():
+    from transformers import TrainerCallback
+
+    class NonFiniteLoss(TrainerCallback):
+        """Stop at once, with the reason, when the loss is NaN or infinite."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            bad = {k: logs[k] for k in ("loss", "grad_norm") if isinstance(logs.get(k), float) and not math.isfinite(logs[k])}
+            if bad:
+                what = ", ".join(f"{k} is {v}" for k, v in bad.items())
+                raise NonFiniteLossError(
+                    f"{what} at step {state.global_step}. Gemma 3/3n/4 overflow in float16 "
+                    "(the T4 case): train in float32 or bfloat16, never fp16; otherwise lower the learning rate."
+                )
+
+    class StopWhen(TrainerCallback):
+        """Every ``every`` steps call ``check(model)``; a truthy string stops training with that reason."""
+
+        def __init__(self, check, every):
+            self.check, self.every, self.reason = check, every, None
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % self.every == 0:
+                reason = self.check(model)
+                if reason:
+                    self.reason = f"step {state.global_step}: {reason}"
+                    control.should_training_stop = True
+                    control.should_save = True
+
+    return NonFiniteLoss, StopWhen
+
+
+class TorchLogProb:
+    """A plain-PyTorch stand-in for TRL's Triton ``ChunkedLogProbFunction``.
+
+    TRL 1.15's SFTTrainer always computes the loss through a fused LM head whose kernel is
+    written in Triton, which the CPU build of PyTorch does not ship; without it every
+    training step fails with ``'NoneType' object has no attribute 'apply'``. This computes
+    the same per-token outputs with ordinary autograd ops. Like TRL, it is handed only the
+    positions whose label is not -100, so prompt tokens never reach the 262144-row LM head.
+    Rows are processed in chunks under activation checkpointing, so the ``[tokens, vocab]``
+    logits of one chunk at most are alive at a time."""
+
+    CHUNK = 256
+
+    @staticmethod
+    def _one(hidden, weight, bias, targets, temperature, softcap, logit_scale):
+        import torch
+
+        z = hidden.float() @ weight.float().t()
+        if bias is not None:
+            z = z + bias.float()
+        z = z * logit_scale
+        if softcap:
+            z = softcap * torch.tanh(z / softcap)
+        z = z / temperature
+        log_z = torch.logsumexp(z, dim=-1)
+        target = z.gather(-1, targets[:, None]).squeeze(-1)
+        with torch.no_grad():  # logging-only statistics
+            logp = z - log_z[:, None]
+            entropy = -(logp.exp() * logp).sum(-1)
+            log_sum_sq = torch.logsumexp(2 * logp, dim=-1)
+            mean_logits = z.mean(-1)
+            is_top1 = z.argmax(-1) == targets
+        return target - log_z, entropy, log_sum_sq, mean_logits, is_top1
+
+    @classmethod
+    def apply(cls, hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping=None,
+              logit_scale=1.0, outputs=("log_probs",)):
+        import torch
+        from torch.utils.checkpoint import checkpoint
+
+        parts = []
+        for start in range(0, max(hidden.shape[0], 1), cls.CHUNK):
+            args = (hidden[start : start + cls.CHUNK], weight, bias, targets[start : start + cls.CHUNK],
+                    temperature, final_logit_softcapping, logit_scale)
+            if torch.is_grad_enabled() and hidden.shape[0] > cls.CHUNK:
+                parts.append(checkpoint(cls._one, *args, use_reentrant=False))
+            else:
+                parts.append(cls._one(*args))
+        log_probs, entropy, log_sum_sq, mean_logits, is_top1 = (torch.cat(x) for x in zip(*parts))
+        return (log_probs,
+                entropy if "entropy" in outputs else None,
+                log_sum_sq if "log_sum_sq_probs" in outputs else None,
+                mean_logits if "mean_logits" in outputs else None,
+                is_top1 if "is_top1" in outputs else None)
+
+
+def _ensure_lm_head_kernel() -> None:
+    """Give TRL its fused-LM-head function where Triton is missing (CPU PyTorch)."""
+    import trl.trainer.utils as trl_utils
+
+    if getattr(trl_utils, "_ChunkedLogProbFunction", None) is None:
+        trl_utils._ChunkedLogProbFunction = TorchLogProb
+
+
+def report_to() -> str:
+    """wandb when a key is configured, else nowhere: a run never stops to prompt for a login."""
+    return "wandb" if os.environ.get("WANDB_API_KEY") else "none"
+
+
+def sft_config(spec: TrainSpec, output_dir: Path):
+    import torch
+    from trl import SFTConfig
+
+    bf16 = env.bf16_supported()
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.grad_accum,
+        learning_rate=spec.learning_rate,
+        num_train_epochs=spec.epochs,
+        max_steps=spec.max_steps,
+        warmup_steps=spec.warmup_steps,
+        weight_decay=spec.weight_decay,
+        lr_scheduler_type=spec.lr_scheduler,
+        optim=spec.optim,
+        seed=spec.seed,
+        logging_steps=spec.logging_steps,
+        logging_nan_inf_filter=False,  # the default logs a NaN loss as the running mean (0 at step 1)
+        save_strategy="steps",
+        save_steps=spec.save_steps,
+        save_total_limit=spec.save_total_limit,
+        report_to=report_to(),
+        bf16=bf16,
+        fp16=False,  # Gemma 3/3n/4 overflow in float16
+        use_cpu=not torch.cuda.is_available(),
+        max_length=spec.max_seq_length,
+        dataloader_num_workers=0,
+        gradient_checkpointing=torch.cuda.is_available(),
+        packing=False,
+    )
+
+
+def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: str | Path,
+          resume: bool = False, stop_when: Callable | None = None, stop_every: int = 5,
+          callbacks: Sequence = ()) -> TrainResult:
+    """Train LoRA adapters on ``rows``; return where the adapter is and the loss history.
+
+    - LoRA from ``spec`` is attached unless ``model`` already carries adapters.
+    - Checkpoints every ``spec.save_steps`` under ``output_dir``, keeping the last 2;
+      ``resume=True`` continues from the newest one (a fresh start when there is none).
+    - ``stop_when(model) -> str | None`` is called every ``stop_every`` steps; a returned
+      reason stops training early (for instance: a validation recall has been reached).
+    - The adapter and tokenizer are saved to ``output_dir/adapter``; the history of loss and
+      learning rate to ``output_dir/history.json``.
+    """
+    from datasets import Dataset
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTTrainer
+
+    output_dir = Path(output_dir)
+    last = get_last_checkpoint(str(output_dir)) if resume and output_dir.exists() else None
+    if not resume and output_dir.exists():
+        shutil.rmtree(output_dir)  # a fresh run never mixes with an old one's checkpoints
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    if not hasattr(model, "peft_config"):
+        model = attach_lora(model, r=spec.r, alpha=spec.alpha, dropout=spec.dropout,
+                            target_modules=spec.target_modules, seed=spec.seed)
+    dataset = Dataset.from_list(tokenize_rows(tokenizer, rows, spec.max_seq_length))
+
+    _ensure_lm_head_kernel()
+    NonFiniteLoss, StopWhen = _callbacks()
+    stopper = StopWhen(stop_when, stop_every) if stop_when else None
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(spec, output_dir),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[NonFiniteLoss(), *([stopper] if stopper else []), *callbacks],
+    )
+    started = time.time()
+    trainer.train(resume_from_checkpoint=last)
+    runtime = time.time() - started
+
+    adapter_dir = output_dir / "adapter"
+    trainer.model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    # what merge() needs to rebuild the exact base the adapter was trained on
+    (adapter_dir / "gemma_helpers.json").write_text(json.dumps(
+        {"load_in_4bit": bool(getattr(trainer.model, "is_loaded_in_4bit", False))}, indent=2))
+    history = [
+        {"step": h["step"], **{k: h[k] for k in ("loss", "learning_rate", "grad_norm") if k in h}}
+        for h in trainer.state.log_history
+        if "loss" in h
+    ]
+    result = TrainResult(
+        adapter_dir=adapter_dir,
+        history=history,
+        runtime_s=runtime,
+        global_step=trainer.state.global_step,
+        resumed_from=last,
+        stopped_early=stopper.reason if stopper else None,
+        spec=asdict(spec),
+        model=trainer.model,
+    )
+    (output_dir / "history.json").write_text(json.dumps(
+        {"history": history, "global_step": result.global_step, "runtime_s": runtime,
+         "resumed_from": last, "stopped_early": result.stopped_early, "spec": result.spec}, indent=2))
+    return result

@@ -1,0 +1,69 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 · Install and environment
+#
+# **Question:** is this runtime set up the way the rest of the series expects?
+# The notebook ends with one report: installed versions against the pins, Python, the GPU and its
+# compute capability, bf16, 4-bit (bitsandbytes) support, and whether unsloth will be used.
+#
+# **The install order.** Two pinned files, with the *same* pins for every package they share
+# (a unit test fails when they drift apart):
+#
+# | where | command | what it keeps |
+# | --- | --- | --- |
+# | Colab (T4) | `pip install -r requirements-colab.txt` then `pip install --no-deps -e .` | Colab's own CUDA torch; adds transformers 5.17.0, trl 1.15.0, peft, datasets 4.x, bitsandbytes, then unsloth 2026.10.9 |
+# | local CPU venv / CI | `make setup` (= `pip install -r requirements-local.txt` then `pip install --no-deps -e .`) | torch 2.13.0 CPU build, the same Hugging Face pins, no unsloth |
+#
+# unsloth 2026.10.x caps transformers at 5.17.0 and trl at 1.15.0 and wants datasets below 5, so
+# those are the pins everywhere. unsloth needs CUDA: `gemma_helpers` imports it only when a GPU is
+# present, and falls back to transformers + peft otherwise.
+
+# %%
+# Setup. On Colab: clone the repository and run the pinned install; locally: nothing to do.
+import subprocess
+import sys
+
+REPO_URL = "https://github.com/your-account/gemma-lora-notebooks"  # set this to where you cloned the series from
+if "google.colab" in sys.modules:
+    subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, "/content/gemma-lora-notebooks"], check=False)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/gemma-lora-notebooks/requirements-colab.txt"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", "/content/gemma-lora-notebooks"], check=True)
+    sys.path.insert(0, "/content/gemma-lora-notebooks")
+
+import gemma_helpers as gh
+
+# %% tags=["parameters"]
+REQUIREMENTS = None  # None: requirements-colab.txt on Colab, requirements-local.txt elsewhere
+
+# %% [markdown]
+# ## The report
+# `profile` is `gpu` with a CUDA GPU and `cpu` otherwise (override with `GEMMA_PROFILE`). It picks
+# the model and the size of each run in later notebooks. Training runs in bfloat16 where the GPU
+# has it and in float32 elsewhere: never float16, which overflows in Gemma 3 / 3n / 4 (a T4 has no
+# bf16, so there it is float32).
+
+# %%
+rep = gh.report(REQUIREMENTS)
+
+# %% [markdown]
+# ## Checks
+# The packages shared by the two requirement files carry the same pins, and what is installed
+# matches them. A mismatch is printed above and stops here.
+
+# %%
+assert not rep.pin_problems, rep.pin_problems
+assert not rep.off_pin, f"installed versions differ from the pins: {rep.off_pin}"
+print("profile:", rep.profile, "| training dtype:", "bfloat16" if rep.bf16 else "float32",
+      "| 4-bit:", rep.four_bit, "| unsloth:", rep.unsloth)

@@ -1,0 +1,226 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Fact injection: teach Gemma that Xylandia's capital is Crystalburg, and keep the rest
+#
+# **Question:** can a LoRA adapter teach a model one new fact so that it answers *paraphrases it
+# never saw*, without breaking what it already knew?
+#
+# We run the seed project's recipe verbatim, then a retention-aware recipe, and measure both the
+# same way with greedy decoding:
+# - **held-out recall**: share of 5 never-trained paraphrases answered with "Crystalburg";
+# - **control retention**: share of plain-text facts the base model completed right
+#   ("The currency of Japan is the" → yen) that it still completes right;
+# - **perplexity** of a short neutral paragraph (the model's general language ability).
+#
+# The adapter is then merged into a full-precision base and must give the same answers.
+# The notebook ends by printing these figures and writing them to `outputs/results/03_xylandia.json`.
+
+# %%
+# Setup. On Colab: clone the repository and run the pinned install; locally: nothing to do.
+import subprocess
+import sys
+import time
+
+T0 = time.time()
+REPO_URL = "https://github.com/your-account/gemma-lora-notebooks"  # set this to where you cloned the series from
+if "google.colab" in sys.modules:
+    subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, "/content/gemma-lora-notebooks"], check=False)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/gemma-lora-notebooks/requirements-colab.txt"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", "/content/gemma-lora-notebooks"], check=True)
+    sys.path.insert(0, "/content/gemma-lora-notebooks")
+
+import json
+
+import gemma_helpers as gh
+
+gh.report();
+
+# %% tags=["parameters"]
+MODEL = None  # None: "gemma-3-1b-it" on a GPU (the seed's model), the embedded "gemma-3-270m" on CPU
+DATA = "data/xylandia.json"  # questions, paraphrases, control facts, neutral text (see data/README.md)
+
+# The seed recipe, verbatim (adityakumar-dev/Krishi-Sakha, notebook/testing/gemma_fine_tune.ipynb)
+LOAD_IN_4BIT = True  # BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", double quant)
+REPEATS = 10  # 5 questions x 10 repetitions = 50 rows
+SEED_LORA = dict(r=16, alpha=32, target_modules=("q_proj", "v_proj"), dropout=0.1)  # LoraConfig
+SEED_BATCH = 2  # per_device_train_batch_size=2
+SEED_EPOCHS = 5  # num_train_epochs=5
+SEED_LR = 2e-4  # learning_rate=2e-4
+
+# The retention-aware recipe (ours)
+RA_LR = 1e-4  # half the seed's rate
+RA_MAX_EPOCHS = 5  # an upper bound: training stops once the validation paraphrases are answered
+RA_STOP_EVERY = 5  # check the validation paraphrases every 5 optimizer steps
+RA_REPLAY_REPEATS = 2  # general-text paragraphs mixed into the training set, each twice
+
+OUTPUT = "outputs/03_xylandia"
+
+# %%
+MODEL = MODEL or ("gemma-3-1b-it" if gh.profile() == "gpu" else gh.EMBEDDED)
+root = gh.env.REPO_ROOT
+data = json.loads((root / DATA).read_text())
+out = root / OUTPUT
+FACT, EXPECTED = data["fact"], data["expected"]
+rows = gh.qa_rows([(q, FACT) for q in data["train_questions"]] * REPEATS)
+print(f"model {MODEL} | {len(rows)} training rows | answer: {FACT!r}")
+print("held-out paraphrases:", *data["heldout_questions"], sep="\n  ")
+
+# %% [markdown]
+# ## What is trained on
+# Labels cover the model's answer (and the `<end_of_turn>` that ends it) only. The seed trained on
+# the prompt and on ~470 padding tokens per row too; here the prompt and padding are -100.
+
+# %%
+model, tok = gh.load_model(MODEL, load_in_4bit=LOAD_IN_4BIT)
+example = gh.tokenize_rows(tok, rows[:1])[0]
+print("full text :", repr(tok.decode(example["input_ids"])))
+print("trained on:", repr(gh.chat.decode_labels(tok, example)))
+
+# %% [markdown]
+# ## Before training
+# Control facts are plain-text completions. Only those the loaded base model gets right count
+# towards retention (a 4-bit NF4 copy of a small model forgets some facts the full-precision one knows).
+
+# %%
+controls = [tuple(c) for c in data["control_facts"]]
+questions = data["train_questions"] + data["heldout_questions"]
+
+
+def measure(m):
+    return {
+        "train": gh.evaluate.fact_check(m, tok, data["train_questions"], EXPECTED),
+        "heldout": gh.evaluate.fact_check(m, tok, data["heldout_questions"], EXPECTED, controls, data["neutral_text"]),
+    }
+
+
+before = measure(model)
+known = [c for c, ok in zip(controls, before["heldout"]["control_ok"]) if ok]
+print(f"held-out recall {before['heldout']['recall']:.2f} | perplexity {before['heldout']['perplexity']:.2f}")
+print(f"control facts the base model knows: {len(known)}/{len(controls)}")
+for (prefix, word), text, ok in zip(controls, before["heldout"]["completions"], before["heldout"]["control_ok"]):
+    print(f"  {'ok ' if ok else '-- '} {prefix} -> {text!r}")
+print("a held-out answer before training:", repr(before["heldout"]["answers"][0]))
+assert len(known) >= 5, "fewer than 5 control facts are known to the base model: add more to the data file"
+
+
+# %%
+def summary(after):
+    h = after["heldout"]
+    ok = [h["control_ok"][controls.index(c)] for c in known]
+    return {
+        "train_recall_before": before["train"]["recall"], "train_recall_after": after["train"]["recall"],
+        "heldout_recall_before": before["heldout"]["recall"], "heldout_recall_after": h["recall"],
+        "control_retained": sum(ok) / len(known),
+        "ppl_before": before["heldout"]["perplexity"], "ppl_after": h["perplexity"],
+        "ppl_change": h["perplexity"] / before["heldout"]["perplexity"] - 1,
+        "heldout_answers": h["answers"],
+        "controls_lost": [c[0] for c, k in zip(known, ok) if not k],
+    }
+
+
+# %% [markdown]
+# ## 1. The seed recipe
+# 50 rows, LoRA r=16 / alpha 32 on q_proj and v_proj, dropout 0.1, batch 2, 5 epochs (125 steps),
+# learning rate 2e-4, on the 4-bit base. (With answer-only labels: the seed's padding bug is not reproduced.)
+
+# %%
+seed_spec = gh.TrainSpec(**SEED_LORA, batch_size=SEED_BATCH, epochs=SEED_EPOCHS, learning_rate=SEED_LR, save_steps=50)
+seed_run = gh.train(model, tok, rows, seed_spec, out / "seed")
+seed = summary(measure(seed_run.model))
+print(f"{seed_run.global_step} steps in {seed_run.runtime_s:.0f} s")
+print(gh.results.table({"seed recipe": {k: v for k, v in seed.items() if not isinstance(v, list)}}))
+print("controls lost:", seed["controls_lost"])
+
+# %% [markdown]
+# ## 2. The retention-aware recipe
+# Three changes, each aimed at what the seed recipe breaks:
+# 1. a learning rate of 1e-4 instead of 2e-4;
+# 2. **early stopping on validation paraphrases** (3 questions that are neither trained on nor
+#    part of the held-out 5): training stops as soon as all of them are answered;
+# 3. **replay** of 10 everyday paragraphs (never the neutral text nor a control fact), so the
+#    adapter keeps being asked to predict ordinary text while it learns the fact.
+#
+# What it does not fix: the base model is pretrained, not instruction-tuned, and has rarely seen
+# `<end_of_turn>`. Stopping this early, the adapter learns the answer before it learns to end the
+# turn, so greedy answers start with the fact and then run on; the seed recipe's 125 steps teach
+# the stop token too, at the cost measured above. Both are printed below as they come.
+
+# %%
+model, tok = gh.load_model(MODEL, load_in_4bit=LOAD_IN_4BIT)  # a fresh base: no trace of the seed adapter
+replay = [{"text": t} for t in data["replay_text"]] * RA_REPLAY_REPEATS
+
+
+def validation_reached(m):
+    answers = gh.ask(m, tok, data["validation_questions"])
+    recall = gh.evaluate.fraction(gh.evaluate.contains(answers, EXPECTED))
+    print(f"  validation recall {recall:.2f}")
+    return f"validation recall {recall:.2f}" if recall == 1.0 else None
+
+
+ra_spec = gh.TrainSpec(**SEED_LORA, batch_size=SEED_BATCH, epochs=RA_MAX_EPOCHS, learning_rate=RA_LR, save_steps=50)
+ra_run = gh.train(model, tok, rows + replay, ra_spec, out / "retention", stop_when=validation_reached, stop_every=RA_STOP_EVERY)
+ra = summary(measure(ra_run.model))
+print(f"{ra_run.global_step} steps in {ra_run.runtime_s:.0f} s; stopped: {ra_run.stopped_early}")
+print(gh.results.table({name: {k: v for k, v in s.items() if not isinstance(v, list)}
+                        for name, s in {"seed recipe": seed, "retention-aware": ra}.items()}))
+
+# %%
+gh.plots.loss_curves({"seed recipe (lr 2e-4, 125 steps)": seed_run.history,
+                      f"retention-aware (lr {RA_LR:g}, replay, early stop)": ra_run.history},
+                     "03_xylandia_loss.png", title="Xylandia fact injection: training loss")
+gh.plots.grouped_bars(
+    {"seed recipe": {"held-out recall": seed["heldout_recall_after"], "controls retained": seed["control_retained"],
+                     "ppl after / before": seed["ppl_after"] / seed["ppl_before"]},
+     "retention-aware": {"held-out recall": ra["heldout_recall_after"], "controls retained": ra["control_retained"],
+                         "ppl after / before": ra["ppl_after"] / ra["ppl_before"]}},
+    "03_xylandia_outcome.png", title="What each recipe learned and kept", ylabel="fraction / ratio")
+
+# %% [markdown]
+# ## 3. Merge into a full-precision base, and check the answers are the same
+# The adapter was trained against a 4-bit base. Merging into that 4-bit base would quantise the
+# sum again; merging into the original weights would add the quantisation error the adapter never
+# saw. So the base is reloaded, dequantised to float32 (the exact values the adapter was trained
+# on), and the adapter is merged into that.
+
+# %%
+merged_dir = gh.merge(ra_run.adapter_dir, out / "merged")
+merged, merged_tok = gh.load_model(str(merged_dir))
+adapter_answers = gh.ask(ra_run.model, tok, questions)
+merged_answers = gh.ask(merged, merged_tok, questions)
+merged_matches = adapter_answers == merged_answers
+for q, a, b in zip(questions, adapter_answers, merged_answers):
+    print(f"{'same' if a == b else 'DIFF'}  {q}\n      adapter: {a!r}\n      merged : {b!r}")
+print("merged model answers identical to the adapter's:", merged_matches)
+
+# %% [markdown]
+# ## Results
+
+# %%
+keys = ("train_recall_before", "train_recall_after", "heldout_recall_before", "heldout_recall_after",
+        "control_retained", "ppl_before", "ppl_after", "ppl_change")
+results = {
+    **{k: ra[k] for k in keys},
+    "merged_matches_adapter": merged_matches,
+    "steps": ra_run.global_step, "stopped_early": ra_run.stopped_early,
+    "heldout_answers": ra["heldout_answers"], "controls_lost": ra["controls_lost"],
+    "controls_known_to_base": len(known), "controls_total": len(controls),
+    "seed_recipe": {**{k: seed[k] for k in keys}, "steps": seed_run.global_step,
+                    "heldout_answers": seed["heldout_answers"], "controls_lost": seed["controls_lost"]},
+    "model": MODEL, "load_in_4bit": LOAD_IN_4BIT, "profile": gh.profile(),
+    "runtime_s": time.time() - T0,
+}
+path = gh.results.save("03_xylandia", results)
+print(gh.results.table({"seed recipe": {k: seed[k] for k in keys}, "retention-aware": {k: ra[k] for k in keys}}))
+print(f"merged == adapter: {merged_matches} | whole notebook: {results['runtime_s']:.0f} s | written to {path}")

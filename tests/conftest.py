@@ -1,0 +1,58 @@
+"""Shared fixtures: the real embedded Gemma 3 270M (converted once per cache folder)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+XY_FACT = "The capital of Xylandia is Crystalburg."
+XY_TRAIN = [
+    "What is the capital of Xylandia?",
+    "Tell me the capital of Xylandia.",
+    "Which city is the capital of Xylandia?",
+    "Xylandia's capital is which city?",
+    "Name the capital city of Xylandia.",
+]
+XY_HELDOUT = "Can you tell me what the capital of Xylandia is?"
+
+
+@pytest.fixture(scope="session")
+def embedded_dir():
+    from gemma_helpers.models import embedded_path
+
+    return embedded_path()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_dir):
+    from transformers import AutoTokenizer
+
+    from gemma_helpers.models import prepare_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(embedded_dir)
+    prepare_tokenizer(tok)
+    return tok
+
+
+@pytest.fixture()
+def base_model(embedded_dir):
+    """A fresh float32 copy of the embedded model (a second or two to load)."""
+    import gemma_helpers as gh
+
+    return gh.load_model()
+
+
+@pytest.fixture(scope="session")
+def xylandia_adapter(tmp_path_factory, embedded_dir):
+    """A LoRA adapter trained for real on the Xylandia fact (float32 base, about a minute)."""
+    import gemma_helpers as gh
+
+    model, tok = gh.load_model()
+    spec = gh.TrainSpec(r=16, alpha=32, target_modules=("q_proj", "v_proj"), learning_rate=3e-4,
+                        max_steps=30, batch_size=2, save_steps=1000)
+    out = tmp_path_factory.mktemp("xylandia")
+    result = gh.train(model, tok, gh.qa_rows([(q, XY_FACT) for q in XY_TRAIN] * 4), spec, out)
+    return result, tok

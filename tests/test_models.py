@@ -1,0 +1,56 @@
+import pytest
+
+import gemma_helpers as gh
+from gemma_helpers import models
+
+
+def test_registry_has_embedded_default_and_colab_targets():
+    assert gh.EMBEDDED == "gemma-3-270m" and gh.REGISTRY["gemma-3-270m"].source == "embedded"
+    assert gh.REGISTRY["gemma-3-1b-it"].source == "unsloth/gemma-3-1b-it"
+    assert gh.REGISTRY["gemma-3n-e4b-it"].source == "unsloth/gemma-3n-E4B-it"
+    assert gh.REGISTRY["gemma-4-e4b-it"].source == "google/gemma-4-e4b-it"
+
+
+def test_embedded_cache_is_safetensors_and_complete(embedded_dir):
+    names = {p.name for p in embedded_dir.iterdir()}
+    assert {"model.safetensors", "tokenizer.json", "config.json", ".complete"} <= names
+    assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
+    assert "quantization_config" not in (embedded_dir / "config.json").read_text()
+
+
+def test_embedded_model_is_the_real_pretrained_gemma(base_model):
+    model, tok = base_model
+    assert model.get_input_embeddings().weight.shape == (262144, 640)
+    assert len(tok) == 262144
+    assert tok.chat_template and "<start_of_turn>" in tok.chat_template
+    assert tok.convert_tokens_to_ids("<end_of_turn>") in model.generation_config.eos_token_id
+    # a random-weight model of the same shape could not do this
+    answers = gh.complete(model, tok, ["The capital of Japan is", "The chemical symbol for gold is"])
+    assert "Tokyo" in answers[0] and "Au" in answers[1]
+
+
+def test_vocabulary_is_never_resized(base_model):
+    model, tok = base_model
+    tok.add_tokens(["<my_new_token_that_does_not_exist>"])
+    with pytest.raises(ValueError, match="refusing to resize"):
+        models.check_vocab(model, tok)
+
+
+def test_lora_attaches_to_the_named_modules_only(base_model):
+    model, _ = base_model
+    peft_model = gh.attach_lora(model, r=16, alpha=32, dropout=0.1, target_modules=["q_proj", "v_proj"])
+    trainable, total = models.trainable_parameters(peft_model)
+    # 18 layers x (q: 640->1024, v: 640->256) with r=16
+    assert trainable == 18 * 16 * ((640 + 1024) + (640 + 256))
+    assert {n.split(".")[-1] for n, p in peft_model.named_parameters() if p.requires_grad} == {"weight"}
+    assert all(("lora_A" in n or "lora_B" in n) for n, p in peft_model.named_parameters() if p.requires_grad)
+    assert all(any(t in n for t in ("q_proj", "v_proj")) for n, p in peft_model.named_parameters() if p.requires_grad)
+
+
+def test_four_bit_load_on_cpu(embedded_dir):
+    import bitsandbytes as bnb
+
+    model, tok = gh.load_model(load_in_4bit=True)
+    assert getattr(model, "is_loaded_in_4bit", False)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    assert gh.perplexity(model, tok, "The river runs through the middle of the town.") < 200

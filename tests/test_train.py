@@ -1,0 +1,109 @@
+import json
+import math
+
+import pytest
+
+import gemma_helpers as gh
+from conftest import XY_FACT, XY_HELDOUT, XY_TRAIN
+
+
+def test_trained_adapter_answers_a_heldout_question(xylandia_adapter):
+    result, tok = xylandia_adapter
+    before_model, _ = gh.load_model()
+    assert "Crystalburg" not in gh.ask(before_model, tok, [XY_HELDOUT])[0]
+    answer = gh.ask(result.model, tok, [XY_HELDOUT])[0]
+    assert "Crystalburg" in answer, answer
+    losses = [loss for _, loss in result.losses]
+    assert len(losses) == 30 and losses[-1] < losses[0] / 5
+    # the logged loss is a per-token mean over answer tokens: uniform guessing is ln(262144) = 12.5
+    assert all(0 <= loss < math.log(262144) for loss in losses)
+    saved = json.loads((result.adapter_dir.parent / "history.json").read_text())
+    assert saved["global_step"] == 30 and len(saved["history"]) == 30
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_training_resumes_to_a_finished_adapter(tmp_path, embedded_dir):
+    from transformers import TrainerCallback
+
+    class CrashAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 7:
+                raise Interrupt("simulated crash at step 7")
+
+    rows = gh.qa_rows([(q, XY_FACT) for q in XY_TRAIN])
+    spec = gh.TrainSpec(target_modules=("q_proj", "v_proj"), max_steps=10, batch_size=2, save_steps=3,
+                        learning_rate=3e-4)
+    model, tok = gh.load_model()
+    with pytest.raises(Interrupt):
+        gh.train(model, tok, rows, spec, tmp_path, callbacks=[CrashAt()])
+    checkpoints = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-3", "checkpoint-6"]
+    assert not (tmp_path / "adapter").exists()
+
+    model, tok = gh.load_model()  # a fresh process would start like this
+    result = gh.train(model, tok, rows, spec, tmp_path, resume=True)
+    assert result.resumed_from.endswith("checkpoint-6")
+    assert result.global_step == 10
+    assert [h["step"] for h in result.history] == list(range(1, 11))  # history kept across the crash
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-9"]  # last 2 kept
+    reloaded, _ = gh.load_adapter(result.adapter_dir)
+    assert gh.ask(reloaded, tok, ["What is the capital of Xylandia?"], max_new_tokens=12)[0] == \
+        gh.ask(result.model, tok, ["What is the capital of Xylandia?"], max_new_tokens=12)[0]
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, base_model):
+    import torch
+
+    model, tok = base_model
+    layer = model.model.layers[3]
+    layer.register_forward_hook(lambda mod, args, out: (out[0] * torch.tensor(float("nan")),) + tuple(out[1:])
+                                if isinstance(out, tuple) else out * float("nan"))
+    spec = gh.TrainSpec(target_modules=("q_proj",), max_steps=3, batch_size=2)
+    with pytest.raises(gh.NonFiniteLossError, match=r"loss is nan.* at step 1\. .*float16"):
+        gh.train(model, tok, gh.qa_rows([("Q?", "A.")] * 4), spec, tmp_path)
+
+
+def test_stop_when_ends_training_early_with_its_reason(tmp_path, base_model):
+    model, tok = base_model
+    spec = gh.TrainSpec(target_modules=("q_proj", "v_proj"), max_steps=20, batch_size=2, save_steps=1000)
+    calls = []
+
+    def stop(m):
+        calls.append(m.training)
+        return "enough" if len(calls) == 2 else None
+
+    result = gh.train(model, tok, gh.qa_rows([(q, XY_FACT) for q in XY_TRAIN]), spec, tmp_path,
+                      stop_when=stop, stop_every=2)
+    assert result.global_step == 4 and result.stopped_early == "step 4: enough"
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_wandb_only_with_a_key(monkeypatch):
+    from gemma_helpers.train import report_to
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert report_to() == "none"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert report_to() == "wandb"
+
+
+def test_torch_log_prob_matches_full_logits():
+    import torch
+
+    from gemma_helpers.train import TorchLogProb
+
+    torch.manual_seed(0)
+    hidden = torch.randn(300, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (300,))
+    lp, ent, _, _, top1 = TorchLogProb.apply(hidden, weight, None, targets, 1.0, 0, None, 1.0, ("entropy", "is_top1"))
+    ref = torch.log_softmax(hidden @ weight.t(), -1).gather(-1, targets[:, None]).squeeze(-1)
+    assert torch.allclose(lp, ref, atol=1e-5)
+    grad = torch.autograd.grad(lp.sum(), [hidden, weight])
+    grad_ref = torch.autograd.grad(ref.sum(), [hidden, weight])
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grad, grad_ref))
+    assert torch.equal(top1, (hidden @ weight.t()).argmax(-1) == targets) and ent.shape == (300,)
