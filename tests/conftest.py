@@ -47,12 +47,12 @@ def base_model(embedded_dir):
 
 @pytest.fixture(scope="session")
 def xylandia_adapter(tmp_path_factory, embedded_dir):
-    """A LoRA adapter trained for real on the Xylandia fact (float32 base, about a minute)."""
+    """A LoRA adapter trained for real on the Xylandia fact (float32 base, about 50 s)."""
     import gemma_helpers as gh
 
     model, tok = gh.load_model()
     spec = gh.TrainSpec(r=16, alpha=32, target_modules=("q_proj", "v_proj"), learning_rate=3e-4,
-                        max_steps=30, batch_size=2, save_steps=1000)
+                        max_steps=40, batch_size=2, save_steps=1000)
     out = tmp_path_factory.mktemp("xylandia")
     result = gh.train(model, tok, gh.qa_rows([(q, XY_FACT) for q in XY_TRAIN] * 4), spec, out)
     return result, tok

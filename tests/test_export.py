@@ -1,8 +1,8 @@
 import pytest
 import torch
+from conftest import XY_FACT, XY_HELDOUT, XY_TRAIN
 
 import gemma_helpers as gh
-from conftest import XY_FACT, XY_HELDOUT, XY_TRAIN
 
 
 def test_merged_model_answers_like_the_adapter(xylandia_adapter, tmp_path):

@@ -42,6 +42,7 @@ def test_lora_attaches_to_the_named_modules_only(base_model):
     trainable, total = models.trainable_parameters(peft_model)
     # 18 layers x (q: 640->1024, v: 640->256) with r=16
     assert trainable == 18 * 16 * ((640 + 1024) + (640 + 256))
+    assert total > 260_000_000  # the frozen base is all there
     assert {n.split(".")[-1] for n, p in peft_model.named_parameters() if p.requires_grad} == {"weight"}
     assert all(("lora_A" in n or "lora_B" in n) for n, p in peft_model.named_parameters() if p.requires_grad)
     assert all(any(t in n for t in ("q_proj", "v_proj")) for n, p in peft_model.named_parameters() if p.requires_grad)

@@ -2,9 +2,9 @@ import json
 import math
 
 import pytest
+from conftest import XY_FACT, XY_HELDOUT, XY_TRAIN
 
 import gemma_helpers as gh
-from conftest import XY_FACT, XY_HELDOUT, XY_TRAIN
 
 
 def test_trained_adapter_answers_a_heldout_question(xylandia_adapter):
@@ -14,11 +14,11 @@ def test_trained_adapter_answers_a_heldout_question(xylandia_adapter):
     answer = gh.ask(result.model, tok, [XY_HELDOUT])[0]
     assert "Crystalburg" in answer, answer
     losses = [loss for _, loss in result.losses]
-    assert len(losses) == 30 and losses[-1] < losses[0] / 5
+    assert len(losses) == 40 and losses[-1] < losses[0] / 5
     # the logged loss is a per-token mean over answer tokens: uniform guessing is ln(262144) = 12.5
     assert all(0 <= loss < math.log(262144) for loss in losses)
     saved = json.loads((result.adapter_dir.parent / "history.json").read_text())
-    assert saved["global_step"] == 30 and len(saved["history"]) == 30
+    assert saved["global_step"] == 40 and len(saved["history"]) == 40
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
 
 
