@@ -6,7 +6,6 @@ environment report."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,17 @@ def sync(folder: Path) -> list[Path]:
     return written
 
 
+def summary_table(data: dict) -> str:
+    """The scalar figures of a results file: a row per figure, a column for the top level and each nested run."""
+    runs = {"result": data, **{k: v for k, v in data.items() if isinstance(v, dict)}}
+    rows: dict[str, dict] = {}
+    for run, values in runs.items():
+        for key, value in values.items():
+            if isinstance(value, (int, float, bool)):
+                rows.setdefault(key, {})[run] = value
+    return results.table(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gemma_helpers")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -59,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "run":
         run_notebook(args.notebook)
         if args.results:
-            print(json.dumps(results.load(args.results), indent=2))
+            print(summary_table(results.load(args.results)))
     elif args.cmd == "sync":
         sync(args.folder)
     else:

@@ -1,0 +1,19 @@
+from gemma_helpers import results
+from gemma_helpers.__main__ import summary_table
+
+
+def test_save_is_atomic_and_round_trips(tmp_path):
+    path = results.save("03_x", {"heldout_recall_after": 1.0, "seed_recipe": {"heldout_recall_after": 0.8}}, tmp_path)
+    assert path == tmp_path / "03_x.json"
+    assert results.load("03_x", tmp_path)["seed_recipe"]["heldout_recall_after"] == 0.8
+    assert [p.name for p in tmp_path.iterdir()] == ["03_x.json"]
+
+
+def test_summary_table_puts_runs_side_by_side():
+    table = summary_table({"ppl_after": 16.1, "merged_matches_adapter": True, "answers": ["a"],
+                           "seed_recipe": {"ppl_after": 26.3}})
+    lines = table.splitlines()
+    assert lines[0].split() == ["result", "seed_recipe"]
+    assert lines[1].split() == ["ppl_after", "16.100", "26.300"]
+    assert lines[2].split() == ["merged_matches_adapter", "True"]
+    assert "answers" not in table
