@@ -129,13 +129,6 @@ def train_dtype():
     return torch.bfloat16 if bf16_supported() else torch.float32
 
 
-def offline() -> None:
-    """Switch the hub libraries to offline mode (CI and the CPU profile download nothing)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
 @dataclass
 class Report:
     python: str

@@ -99,3 +99,23 @@ def fact_check(model, tokenizer, questions: Sequence[str], expected: str,
         "control_ok": contains(completions, [w for _, w in controls]) if controls else [],
         "perplexity": perplexity(model, tokenizer, text) if text else None,
     }
+
+
+def fact_summary(before: dict, after: dict, controls: Sequence[tuple[str, str]] = ()) -> dict:
+    """Before / after figures from two :func:`fact_check` results on the same questions.
+
+    Control retention counts only the controls the model got right *before* training: a fact
+    the base model never knew cannot be forgotten."""
+    known = [i for i, ok in enumerate(before["control_ok"]) if ok]
+    kept = [after["control_ok"][i] for i in known]
+    ppl_before, ppl_after = before["perplexity"], after["perplexity"]
+    return {
+        "heldout_recall_before": before["recall"],
+        "heldout_recall_after": after["recall"],
+        "control_retained": fraction(kept) if known else None,
+        "ppl_before": ppl_before,
+        "ppl_after": ppl_after,
+        "ppl_change": (ppl_after / ppl_before - 1) if ppl_before and ppl_after else None,
+        "heldout_answers": after["answers"],
+        "controls_lost": [controls[i][0] if controls else i for i, k in zip(known, kept) if not k],
+    }

@@ -117,17 +117,8 @@ assert len(known) >= 5, "fewer than 5 control facts are known to the base model:
 
 # %%
 def summary(after):
-    h = after["heldout"]
-    ok = [h["control_ok"][controls.index(c)] for c in known]
-    return {
-        "train_recall_before": before["train"]["recall"], "train_recall_after": after["train"]["recall"],
-        "heldout_recall_before": before["heldout"]["recall"], "heldout_recall_after": h["recall"],
-        "control_retained": sum(ok) / len(known),
-        "ppl_before": before["heldout"]["perplexity"], "ppl_after": h["perplexity"],
-        "ppl_change": h["perplexity"] / before["heldout"]["perplexity"] - 1,
-        "heldout_answers": h["answers"],
-        "controls_lost": [c[0] for c, k in zip(known, ok) if not k],
-    }
+    return {"train_recall_before": before["train"]["recall"], "train_recall_after": after["train"]["recall"],
+            **gh.evaluate.fact_summary(before["heldout"], after["heldout"], controls)}
 
 
 # %% [markdown]

@@ -17,3 +17,16 @@ def test_summary_table_puts_runs_side_by_side():
     assert lines[1].split() == ["ppl_after", "16.100", "26.300"]
     assert lines[2].split() == ["merged_matches_adapter", "True"]
     assert "answers" not in table
+
+
+def test_fact_summary_counts_only_controls_known_before():
+    from gemma_helpers.evaluate import fact_summary
+
+    controls = [("The capital of Japan is", "Tokyo"), ("A week has seven", "days"), ("Two plus two equals", "four")]
+    before = {"recall": 0.0, "answers": ["x"], "control_ok": [False, True, True], "perplexity": 10.0}
+    after = {"recall": 0.8, "answers": ["Crystalburg"], "control_ok": [True, False, True], "perplexity": 11.0}
+    s = fact_summary(before, after, controls)
+    assert s["control_retained"] == 0.5  # Japan was never known; "days" was lost
+    assert s["controls_lost"] == ["A week has seven"]
+    assert s["heldout_recall_before"] == 0.0 and s["heldout_recall_after"] == 0.8
+    assert abs(s["ppl_change"] - 0.1) < 1e-12
