@@ -28,6 +28,11 @@ def run_notebook(path: Path, timeout: int = 1800) -> Path:
     return out
 
 
+def _cells(nb) -> list[tuple]:
+    """What a notebook says, cell by cell: type, source and tags (the pair-drift test compares the same)."""
+    return [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", []))) for c in nb.cells]
+
+
 def sync(folder: Path) -> list[Path]:
     import jupytext
 
@@ -39,21 +44,12 @@ def sync(folder: Path) -> list[Path]:
                 cell.outputs, cell.execution_count = [], None
         nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
         target = py.with_suffix(".ipynb")
+        if target.exists() and _cells(jupytext.read(target)) == _cells(nb):
+            continue  # unchanged: rewriting would only churn the cell ids
         jupytext.write(nb, target, fmt="ipynb")
         written.append(target)
         print(f"wrote {target}")
     return written
-
-
-def summary_table(data: dict) -> str:
-    """The scalar figures of a results file: a row per figure, a column for the top level and each nested run."""
-    runs = {"result": data, **{k: v for k, v in data.items() if isinstance(v, dict)}}
-    rows: dict[str, dict] = {}
-    for run, values in runs.items():
-        for key, value in values.items():
-            if isinstance(value, (int, float, bool)):
-                rows.setdefault(key, {})[run] = value
-    return results.table(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "run":
         run_notebook(args.notebook)
         if args.results:
-            print(summary_table(results.load(args.results)))
+            print(results.summary_table(results.load(args.results)))
     elif args.cmd == "sync":
         sync(args.folder)
     else:

@@ -101,8 +101,8 @@ def fact_check(model, tokenizer, questions: Sequence[str], expected: str,
     }
 
 
-def fact_summary(before: dict, after: dict, controls: Sequence[tuple[str, str]] = ()) -> dict:
-    """Before / after figures from two :func:`fact_check` results on the same questions.
+def fact_summary(before: dict, after: dict, controls: Sequence[tuple[str, str]]) -> dict:
+    """Before / after figures from two :func:`fact_check` results on the same questions and ``controls``.
 
     Control retention counts only the controls the model got right *before* training: a fact
     the base model never knew cannot be forgotten."""
@@ -117,5 +117,6 @@ def fact_summary(before: dict, after: dict, controls: Sequence[tuple[str, str]] 
         "ppl_after": ppl_after,
         "ppl_change": (ppl_after / ppl_before - 1) if ppl_before and ppl_after else None,
         "heldout_answers": after["answers"],
-        "controls_lost": [controls[i][0] if controls else i for i, k in zip(known, kept) if not k],
+        "controls_known_before": len(known),
+        "controls_lost": [controls[i][0] for i, k in zip(known, kept) if not k],
     }

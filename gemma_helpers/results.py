@@ -38,3 +38,14 @@ def table(rows: Mapping[str, Mapping[str, object]]) -> str:
     for r, values in rows.items():
         lines.append(r.ljust(width) + "  " + "  ".join(fmt(values.get(c, "")).rjust(cw[c]) for c in columns))
     return "\n".join(lines)
+
+
+def summary_table(data: dict) -> str:
+    """The scalar figures of a results file: a row per figure, a column for the top level and each nested run."""
+    runs = {"result": data, **{k: v for k, v in data.items() if isinstance(v, dict)}}
+    rows: dict[str, dict] = {}
+    for run, values in runs.items():
+        for key, value in values.items():
+            if isinstance(value, (int, float, bool)):
+                rows.setdefault(key, {})[run] = value
+    return table(rows)

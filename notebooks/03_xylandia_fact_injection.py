@@ -106,13 +106,13 @@ def measure(m):
 
 
 before = measure(model)
-known = [c for c, ok in zip(controls, before["heldout"]["control_ok"]) if ok]
+n_known = sum(before["heldout"]["control_ok"])
 print(f"held-out recall {before['heldout']['recall']:.2f} | perplexity {before['heldout']['perplexity']:.2f}")
-print(f"control facts the base model knows: {len(known)}/{len(controls)}")
+print(f"control facts the base model knows: {n_known}/{len(controls)}")
 for (prefix, word), text, ok in zip(controls, before["heldout"]["completions"], before["heldout"]["control_ok"]):
     print(f"  {'ok ' if ok else '-- '} {prefix} -> {text!r}")
 print("a held-out answer before training:", repr(before["heldout"]["answers"][0]))
-assert len(known) >= 5, "fewer than 5 control facts are known to the base model: add more to the data file"
+assert n_known >= 5, "fewer than 5 control facts are known to the base model: add more to the data file"
 
 
 # %%
@@ -206,7 +206,7 @@ results = {
     "merged_matches_adapter": merged_matches,
     "steps": ra_run.global_step, "stopped_early": ra_run.stopped_early,
     "heldout_answers": ra["heldout_answers"], "controls_lost": ra["controls_lost"],
-    "controls_known_to_base": len(known), "controls_total": len(controls),
+    "controls_known_to_base": n_known, "controls_total": len(controls),
     "seed_recipe": {**{k: seed[k] for k in keys}, "steps": seed_run.global_step,
                     "heldout_answers": seed["heldout_answers"], "controls_lost": seed["controls_lost"]},
     "model": MODEL, "load_in_4bit": LOAD_IN_4BIT, "profile": gh.profile(),

@@ -5,6 +5,8 @@ from pathlib import Path
 import jupytext
 import pytest
 
+from gemma_helpers.__main__ import _cells
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
 
@@ -25,8 +27,7 @@ def test_paired_py_percent_has_not_drifted(path):
     py = path.with_suffix(".py")
     assert py.is_file(), f"{path.name} has no jupytext pair {py.name}"
     a, b = jupytext.read(path), jupytext.read(py, fmt="py:percent")
-    cells = lambda nb: [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", []))) for c in nb.cells]
-    assert cells(a) == cells(b), f"{path.name} and {py.name} differ: edit the .py and run `make sync`"
+    assert _cells(a) == _cells(b), f"{path.name} and {py.name} differ: edit the .py and run `make sync`"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -1,5 +1,4 @@
 from gemma_helpers import results
-from gemma_helpers.__main__ import summary_table
 
 
 def test_save_is_atomic_and_round_trips(tmp_path):
@@ -10,7 +9,7 @@ def test_save_is_atomic_and_round_trips(tmp_path):
 
 
 def test_summary_table_puts_runs_side_by_side():
-    table = summary_table({"ppl_after": 16.1, "merged_matches_adapter": True, "answers": ["a"],
+    table = results.summary_table({"ppl_after": 16.1, "merged_matches_adapter": True, "answers": ["a"],
                            "seed_recipe": {"ppl_after": 26.3}})
     lines = table.splitlines()
     assert lines[0].split() == ["result", "seed_recipe"]
@@ -27,6 +26,6 @@ def test_fact_summary_counts_only_controls_known_before():
     after = {"recall": 0.8, "answers": ["Crystalburg"], "control_ok": [True, False, True], "perplexity": 11.0}
     s = fact_summary(before, after, controls)
     assert s["control_retained"] == 0.5  # Japan was never known; "days" was lost
-    assert s["controls_lost"] == ["A week has seven"]
+    assert s["controls_lost"] == ["A week has seven"] and s["controls_known_before"] == 2
     assert s["heldout_recall_before"] == 0.0 and s["heldout_recall_after"] == 0.8
     assert abs(s["ppl_change"] - 0.1) < 1e-12
