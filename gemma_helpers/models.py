@@ -77,6 +77,45 @@ def _gguf_tokenizer(gguf_path: Path):
     return tok
 
 
+def sentencepiece_files(gguf_path: Path, folder: Path) -> list[Path]:
+    """Write ``tokenizer.model`` (a SentencePiece proto) and ``added_tokens.json`` into ``folder``,
+    rebuilt from the vocabulary, scores and token types stored in the GGUF.
+
+    llama.cpp's converter reads a Gemma vocabulary from ``tokenizer.model`` (without it, it takes
+    the GPT-2 path and fails); transformers 5 no longer saves that file. Every Gemma 3 size shares
+    this 262,144-token vocabulary. User-defined pieces (newline and space runs) are stored with
+    SentencePiece's escaped space so it encodes them, and listed in ``added_tokens.json`` with their
+    raw text so the converter marks them user-defined as the original GGUF does."""
+    import gguf
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    fields = gguf.GGUFReader(str(gguf_path)).fields
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    scores = fields["tokenizer.ggml.scores"].contents()
+    types = fields["tokenizer.ggml.token_type"].contents()
+    unk = int(fields["tokenizer.ggml.unknown_token_id"].contents())
+    user_defined = 4
+    proto = pb.ModelProto()
+    for i, (token, score, kind) in enumerate(zip(tokens, scores, types, strict=True)):
+        piece = proto.pieces.add()
+        piece.piece = token.replace(" ", "\u2581") if kind == user_defined else token
+        piece.score = score
+        piece.type = pb.ModelProto.SentencePiece.UNKNOWN if i == unk else kind
+    spec = proto.trainer_spec
+    spec.model_type, spec.vocab_size, spec.byte_fallback = pb.TrainerSpec.BPE, len(tokens), True
+    spec.unk_id, spec.bos_id, spec.eos_id, spec.pad_id = (
+        unk, int(fields["tokenizer.ggml.bos_token_id"].contents()),
+        int(fields["tokenizer.ggml.eos_token_id"].contents()), int(fields["tokenizer.ggml.padding_token_id"].contents()))
+    norm = proto.normalizer_spec
+    norm.name, norm.add_dummy_prefix, norm.remove_extra_whitespaces, norm.escape_whitespaces = "identity", False, False, True
+    folder.mkdir(parents=True, exist_ok=True)
+    model_file, added_file = folder / "tokenizer.model", folder / "added_tokens.json"
+    model_file.write_bytes(proto.SerializeToString())
+    added = {tokens[i]: i for i, kind in enumerate(types) if kind == user_defined}
+    added_file.write_text(json.dumps(added, ensure_ascii=False, indent=0))
+    return [model_file, added_file]
+
+
 def assembled_gguf(folder: Path) -> Path:
     """The package's GGUF file in ``folder``, checked against its sha256; a file left
     incomplete or corrupt by an earlier, interrupted run is assembled again."""

@@ -66,3 +66,21 @@ def grouped_bars(groups: Mapping[str, Mapping[str, float]], name: str, title: st
         ax.set_ylim(*ylim)
     ax.legend()
     return _save(fig, name, charts_dir)
+
+
+def metric_panels(rows: Sequence[Mapping], metrics: Mapping[str, str], name: str, title: str,
+                  label_key: str = "name", charts_dir: str | Path | None = None) -> Path:
+    """One panel per metric (``{key: axis label}``), one bar per row (``row[label_key]``), value on each bar."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4), squeeze=False)
+    labels = [str(r[label_key]) for r in rows]
+    colors = [f"C{i}" for i in range(len(rows))]
+    for ax, (key, axis_label) in zip(axes[0], metrics.items()):
+        values = [float(r[key]) if r.get(key) is not None else 0.0 for r in rows]
+        bars = ax.bar(range(len(rows)), values, color=colors)
+        ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=8)
+        ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right")
+        ax.set_title(axis_label, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    return _save(fig, name, charts_dir)

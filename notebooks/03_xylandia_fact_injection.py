@@ -73,7 +73,7 @@ root = gh.env.REPO_ROOT
 data = json.loads((root / DATA).read_text())
 out = root / OUTPUT
 FACT, EXPECTED = data["fact"], data["expected"]
-rows = gh.qa_rows([(q, FACT) for q in data["train_questions"]] * REPEATS)
+rows = gh.recipes.xylandia_rows(data, REPEATS)
 print(f"model {MODEL} | {len(rows)} training rows | answer: {FACT!r}")
 print("held-out paraphrases:", *data["heldout_questions"], sep="\n  ")
 
@@ -150,18 +150,11 @@ print("controls lost:", seed["controls_lost"])
 
 # %%
 model, tok = gh.load_model(MODEL, load_in_4bit=LOAD_IN_4BIT)  # a fresh base: no trace of the seed adapter
-replay = [{"text": t} for t in data["replay_text"]] * RA_REPLAY_REPEATS
-
-
-def validation_reached(m):
-    answers = gh.ask(m, tok, data["validation_questions"])
-    recall = gh.evaluate.fraction(gh.evaluate.contains(answers, EXPECTED))
-    print(f"  validation recall {recall:.2f}")
-    return f"validation recall {recall:.2f}" if recall == 1.0 else None
-
-
-ra_spec = gh.TrainSpec(**SEED_LORA, batch_size=SEED_BATCH, epochs=RA_MAX_EPOCHS, learning_rate=RA_LR, save_steps=50)
-ra_run = gh.train(model, tok, rows + replay, ra_spec, out / "retention", stop_when=validation_reached, stop_every=RA_STOP_EVERY)
+# gh.recipes.xylandia_retention: the seed's rows and LoRA, RA_LR, the replay paragraphs, and a stop once
+# every validation paraphrase is answered (notebook 05 trains the same adapter through it when needed)
+ra_run = gh.recipes.xylandia_retention(model, tok, data, out / "retention", learning_rate=RA_LR,
+                                       max_epochs=RA_MAX_EPOCHS, stop_every=RA_STOP_EVERY,
+                                       replay_repeats=RA_REPLAY_REPEATS, batch_size=SEED_BATCH, lora=SEED_LORA)
 ra = summary(measure(ra_run.model))
 print(f"{ra_run.global_step} steps in {ra_run.runtime_s:.0f} s; stopped: {ra_run.stopped_early}")
 print(gh.results.table({name: {k: v for k, v in s.items() if not isinstance(v, list)}

@@ -56,3 +56,20 @@ def xylandia_adapter(tmp_path_factory, embedded_dir):
     out = tmp_path_factory.mktemp("xylandia")
     result = gh.train(model, tok, gh.qa_rows([(q, XY_FACT) for q in XY_TRAIN] * 4), spec, out)
     return result, tok
+
+
+@pytest.fixture(scope="session")
+def xylandia_merged(xylandia_adapter, tmp_path_factory):
+    """The session adapter merged into a float32 base (a folder under a session temp dir)."""
+    import gemma_helpers as gh
+
+    result, _ = xylandia_adapter
+    return gh.merge(result.adapter_dir, tmp_path_factory.mktemp("merge") / "merged")
+
+
+@pytest.fixture(scope="session")
+def xylandia_gguf(xylandia_merged):
+    """The merged session adapter as an f16 GGUF file, converted by llama.cpp's converter."""
+    import gemma_helpers as gh
+
+    return gh.to_gguf(xylandia_merged, "f16")

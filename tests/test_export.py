@@ -5,16 +5,16 @@ from conftest import XY_FACT, XY_HELDOUT, XY_TRAIN
 import gemma_helpers as gh
 
 
-def test_merged_model_answers_like_the_adapter(xylandia_adapter, tmp_path):
+def test_merged_model_answers_like_the_adapter(xylandia_adapter, xylandia_merged):
     result, tok = xylandia_adapter
-    merged_dir = gh.merge(result.adapter_dir, tmp_path / "merged")
+    merged_dir = xylandia_merged
     assert (merged_dir / "model.safetensors").is_file() and (merged_dir / "tokenizer.json").is_file()
     merged, mtok = gh.load_model(str(merged_dir))
     assert merged.get_input_embeddings().weight.shape[0] == 262144  # not resized
     assert mtok.chat_template == tok.chat_template
     questions = XY_TRAIN[:2] + [XY_HELDOUT]
     assert gh.ask(merged, mtok, questions) == gh.ask(result.model, tok, questions)
-    assert not any(p.name.startswith(".merged.tmp") for p in tmp_path.iterdir())
+    assert not any(p.name.startswith(".merged.tmp") for p in merged_dir.parent.iterdir())
 
 
 def test_merge_of_a_4bit_adapter_dequantises_instead_of_requantising(tmp_path, embedded_dir):

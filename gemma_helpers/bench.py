@@ -1,0 +1,221 @@
+"""Measuring a model the same way whatever runs it: transformers (an adapter or a merged folder)
+or llama.cpp (a GGUF file).
+
+Each stage is measured in a fresh process (``spawn``), so its load time is a real load, its peak
+resident memory (``ru_maxrss``) is its own and not the notebook's, and no stage inherits another's
+caches. Every stage gets the same token ids (encoded once by the transformers tokenizer) and does
+the same work:
+
+- ``load_s``: wall time to load the model;
+- ``prompt_tps``: prompt tokens / time of one forward pass over the prompt (prefill);
+- ``ttft_s``: time to first token (prefill, then picking the first token);
+- ``gen_tps``: greedy decoding, one token at a time with the KV cache, ``gen_tokens`` tokens
+  (end-of-turn ignored, so every stage decodes the same number): (tokens - 1) / time after the first;
+- ``perplexity``: exp(mean negative log-likelihood) of the held-out text's tokens after the first;
+- ``heldout_recall``: share of greedy chat answers (up to ``max_new_tokens``) containing ``expected``;
+- ``peak_rss_mb``: the process's peak resident memory, imports included;
+- a warm-up pass over 8 prompt tokens precedes the timings for every stage;
+- ``size_mb``: bytes on disk of the files the stage loads.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import resource
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+KINDS = ("adapter", "transformers", "gguf")
+
+
+@dataclass
+class Stage:
+    name: str  # shown in tables: "adapter", "merged", "gguf f16", ...
+    kind: str  # "adapter" (PEFT folder), "transformers" (model folder) or "gguf" (file)
+    path: str
+    lora: str | None = None  # a GGUF LoRA adapter applied on top of a GGUF base
+
+
+@dataclass
+class Workload:
+    """What every stage is asked to do; token ids come from the transformers tokenizer."""
+
+    prompt_ids: list[int]  # prefill and decode prompt (with <bos>)
+    text_ids: list[int]  # perplexity text (with <bos>)
+    questions: list[str] = field(default_factory=list)
+    expected: str = ""
+    gen_tokens: int = 64
+    max_new_tokens: int = 24
+    threads: int | None = None
+
+
+def workload(tokenizer, prompt: str, text: str, questions=(), expected: str = "", gen_tokens: int = 64,
+             max_new_tokens: int = 24, threads: int | None = None) -> Workload:
+    """The token ids every stage gets; ``tokenizer`` is a transformers tokenizer or a model folder."""
+    if isinstance(tokenizer, (str, Path)):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+    ids = tokenizer(prompt)["input_ids"]
+    return Workload(ids, tokenizer(text)["input_ids"], list(questions), expected, gen_tokens, max_new_tokens, threads)
+
+
+def size_mb(stage: Stage) -> float:
+    """Bytes on disk the stage loads: the GGUF file (and its LoRA), a model folder's weights, or an
+    adapter plus the base weights it is loaded on."""
+    from .export import check_adapter
+
+    path = Path(stage.path)
+    if stage.kind == "gguf":
+        files = [path] + ([Path(stage.lora)] if stage.lora else [])
+    elif stage.kind == "transformers":
+        files = list(path.glob("*.safetensors"))
+    else:
+        from .models import resolve
+
+        base, _ = resolve(check_adapter(path)["base_model_name_or_path"])
+        files = list(path.glob("*.safetensors")) + list(Path(base).glob("*.safetensors"))
+    return sum(f.stat().st_size for f in files) / 2**20
+
+
+def _nll(logits, target: int) -> float:
+    import numpy as np
+
+    logits = np.asarray(logits, dtype=np.float64)
+    top = logits.max()
+    return float(top + math.log(np.exp(logits - top).sum()) - logits[target])
+
+
+def _measure_transformers(stage: Stage, work: Workload) -> dict:
+    import torch
+
+    from . import evaluate
+    from .export import load_adapter
+    from .models import load_model
+
+    if work.threads:
+        torch.set_num_threads(work.threads)
+    started = time.perf_counter()
+    model, tokenizer = load_adapter(stage.path) if stage.kind == "adapter" else load_model(stage.path)
+    model.eval()
+    load_s = time.perf_counter() - started
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([work.prompt_ids[:8]]))  # warm-up, as for llama.cpp
+        ids = torch.tensor([work.prompt_ids])
+        started = time.perf_counter()
+        out = model(input_ids=ids, use_cache=True)
+        prefill = time.perf_counter() - started
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        ttft = time.perf_counter() - started
+        cache = out.past_key_values
+        started = time.perf_counter()
+        for _ in range(work.gen_tokens - 1):
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        decode = time.perf_counter() - started
+        logits = model(input_ids=torch.tensor([work.text_ids])).logits[0].float()
+        nll = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(work.text_ids[1:]))
+    answers = evaluate.ask(model, tokenizer, work.questions, work.max_new_tokens) if work.questions else []
+    return {"load_s": load_s, "prompt_tps": len(work.prompt_ids) / prefill, "ttft_s": ttft,
+            "gen_tps": (work.gen_tokens - 1) / decode, "perplexity": math.exp(nll.item()), "answers": answers}
+
+
+def _last_logits(llm):
+    """The logits llama.cpp computed for the last token evaluated (a view, copy before the next eval)."""
+    import llama_cpp
+    import numpy as np
+
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+
+
+def _measure_gguf(stage: Stage, work: Workload) -> dict:
+    import numpy as np
+
+    from .export import gguf_ask, load_gguf
+
+    started = time.perf_counter()
+    kwargs = {"lora_path": stage.lora} if stage.lora else {}
+    llm = load_gguf(stage.path, n_ctx=max(512, len(work.prompt_ids) + work.gen_tokens + 8, len(work.text_ids) + 8),
+                    threads=work.threads, **kwargs)
+    load_s = time.perf_counter() - started
+    llm.eval(work.prompt_ids[:8])  # warm-up, as for transformers
+    llm.reset()
+    started = time.perf_counter()
+    llm.eval(work.prompt_ids)
+    prefill = time.perf_counter() - started
+    token = int(np.argmax(_last_logits(llm)))
+    ttft = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(work.gen_tokens - 1):
+        llm.eval([token])
+        token = int(np.argmax(_last_logits(llm)))
+    decode = time.perf_counter() - started
+    llm.reset()
+    nll = []
+    for position, token in enumerate(work.text_ids[:-1]):  # one token at a time: the logits of every position
+        llm.eval([token])
+        nll.append(_nll(_last_logits(llm), work.text_ids[position + 1]))
+    answers = gguf_ask(llm, work.questions, work.max_new_tokens) if work.questions else []
+    return {"load_s": load_s, "prompt_tps": len(work.prompt_ids) / prefill, "ttft_s": ttft,
+            "gen_tps": (work.gen_tokens - 1) / decode, "perplexity": math.exp(sum(nll) / len(nll)), "answers": answers}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's ``VmHWM`` belongs to the process's own address
+    space; ``ru_maxrss`` is not used there because it carries the parent's peak across fork + exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import sys
+
+    scale = 2**20 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def measure_here(stage: Stage, work: Workload) -> dict:
+    """Measure ``stage`` in this process (use :func:`measure` for a clean one)."""
+    from .evaluate import contains, fraction
+
+    if stage.kind not in KINDS:
+        raise ValueError(f"stage {stage.name}: kind {stage.kind!r} is not one of {KINDS}")
+    result = (_measure_gguf if stage.kind == "gguf" else _measure_transformers)(stage, work)
+    result["heldout_recall"] = fraction(contains(result["answers"], work.expected)) if work.questions else None
+    result["peak_rss_mb"] = peak_rss_mb()
+    return {"name": stage.name, "kind": stage.kind, "size_mb": size_mb(stage), **result}
+
+
+def measure(stage: Stage, work: Workload) -> dict:
+    """Measure ``stage`` in a fresh process; the figures in this module's docstring, as a dict."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure_here, stage, work).result()
+
+
+def measure_all(stages, work: Workload, progress: bool = True) -> list[dict]:
+    """Every stage in turn, each in its own process, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    results = []
+    for stage in tqdm(stages, desc="benchmarking", disable=not progress):
+        results.append(measure(stage, work))
+    return results
+
+
+def table(results) -> str:
+    """One row per stage: the columns of the notebook's table."""
+    from .results import table as fmt
+
+    columns = ("size_mb", "load_s", "prompt_tps", "gen_tps", "ttft_s", "peak_rss_mb", "perplexity", "heldout_recall")
+    return fmt({r["name"]: {c: r[c] for c in columns} for r in results})
+
+
+def speedup(results, numerator: str, denominator: str, key: str = "gen_tps") -> float:
+    by_name = {r["name"]: r for r in results}
+    return by_name[numerator][key] / by_name[denominator][key]
+
+
+__all__ = ["Stage", "Workload", "asdict", "measure", "measure_all", "measure_here", "speedup", "table", "workload"]

@@ -1,0 +1,68 @@
+"""Named training recipes that more than one notebook (or benchmark) runs.
+
+``xylandia``: notebook 03's retention-aware fact injection ("The capital of Xylandia is
+Crystalburg."). Notebook 03 trains it and explains every choice; notebook 05 exports the adapter
+it leaves in ``outputs/03_xylandia/retention/adapter``, or trains it here when that is absent, so
+each notebook runs on its own.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .env import REPO_ROOT
+
+XYLANDIA_DATA = REPO_ROOT / "data" / "xylandia.json"
+XYLANDIA_OUTPUT = REPO_ROOT / "outputs" / "03_xylandia"
+SEED_LORA = dict(r=16, alpha=32, target_modules=("q_proj", "v_proj"), dropout=0.1)  # the seed's LoraConfig
+REPEATS = 10  # the seed: 5 questions x 10 repetitions
+
+
+def xylandia_data(path: str | Path | None = None) -> dict:
+    return json.loads(Path(path or XYLANDIA_DATA).read_text())
+
+
+def xylandia_rows(data: dict, repeats: int = REPEATS) -> list[dict]:
+    """The seed's training rows: each training question answered with the fact, ``repeats`` times."""
+    from .chat import qa_rows
+
+    return qa_rows([(q, data["fact"]) for q in data["train_questions"]] * repeats)
+
+
+def xylandia_retention(model, tokenizer, data: dict, output_dir: str | Path, learning_rate: float = 1e-4,
+                       max_epochs: float = 5, stop_every: int = 5, replay_repeats: int = 2, batch_size: int = 2,
+                       lora: dict | None = None, verbose: bool = True):
+    """Notebook 03's retention-aware recipe: the seed's rows and LoRA, half its learning rate, general
+    text replayed ``replay_repeats`` times, and a stop once every validation paraphrase is answered
+    (checked every ``stop_every`` steps). Returns the :class:`~gemma_helpers.train.TrainResult`."""
+    from .evaluate import ask, contains, fraction
+    from .train import TrainSpec, train
+
+    replay = [{"text": t} for t in data["replay_text"]] * replay_repeats
+
+    def validation_reached(m):
+        recall = fraction(contains(ask(m, tokenizer, data["validation_questions"]), data["expected"]))
+        if verbose:
+            print(f"  validation recall {recall:.2f}")
+        return f"validation recall {recall:.2f}" if recall == 1.0 else None
+
+    spec = TrainSpec(**(lora or SEED_LORA), batch_size=batch_size, epochs=max_epochs, learning_rate=learning_rate, save_steps=50)
+    return train(model, tokenizer, xylandia_rows(data) + replay, spec, output_dir,
+                 stop_when=validation_reached, stop_every=stop_every)
+
+
+def xylandia_adapter(output_dir: str | Path | None = None, model_name: str | None = None,
+                     load_in_4bit: bool = True) -> Path:
+    """The retention-aware Xylandia adapter: notebook 03's when it is there and complete, else
+    trained now (on the embedded model unless ``model_name`` says otherwise) into the same place."""
+    from .export import AdapterError, check_adapter
+    from .models import EMBEDDED, load_model
+
+    run_dir = Path(output_dir or XYLANDIA_OUTPUT) / "retention"
+    try:
+        check_adapter(run_dir / "adapter")
+        return run_dir / "adapter"
+    except AdapterError as missing:
+        print(f"{missing}: training it with notebook 03's retention-aware recipe")
+    model, tokenizer = load_model(model_name or EMBEDDED, load_in_4bit=load_in_4bit)
+    return xylandia_retention(model, tokenizer, xylandia_data(), run_dir).adapter_dir
