@@ -11,6 +11,7 @@ from .evaluate import ask, complete, perplexity
 from .export import AdapterError, load_adapter, merge
 from .models import EMBEDDED, REGISTRY, attach_lora, load_model
 from .train import NonFiniteLossError, TrainResult, TrainSpec, train
+from .train import memory_monitor
 
 __all__ = [
     "EMBEDDED",
@@ -29,6 +30,7 @@ __all__ = [
     "export",
     "load_adapter",
     "load_model",
+    "memory_monitor",
     "merge",
     "models",
     "perplexity",
