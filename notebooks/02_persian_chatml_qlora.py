@@ -53,29 +53,30 @@ gh.report();
 MODEL = None  # None: "gemma-3n-e4b-it" on a GPU (the seed's model), the embedded "gemma-3-270m" on CPU
 DATA = None  # None: the hub's "mshojaei77/persian-gk" on a GPU, the bundled "data/persian_chat.jsonl" on CPU
 LOAD_IN_4BIT = True  # the seed: FastModel.from_pretrained(..., load_in_4bit=True)
-HOLDOUT = None  # held-out conversations for perplexity; None: 200 on a GPU, 8 on CPU
+HOLDOUT = None  # held-out conversations for perplexity; None: 200 on a GPU, 6 on CPU
 
 # The seed recipe (mshojaei77, Gemma3N_(4B)_Persian.ipynb): LoRA on the MLP only
 # (finetune_mlp_modules=True, attention off), r=8, alpha 16, dropout 0; SFTConfig below.
 SEED = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ("gate_proj", "up_proj", "down_proj"),
-            "learning_rate": 2e-5, "lr_scheduler": "linear", "epochs": 1, "batch_size": 2, "grad_accum": 4,
-            "warmup_steps": 10, "weight_decay": 0.01, "optim": "adamw_8bit", "seed": 3407, "max_seq_length": 4000}
-# CPU profile: the seed's 1 epoch of 5,897 rows is 738 steps at lr 2e-5; one epoch of the bundled
-# sample is 8 steps, in which 2e-5 barely moves the weights, so the rate is 2e-4 (the official
-# unsloth Gemma notebook's) with 1 warm-up step; adamw_torch because bitsandbytes' 8-bit AdamW
-# needs a GPU; sequences capped at 512 tokens (the longest bundled conversation is shorter).
-CPU = {"learning_rate": 2e-4, "warmup_steps": 1, "optim": "adamw_torch", "max_seq_length": 512}
+        "learning_rate": 2e-5, "lr_scheduler": "linear", "epochs": 1, "batch_size": 2, "grad_accum": 4,
+        "warmup_steps": 10, "weight_decay": 0.01, "optim": "adamw_8bit", "seed": 3407, "max_seq_length": 4000}
+# CPU profile (2 cores, a few minutes): the seed runs 738 steps of 8 conversations at lr 2e-5; here
+# 5 steps of 2 x 2 conversations (20 of the 64 training rows) fit the time, and in 5 steps 2e-5
+# barely moves the weights, so the rate is 5e-4 with no warm-up (linear decay to 0); adamw_torch
+# because bitsandbytes' 8-bit AdamW needs a GPU; 512 tokens is more than the longest bundled row.
+CPU = {"learning_rate": 5e-4, "warmup_steps": 0, "grad_accum": 2, "max_steps": 5, "optim": "adamw_torch",
+       "max_seq_length": 512}
 
 SAMPLING = {"temperature": 0.7, "top_p": 0.95, "seed": 3407}  # the seed's reported sampling, fixed seed
-MAX_NEW_TOKENS = None  # generated tokens per answer in the speed test; None: 128 on a GPU, 24 on CPU
+MAX_NEW_TOKENS = None  # generated tokens per answer in the speed test; None: 128 on a GPU, 16 on CPU
 OUTPUT = "outputs/02_persian"
 
 # %%
 cpu = gh.profile() == "cpu"
 MODEL = MODEL or (gh.EMBEDDED if cpu else "gemma-3n-e4b-it")
 DATA = DATA or ("data/persian_chat.jsonl" if cpu else "mshojaei77/persian-gk")
-HOLDOUT = HOLDOUT or (8 if cpu else 200)
-MAX_NEW_TOKENS = MAX_NEW_TOKENS or (24 if cpu else 128)
+HOLDOUT = HOLDOUT or (6 if cpu else 200)
+MAX_NEW_TOKENS = MAX_NEW_TOKENS or (16 if cpu else 128)
 spec = gh.TrainSpec(**{**SEED, **(CPU if cpu else {})}, save_steps=1000)
 root = gh.env.REPO_ROOT
 out = root / OUTPUT
@@ -225,8 +226,8 @@ else:  # E4B dequantised to float32 does not fit a T4 or Colab's RAM: unsloth me
     merged_dir = out / "merged"
     run.model.save_pretrained_merged(str(merged_dir), tok, save_method="merged_16bit")
 merged, merged_tok = gh.load_model(str(merged_dir), load_in_4bit=not cpu)
-adapter_answers = gh.ask(run.model, tok, questions, max_new_tokens=16)
-merged_answers = gh.ask(merged, merged_tok, questions, max_new_tokens=16)
+adapter_answers = gh.ask(run.model, tok, questions, max_new_tokens=MAX_NEW_TOKENS)
+merged_answers = gh.ask(merged, merged_tok, questions, max_new_tokens=MAX_NEW_TOKENS)
 ppl_merged = gh.evaluate.answer_perplexity(merged, merged_tok, heldout, spec.max_seq_length)
 merged_matches = adapter_answers == merged_answers
 for q, a, b in zip(questions, adapter_answers, merged_answers):
