@@ -74,7 +74,7 @@ def test_duplicates_near_duplicates_and_first_occurrence_kept():
             qa("پایتخت  ایران کجاست ?", "تهران است"),  # punctuation and spacing
             qa("پایتخت ایران کجاست؟", "تهران اَست."),  # a diacritic
             qa("پایتخت عراق کجاست؟", "بغداد است.")]
-    clean, report = chat.clean_conversations(rows)
+    _, report = chat.clean_conversations(rows)
     assert report.kept == [0, 5]
     assert [(d["row"], d["reason"]) for d in report.dropped] == [
         (1, "duplicate"), (2, "duplicate"), (3, "near_duplicate"), (4, "near_duplicate")]
