@@ -10,7 +10,7 @@ from .env import profile, report
 from .evaluate import ask, complete, perplexity
 from .export import AdapterError, GGUFError, load_adapter, load_gguf, merge, quantize, to_gguf
 from .models import EMBEDDED, REGISTRY, attach_lora, load_model
-from .train import NonFiniteLossError, TrainResult, TrainSpec, train
+from .train import NonFiniteLossError, TrainResult, TrainSpec, memory_monitor, train
 
 __all__ = [
     "EMBEDDED",
@@ -32,6 +32,7 @@ __all__ = [
     "load_adapter",
     "load_gguf",
     "load_model",
+    "memory_monitor",
     "merge",
     "models",
     "perplexity",

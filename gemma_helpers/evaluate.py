@@ -20,26 +20,47 @@ def _eval_mode(model):
 
 
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, batch_size: int = 8,
-             stop_at_newline: bool = False) -> list[str]:
-    """Greedy continuations of already-formatted prompts, batched with left padding.
+             stop_at_newline: bool = False, temperature: float | None = None, top_p: float | None = None,
+             seed: int | None = None, return_stats: bool = False):
+    """Continuations of already-formatted prompts, batched with left padding: greedy, or sampled
+    when ``temperature`` is given (with ``top_p``; ``seed`` makes the draw repeatable).
 
     Generation stops at ``<end_of_turn>`` (and at the first newline when asked, for plain-text
-    completions); the returned text excludes the prompt and special tokens."""
+    completions); the returned text excludes the prompt and special tokens. With ``return_stats``
+    the result is ``(texts, stats)``: ``stats`` counts the tokens each row really generated (up
+    to and including its first end-of-turn / eos, never the padding after it) and the seconds
+    spent in ``model.generate``, and gives ``tokens_per_s`` over the whole call."""
+    import time
+
     import torch
 
     device = next(model.parameters()).device
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     outputs: list[str] = []
+    counts: list[int] = []
+    seconds = 0.0
+    stop_ids = _stop_ids(model, tokenizer)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature else {"do_sample": False}
+    if seed is not None:
+        from transformers import set_seed
+
+        set_seed(seed)
     try:
         with _eval_mode(model), torch.inference_mode():
             for start in range(0, len(prompts), batch_size):
                 batch = list(prompts[start : start + batch_size])
                 has_bos = all(p.startswith(tokenizer.bos_token) for p in batch)
                 enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not has_bos).to(device)
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
+                started = time.perf_counter()
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                     **sampling)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds += time.perf_counter() - started
                 for row in out[:, enc["input_ids"].shape[1]:]:
+                    ids = row.tolist()
+                    counts.append(next((k + 1 for k, t in enumerate(ids) if t in stop_ids), len(ids)))
                     text = tokenizer.decode(row, skip_special_tokens=False)
                     text = text.split(END_OF_TURN)[0].split(tokenizer.eos_token)[0].replace(tokenizer.pad_token, "")
                     if stop_at_newline:
@@ -47,7 +68,33 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
                     outputs.append(text.strip())
     finally:
         tokenizer.padding_side = side
-    return outputs
+    if not return_stats:
+        return outputs
+    total = sum(counts)
+    return outputs, {"rows": len(counts), "batch_size": batch_size, "generated_tokens": total,
+                     "tokens_per_row": counts, "seconds": seconds, "tokens_per_s": total / seconds if seconds else 0.0}
+
+
+def _stop_ids(model, tokenizer) -> set[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    ids.add(tokenizer.convert_tokens_to_ids(END_OF_TURN))
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def generation_speed(model, tokenizer, questions: Sequence[str], batch_size: int, max_new_tokens: int = 64,
+                     temperature: float = 0.7, top_p: float = 0.95, seed: int = 3407) -> dict:
+    """Generated tokens per second answering ``questions`` (chat turns), ``batch_size`` at a time.
+
+    One short warm-up call is made first, so one-time costs (kernel selection, caches) are not
+    counted; only tokens each answer really generated are (see :func:`generate`)."""
+    prompts = [prompt_text(tokenizer, q) for q in questions]
+    generate(model, tokenizer, prompts[:batch_size], max_new_tokens=2, batch_size=batch_size)
+    answers, stats = generate(model, tokenizer, prompts, max_new_tokens, batch_size, temperature=temperature,
+                              top_p=top_p, seed=seed, return_stats=True)
+    return {**stats, "answers": answers, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
 
 
 def ask(model, tokenizer, questions: Sequence[str], max_new_tokens: int = 24, system: str | None = None) -> list[str]:
@@ -80,6 +127,29 @@ def perplexity(model, tokenizer, text: str) -> float:
     with _eval_mode(model), torch.inference_mode():
         loss = model(**enc, labels=enc["input_ids"]).loss
     return float(math.exp(loss.item()))
+
+
+def answer_perplexity(model, tokenizer, rows: Sequence[dict], max_length: int | None = None) -> float:
+    """exp(mean negative log-likelihood of the answer tokens) over conversations: every token that
+    :func:`gemma_helpers.chat.tokenize_rows` labels (each assistant turn and its ``<end_of_turn>``),
+    pooled over all rows; prompts are context only."""
+    import torch
+
+    from .chat import IGNORE_INDEX, tokenize_rows
+
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    with _eval_mode(model), torch.inference_mode():
+        for ex in tokenize_rows(tokenizer, rows, max_length):
+            ids = torch.tensor([ex["input_ids"]], device=device)
+            targets = torch.tensor(ex["labels"][1:], device=device)  # position t predicts token t + 1
+            keep = (targets != IGNORE_INDEX).nonzero().squeeze(-1)
+            # the 262k-row LM head only where an answer token is predicted: most of the cost on a CPU
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=keep).logits[0]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            nll -= float(logp.gather(-1, targets[keep][:, None]).sum())
+            count += len(keep)
+    return float(math.exp(nll / count))
 
 
 def fact_check(model, tokenizer, questions: Sequence[str], expected: str,

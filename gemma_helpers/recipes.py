@@ -14,7 +14,7 @@ from .env import REPO_ROOT
 
 XYLANDIA_DATA = REPO_ROOT / "data" / "xylandia.json"
 XYLANDIA_OUTPUT = REPO_ROOT / "outputs" / "03_xylandia"
-SEED_LORA = dict(r=16, alpha=32, target_modules=("q_proj", "v_proj"), dropout=0.1)  # the seed's LoraConfig
+SEED_LORA = {"r": 16, "alpha": 32, "target_modules": ("q_proj", "v_proj"), "dropout": 0.1}  # the seed's LoraConfig
 REPEATS = 10  # the seed: 5 questions x 10 repetitions
 
 

@@ -269,3 +269,106 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
         {"history": history, "global_step": result.global_step, "runtime_s": runtime,
          "resumed_from": last, "stopped_early": result.stopped_early, "spec": result.spec}, indent=2))
     return result
+
+
+def memory_now() -> int:
+    """Bytes in use now: CUDA memory allocated by tensors on a GPU, else this process's resident set."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        return int(torch.cuda.memory_allocated())
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def memory_monitor(interval_s: float = 0.01):
+    """A trainer callback that measures memory: call ``mark(name)`` at points of interest (after
+    loading, after attaching the adapter), pass it to :func:`train` in ``callbacks``, then read
+    :meth:`report`.
+
+    On a GPU it reads ``torch.cuda.memory_allocated``; the peak counter is reset when training
+    begins (after loading, so the weights' own load is not the "peak") and read with
+    ``max_memory_allocated`` when it ends. On a CPU it samples the process's resident memory
+    (psutil) every ``interval_s`` from a background thread and at every step. The optimiser
+    state and the gradients are counted exactly from their tensors."""
+    import threading
+
+    import torch
+    from transformers import TrainerCallback
+
+    class MemoryMonitor(TrainerCallback):
+        def __init__(self):
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.marks: dict[str, int] = {}
+            self.peak = 0
+            self.optimizer_bytes = self.gradient_bytes = self.trainable_bytes = 0
+            self._stop = threading.Event()
+            self._thread = None
+            self.mark("baseline")
+
+        def mark(self, name: str) -> int:
+            self.marks[name] = memory_now()
+            return self.marks[name]
+
+        def _sample(self):
+            self.peak = max(self.peak, memory_now())
+
+        def _run(self):
+            while not self._stop.wait(interval_s):
+                self._sample()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.mark("train_begin")
+            self.peak = self.marks["train_begin"]
+            if self.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            else:
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, daemon=True)
+                self._thread.start()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.device == "cpu":
+                self._sample()
+
+        def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+            if self.device == "cuda":
+                self.peak = int(torch.cuda.max_memory_allocated())
+            else:
+                self._stop.set()
+                if self._thread is not None:
+                    self._thread.join()
+                self._sample()
+            self.mark("train_end")
+            if optimizer is not None:
+                self.optimizer_bytes = sum(t.numel() * t.element_size() for st in optimizer.state.values()
+                                           for t in st.values() if torch.is_tensor(t))
+            if model is not None:
+                trainable = [p for p in model.parameters() if p.requires_grad]
+                self.trainable_bytes = sum(p.numel() * p.element_size() for p in trainable)
+                self.gradient_bytes = self.trainable_bytes  # one gradient per trainable parameter
+
+        def report(self) -> dict:
+            """Megabytes: ``weights`` and ``adapter`` from the marks of those names, the training
+            ``peak`` and what it added over the start of training, split into optimiser state
+            and gradients (exact) and the rest (activations and temporaries)."""
+            mb = 1 / 2**20
+            m = self.marks
+            out = {"device": "cuda (allocated)" if self.device == "cuda" else "cpu (process RSS)",
+                   "marks_mb": {k: v * mb for k, v in m.items()}}
+            if "loaded" in m:
+                out["weights_mb"] = (m["loaded"] - m["baseline"]) * mb
+            if "adapter" in m and "loaded" in m:
+                out["adapter_mb"] = (m["adapter"] - m["loaded"]) * mb
+            out["adapter_params_mb"] = self.trainable_bytes * mb
+            if "train_begin" in m:
+                added = self.peak - m["train_begin"]
+                out.update(training_start_mb=m["train_begin"] * mb, training_peak_mb=self.peak * mb,
+                           training_added_mb=added * mb, optimizer_state_mb=self.optimizer_bytes * mb,
+                           gradients_mb=self.gradient_bytes * mb,
+                           activations_mb=max(0, added - self.optimizer_bytes - self.gradient_bytes) * mb)
+            return out
+
+    return MemoryMonitor()
