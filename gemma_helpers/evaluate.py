@@ -20,12 +20,18 @@ def _eval_mode(model):
 
 
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, batch_size: int = 8,
-             stop_at_newline: bool = False) -> list[str]:
+             stop_at_newline: bool = False, top_k: int | None = None, seed: int = 0) -> list[str]:
     """Greedy continuations of already-formatted prompts, batched with left padding.
 
     Generation stops at ``<end_of_turn>`` (and at the first newline when asked, for plain-text
-    completions); the returned text excludes the prompt and special tokens."""
+    completions); the returned text excludes the prompt and special tokens. With ``top_k``,
+    tokens are sampled from the ``top_k`` most likely instead (temperature 1, seeded with ``seed``)."""
     import torch
+
+    sampling = {"do_sample": False}
+    if top_k:
+        torch.manual_seed(seed)
+        sampling = {"do_sample": True, "top_k": top_k, "top_p": 1.0, "temperature": 1.0}
 
     device = next(model.parameters()).device
     side = tokenizer.padding_side
@@ -37,7 +43,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
                 batch = list(prompts[start : start + batch_size])
                 has_bos = all(p.startswith(tokenizer.bos_token) for p in batch)
                 enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not has_bos).to(device)
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, **sampling,
                                      pad_token_id=tokenizer.pad_token_id)
                 for row in out[:, enc["input_ids"].shape[1]:]:
                     text = tokenizer.decode(row, skip_special_tokens=False)
@@ -120,3 +126,38 @@ def fact_summary(before: dict, after: dict, controls: Sequence[tuple[str, str]])
         "controls_known_before": len(known),
         "controls_lost": [controls[i][0] for i, k in zip(known, kept) if not k],
     }
+
+
+def answer_loss(model, examples: Sequence[dict]) -> float:
+    """Mean negative log-likelihood per labelled token over ``examples`` (from
+    :func:`gemma_helpers.chat.tokenize_rows`: labels on the answers only), pooled over all their
+    answer tokens, so a long answer weighs by its length. Examples are run one at a time, unpadded."""
+    import torch
+
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with _eval_mode(model), torch.inference_mode():
+        for ex in examples:
+            ids = torch.tensor([ex["input_ids"]], device=device)
+            labels = torch.tensor(ex["labels"][1:], device=device)
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            keep = labels != -100
+            nll = torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum")
+            total, count = total + float(nll), count + int(keep.sum())
+    if not count:
+        raise ValueError("no labelled token in the examples: nothing to measure")
+    return total / count
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F-measure (longest common subsequence of words, Porter-stemmed) of each
+    prediction against its reference, with Google's ``rouge-score``."""
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    if not predictions:
+        return 0.0
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    return sum(scores) / len(scores)
