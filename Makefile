@@ -11,6 +11,7 @@ $(VENV)/.installed: requirements-local.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-local.txt
+	$(PY) -m pip install -q --no-deps -r requirements-keras.txt
 	$(PY) -m pip install -q -e . --no-deps
 	touch $@
 
