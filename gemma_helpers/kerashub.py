@@ -56,7 +56,9 @@ def load_causal_lm(preset: str):
 def trainable_parameters(lm) -> tuple[int, int]:
     import numpy as np
 
-    count = lambda ws: int(sum(np.prod(w.shape) for w in ws))  # noqa: E731
+    def count(weights):
+        return int(sum(np.prod(w.shape) for w in weights))
+
     return count(lm.backbone.trainable_weights), count(lm.backbone.weights)
 
 
@@ -159,7 +161,9 @@ def generate(lm, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, sa
         out_ids = keras.ops.convert_to_numpy(out["token_ids"])
         out_mask = keras.ops.convert_to_numpy(out["padding_mask"])
         for row, prompt_ids in enumerate(batch):
+            # a shorter prompt in the batch has room for more: keep max_new_tokens, as transformers does
             new = [int(t) for t, m in zip(out_ids[row, len(prompt_ids):], out_mask[row, len(prompt_ids):]) if m]
+            new = new[:max_new_tokens]
             cut = next((j for j, t in enumerate(new) if t in stops), len(new))
             outputs.append(tokenizer.decode(np.array(new[:cut]), skip_special_tokens=True).strip())
     return outputs

@@ -48,6 +48,7 @@ if "google.colab" in sys.modules:
     sys.path.insert(0, repo)
 
 import gc
+from functools import partial
 
 import gemma_helpers as gh
 from gemma_helpers.data import dolly
@@ -144,12 +145,12 @@ def peft_generate(model):
     return lambda p, n, k: gh.evaluate.generate(model, tok, p, n, top_k=k, seed=SAMPLER_SEED)
 
 
-before = measure(lambda ex: gh.evaluate.answer_loss(model, ex), peft_generate(model))
+before = measure(partial(gh.evaluate.answer_loss, model), peft_generate(model))
 spec = gh.TrainSpec(r=LORA_RANK, alpha=LORA_RANK, target_modules=("q_proj", "v_proj"), learning_rate=LEARNING_RATE,
                     weight_decay=WEIGHT_DECAY, lr_scheduler="constant", batch_size=BATCH_SIZE, epochs=EPOCHS,
                     max_seq_length=SEQUENCE_LENGTH, save_steps=10**6)
 run = gh.train(model, tok, train_pc, spec, root / OUTPUT / "peft")
-after = measure(lambda ex: gh.evaluate.answer_loss(run.model, ex), peft_generate(run.model))
+after = measure(partial(gh.evaluate.answer_loss, run.model), peft_generate(run.model))
 trainable, total = gh.models.trainable_parameters(run.model)
 histories["peft (response tokens)"] = run.history
 results["peft"] = {"heldout_loss_before": before["loss"], "heldout_loss_after": after["loss"],
@@ -184,14 +185,14 @@ try:
         sampler = keras_hub.samplers.TopKSampler(k=k, seed=SAMPLER_SEED) if k else "greedy"
         return kerashub.generate(lm, tok, p, n, sampler=sampler)
 
-    k_before = measure(lambda ex: kerashub.answer_loss(lm, ex), keras_generate)
+    k_before = measure(partial(kerashub.answer_loss, lm), keras_generate)
     lm.backbone.enable_lora(rank=LORA_RANK)
     k_trainable, k_total = kerashub.trainable_parameters(lm)
     kerashub.compile_recipe(lm, LEARNING_RATE, WEIGHT_DECAY)
     started = time.time()
     histories["Keras (whole sequence)"] = kerashub.fit(lm, train_examples, epochs=EPOCHS, batch_size=BATCH_SIZE, verbose=2)
     k_runtime = time.time() - started
-    k_after = measure(lambda ex: kerashub.answer_loss(lm, ex), keras_generate)
+    k_after = measure(partial(kerashub.answer_loss, lm), keras_generate)
     results["keras"] = {"heldout_loss_before": k_before["loss"], "heldout_loss_after": k_after["loss"],
                         "rougeL_before": k_before["rougeL"], "rougeL_after": k_after["rougeL"],
                         "trainable_params": k_trainable, "total_params": k_total,

@@ -97,8 +97,11 @@ def test_kerashub_loads_the_embedded_checkpoint_and_agrees_with_transformers(emb
         hf_logits = model(input_ids=ids).logits
     assert torch.allclose(keras_logits, hf_logits, atol=2e-3, rtol=1e-3)  # the conversion is exact
     assert kerashub.answer_loss(lm, examples) == pytest.approx(evaluate.answer_loss(model, examples), rel=1e-4)
-    greedy = kerashub.generate(lm, tok, [tok.bos_token + rows[0]["prompt"]], max_new_tokens=6)
-    assert greedy == evaluate.generate(model, tok, [tok.bos_token + rows[0]["prompt"]], max_new_tokens=6)
+    prompts = [tok.bos_token + r["prompt"] for r in rows]  # two lengths: the shorter must stop at 6 tokens too
+    assert len(set(map(len, prompts))) == 2
+    greedy = kerashub.generate(lm, tok, prompts, max_new_tokens=6)
+    assert greedy == evaluate.generate(model, tok, prompts, max_new_tokens=6)
+    assert all(0 < len(tok(g, add_special_tokens=False)["input_ids"]) <= 6 for g in greedy)
 
     lm.backbone.enable_lora(rank=4)  # query and value of every attention layer
     keras_trainable, _ = kerashub.trainable_parameters(lm)
