@@ -156,10 +156,10 @@ histories["peft (response tokens)"] = run.history
 results["peft"] = {"heldout_loss_before": before["loss"], "heldout_loss_after": after["loss"],
                    "rougeL_before": before["rougeL"], "rougeL_after": after["rougeL"],
                    "trainable_params": trainable, "total_params": total, "steps": run.global_step,
-                   "train_runtime_s": run.runtime_s}
+                   "train_runtime_s": run.runtime_s, "history": run.history}
 peft_before, peft_after = before, after
 print(f"{run.global_step} steps in {run.runtime_s:.0f} s; trainable {trainable:,} of {total:,}")
-print(gh.results.table({"peft": results["peft"]}))
+print(gh.results.table({"peft": {k: v for k, v in results["peft"].items() if not isinstance(v, list)}}))
 del model, run
 gc.collect()
 
@@ -197,9 +197,10 @@ try:
                         "rougeL_before": k_before["rougeL"], "rougeL_after": k_after["rougeL"],
                         "trainable_params": k_trainable, "total_params": k_total,
                         "steps": len(histories["Keras (whole sequence)"]), "train_runtime_s": k_runtime,
+                        "history": histories["Keras (whole sequence)"],
                         "backend": keras.backend.backend(), "keras_preprocessor_problem": problem}
     print(f"trained in {k_runtime:.0f} s; trainable {k_trainable:,} of {k_total:,}")
-    print(gh.results.table({"keras": results["keras"]}))
+    print(gh.results.table({"keras": {k: v for k, v in results["keras"].items() if not isinstance(v, list)}}))
 except Exception as exc:  # noqa: BLE001 - whatever stops the Keras stack is recorded, not faked
     results["keras"] = {"error": f"{type(exc).__name__}: {exc}"}
     k_before = k_after = None
@@ -234,7 +235,7 @@ for i, row in enumerate(heldout_rows[:N_SAMPLES]):
 
 # %%
 gh.plots.loss_curves(histories, "06_dolly_train_loss.png",
-                     title="Dolly LoRA rank 4: training loss (peft: response tokens; Keras: whole sequence)")
+                     title="Dolly, LoRA rank 4: training loss per step")
 gh.plots.grouped_bars({stage: {f"{name} held-out loss": r[f"heldout_loss_{stage}"] for name, r in stacks.items()}
                        for stage in ("before", "after")},
                       "06_dolly_heldout_loss.png", title="Held-out response loss", ylabel="mean per-token CE")
@@ -244,6 +245,12 @@ gh.plots.grouped_bars({stage: {f"{name} ROUGE-L": r[f"rougeL_{stage}"] for name,
 
 # %% [markdown]
 # ## Results
+# What ran where: KerasHub converted the transformers checkpoint from a local folder, offline
+# (`Gemma3Backbone.from_preset(<folder>)`), and its logits equal transformers' (tests/test_dolly.py).
+# What KerasHub could not do without TensorFlow: `Gemma3CausalLM.from_preset` stops at its
+# preprocessor with the ImportError printed by the Keras cell (its SentencePiece tokenizer layer runs
+# on tensorflow-text), so the Keras model runs with `preprocessor=None` on token ids from the
+# checkpoint's own tokenizer, and generation goes through `generate_step` with the tutorial's samplers.
 
 # %%
 for name, (b, a) in measured.items():
