@@ -8,11 +8,12 @@ WHEELS ?= $(HOME)/.cache/gemma_helpers/wheels
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements-local.txt pyproject.toml
+$(VENV)/.installed: requirements-local.txt requirements-keras.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip wheel -q --no-deps --find-links $(WHEELS) -w $(WHEELS) "$$(grep ^llama-cpp-python requirements-local.txt)"
 	$(PY) -m pip install -q --find-links $(WHEELS) -r requirements-local.txt
+	$(PY) -m pip install -q --no-deps -r requirements-keras.txt
 	$(PY) -m pip install -q -e . --no-deps
 	$(PY) -c "from gemma_helpers.export import converter_dir; converter_dir()"
 	touch $@

@@ -2,7 +2,9 @@
 
 A training row is ``{"messages": [{"role": ..., "content": ...}, ...]}`` with roles
 ``system`` (optional, first), ``user`` and ``assistant`` alternating, or ``{"text": ...}``
-for plain text (general-text replay), where every token is trained on. The base Gemma 3
+for plain text (general-text replay), where every token is trained on, or
+``{"prompt": ..., "completion": ...}`` for plain text without chat turns (an instruction
+template), where the completion and the ``<eos>`` after it are trained on. The base Gemma 3
 checkpoint ships no chat template, so :func:`install_chat_template` puts Gemma's on the
 tokenizer. Labels are -100 everywhere except on the assistant turns (their text and the
 ``<end_of_turn>`` that ends them), so neither the prompt nor padding is trained on.
@@ -83,6 +85,11 @@ def qa_rows(pairs: Iterable[tuple[str, str]], system: str | None = None) -> list
 def validate_rows(rows: Sequence[dict]) -> None:
     """Raise :class:`DataError` for the first row that is not a usable conversation."""
     for i, row in enumerate(rows):
+        if isinstance(row, dict) and "prompt" in row and "messages" not in row:
+            for name in ("prompt", "completion"):
+                if not isinstance(row.get(name), str) or not row[name].strip():
+                    raise DataError(i, name, "is missing or empty")
+            continue
         if isinstance(row, dict) and "text" in row and "messages" not in row:
             if not isinstance(row["text"], str) or not row["text"].strip():
                 raise DataError(i, "text", "is missing or empty")
@@ -150,7 +157,11 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
 
 def tokenize_row(tokenizer, row: dict, max_length: int | None = None, row_index: int = 0) -> dict:
     """``input_ids``, ``attention_mask`` and ``labels`` (answer tokens only) for one row."""
-    if "messages" not in row:  # plain text: every token after <bos> is a label
+    if "prompt" in row and "messages" not in row:  # plain prompt + completion: the completion and <eos>
+        head = tokenizer.bos_token + row["prompt"]
+        text = head + row["completion"] + tokenizer.eos_token
+        spans = [(len(head), len(text))]
+    elif "messages" not in row:  # plain text: every token after <bos> is a label
         text = tokenizer.bos_token + row["text"]
         spans = [(len(tokenizer.bos_token), len(text))]
     else:
@@ -164,7 +175,8 @@ def tokenize_row(tokenizer, row: dict, max_length: int | None = None, row_index:
     if max_length is not None and len(ids) > max_length:
         ids, labels = ids[:max_length], labels[:max_length]
     if all(label == IGNORE_INDEX for label in labels):
-        raise DataError(row_index, "messages", f"has no answer token left to train on (max_length={max_length})")
+        field = "completion" if "prompt" in row and "messages" not in row else "messages"
+        raise DataError(row_index, field, f"has no answer token left to train on (max_length={max_length})")
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 

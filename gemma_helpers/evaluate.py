@@ -21,9 +21,10 @@ def _eval_mode(model):
 
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, batch_size: int = 8,
              stop_at_newline: bool = False, temperature: float | None = None, top_p: float | None = None,
-             seed: int | None = None, return_stats: bool = False):
+             top_k: int | None = None, seed: int | None = None, return_stats: bool = False):
     """Continuations of already-formatted prompts, batched with left padding: greedy, or sampled
-    when ``temperature`` is given (with ``top_p``; ``seed`` makes the draw repeatable).
+    when ``temperature`` or ``top_k`` is given (``top_k`` alone: temperature 1 over the ``top_k``
+    most likely tokens; ``seed`` makes the draw repeatable).
 
     Generation stops at ``<end_of_turn>`` (and at the first newline when asked, for plain-text
     completions); the returned text excludes the prompt and special tokens. With ``return_stats``
@@ -41,7 +42,11 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
     counts: list[int] = []
     seconds = 0.0
     stop_ids = _stop_ids(model, tokenizer)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature else {"do_sample": False}
+    sampling = {"do_sample": False}
+    if temperature or top_k:
+        sampling = {"do_sample": True, "temperature": temperature or 1.0, "top_p": top_p or 1.0}
+        if top_k:
+            sampling["top_k"] = top_k
     if seed is not None:
         from transformers import set_seed
 
@@ -190,3 +195,38 @@ def fact_summary(before: dict, after: dict, controls: Sequence[tuple[str, str]])
         "controls_known_before": len(known),
         "controls_lost": [controls[i][0] for i, k in zip(known, kept) if not k],
     }
+
+
+def answer_loss(model, examples: Sequence[dict]) -> float:
+    """Mean negative log-likelihood per labelled token over ``examples`` (from
+    :func:`gemma_helpers.chat.tokenize_rows`: labels on the answers only), pooled over all their
+    answer tokens, so a long answer weighs by its length. Examples are run one at a time, unpadded."""
+    import torch
+
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with _eval_mode(model), torch.inference_mode():
+        for ex in examples:
+            ids = torch.tensor([ex["input_ids"]], device=device)
+            labels = torch.tensor(ex["labels"][1:], device=device)
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            keep = labels != -100
+            nll = torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum")
+            total, count = total + float(nll), count + int(keep.sum())
+    if not count:
+        raise ValueError("no labelled token in the examples: nothing to measure")
+    return total / count
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F-measure (longest common subsequence of words, Porter-stemmed) of each
+    prediction against its reference, with Google's ``rouge-score``."""
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    if not predictions:
+        return 0.0
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    return sum(scores) / len(scores)

@@ -1,0 +1,1 @@
+"""Datasets the notebooks train on: bundled samples and their hub counterparts."""

@@ -1,0 +1,96 @@
+"""Dolly-style instruction rows: reading, the context-free filter, a fixed split, the template.
+
+The schema is databricks-dolly-15k's: ``instruction``, ``context``, ``response``, ``category``.
+The KerasHub LoRA tutorial keeps the rows whose ``context`` is empty and formats each as
+``"Instruction:\\n{instruction}\\n\\nResponse:\\n{response}"``; :func:`prompt_completion` splits
+that text where the response begins, so a trainer can put its labels on the response only.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+FIELDS = ("instruction", "context", "response", "category")
+CATEGORIES = ("open_qa", "general_qa", "classification", "closed_qa", "brainstorming",
+              "information_extraction", "summarization", "creative_writing")
+PROMPT = "Instruction:\n{instruction}\n\nResponse:\n"
+TEMPLATE = PROMPT + "{response}"  # the KerasHub tutorial's template
+HUB_ID = "databricks/databricks-dolly-15k"
+
+
+def check_row(row, where: str) -> str | None:
+    """Why ``row`` is unusable (naming the field), or None when it is fine."""
+    if not isinstance(row, dict):
+        return f"{where}: not a JSON object"
+    for name in FIELDS:
+        if not isinstance(row.get(name), str):
+            return f"{where}: field '{name}' is missing or not a string"
+    for name in ("instruction", "response"):
+        if not row[name].strip():
+            return f"{where}: field '{name}' is empty"
+    return None
+
+
+def read_jsonl(path: str | Path, report=print) -> list[dict]:
+    """The usable rows of a Dolly-schema JSON-lines file; each bad line is reported and skipped."""
+    path = Path(path)
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            report(f"skipped {where}: not valid JSON ({exc.msg})")
+            continue
+        problem = check_row(row, where)
+        if problem:
+            report(f"skipped {problem}")
+            continue
+        rows.append({k: row[k] for k in FIELDS})
+    return rows
+
+
+def from_hub(limit: int | None = None) -> list[dict]:
+    """databricks-dolly-15k from the hub (Colab; CI is offline and uses the bundled sample)."""
+    from datasets import load_dataset
+
+    split = "train" if limit is None else f"train[:{limit}]"
+    ds = load_dataset(HUB_ID, split=split)
+    rows = []
+    for i, row in enumerate(ds):
+        problem = check_row(row, f"{HUB_ID} row {i}")
+        if problem:
+            print(f"skipped {problem}")
+            continue
+        rows.append({k: row[k] for k in FIELDS})
+    return rows
+
+
+def context_free(rows: Sequence[dict]) -> list[dict]:
+    """The rows whose ``context`` is empty (the tutorial's filter)."""
+    return [r for r in rows if not r["context"].strip()]
+
+
+def split(rows: Sequence[dict], n_train: int, n_heldout: int) -> tuple[list[dict], list[dict]]:
+    """The first ``n_train`` rows to train on and the next ``n_heldout`` held out: a fixed split
+    (the tutorial trains on the *first* 1,000 context-free rows, so the held-out rows follow them)."""
+    if n_train + n_heldout > len(rows):
+        raise ValueError(f"asked for {n_train} training + {n_heldout} held-out rows, only {len(rows)} available")
+    return list(rows[:n_train]), list(rows[n_train : n_train + n_heldout])
+
+
+def prompt(row: dict) -> str:
+    return PROMPT.format(instruction=row["instruction"].strip())
+
+
+def text(row: dict) -> str:
+    return TEMPLATE.format(instruction=row["instruction"].strip(), response=row["response"].strip())
+
+
+def prompt_completion(rows: Sequence[dict]) -> list[dict]:
+    """``{"prompt", "completion"}`` rows (see :func:`gemma_helpers.chat.tokenize_row`): the
+    template up to ``Response:\\n``, then the response."""
+    return [{"prompt": prompt(r), "completion": r["response"].strip()} for r in rows]
