@@ -228,8 +228,8 @@ class VisionCollator:
 
         prompt, target = prompt_and_target(self.processor, row["messages"])
         images = self.load_images(row)
-        enc = self.processor(text=[prompt], images=[images] if images else None, add_special_tokens=False,
-                             return_tensors="pt")
+        extra = {"images": [images]} if images else {}  # a text-only row also works with a plain tokenizer
+        enc = self.processor(text=[prompt], add_special_tokens=False, return_tensors="pt", **extra)
         answer = torch.tensor(self.tok(target, add_special_tokens=False)["input_ids"])
         n = enc["input_ids"].shape[1]
         out = {}

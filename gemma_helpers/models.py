@@ -265,7 +265,7 @@ def vision_processor(image_size: int = 64, tokens_per_image: int = 16):
 
 
 def tiny_vision_model(seed: int = 0, image_size: int = 64, patch_size: int = 8, tokens_per_image: int = 16,
-                      hidden_size: int = 64, layers: int = 2):
+                      hidden_size: int = 64, layers: int = 2, init_range: float = 0.2):
     """``(model, processor)``: a tiny random-weight ``Gemma3ForConditionalGeneration`` (SigLIP vision
     tower, projector, Gemma 3 text decoder) with the real processor of :func:`vision_processor`.
 
@@ -283,7 +283,10 @@ def tiny_vision_model(seed: int = 0, image_size: int = 64, patch_size: int = 8, 
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=1, head_dim=32,
                          sliding_window=128, layer_types=["sliding_attention", "full_attention"] * (layers // 2)
                          + ["sliding_attention"] * (layers % 2), pad_token_id=tok.pad_token_id,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         # wider than the real 0.02: with the tied 262k-row head of a 64-wide model, 0.02 caps
+                         # the logits near zero, so the output stays uniform (loss ~ ln 262144) whatever LoRA learns
+                         initializer_range=init_range),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            image_size=image_size, patch_size=patch_size),
         mm_tokens_per_image=tokens_per_image, image_token_index=tok.image_token_id,

@@ -212,3 +212,22 @@ def synthetic_clips(out_dir: str | Path, per_action: int = 6, n_frames: int = 12
             name = f"{action.replace(' ', '_')}_{i:02d}.mp4"
             clips.append((write_clip(Path(out_dir) / name, frames), action))
     return clips
+
+
+def clips_from_csv(folder: str | Path, csv_name: str = "annotations.csv") -> list[tuple[Path, str]]:
+    """``[(clip path, answer), ...]`` from ``folder/annotations.csv`` (columns ``clip,answer``; ``clip``
+    is a file name in ``folder/clips/``). A listed clip that is missing is reported and left out."""
+    import csv
+
+    folder = Path(folder)
+    pairs = []
+    with open(folder / csv_name, newline="", encoding="utf-8") as fh:
+        for i, rec in enumerate(csv.DictReader(fh), start=2):
+            if not rec.get("clip") or not (rec.get("answer") or "").strip():
+                raise ValueError(f"{folder / csv_name} line {i}: 'clip' and 'answer' are required")
+            path = folder / "clips" / rec["clip"]
+            if not path.is_file():
+                print(f"skipped {rec['clip']}: {path} does not exist")
+                continue
+            pairs.append((path, rec["answer"].strip()))
+    return pairs
