@@ -278,22 +278,26 @@ def tiny_vision_model(seed: int = 0, image_size: int = 64, patch_size: int = 8, 
     processor = vision_processor(image_size, tokens_per_image)
     tok = processor.tokenizer
     heads = max(hidden_size // 32, 1)
-    config = Gemma3Config(
-        text_config=dict(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=1, head_dim=32,
-                         sliding_window=128, layer_types=["sliding_attention", "full_attention"] * (layers // 2)
-                         + ["sliding_attention"] * (layers % 2), pad_token_id=tok.pad_token_id,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         # wider than the real 0.02: with the tied 262k-row head of a 64-wide model, 0.02 caps
-                         # the logits near zero, so the output stays uniform (loss ~ ln 262144) whatever LoRA learns
-                         initializer_range=init_range),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=image_size, patch_size=patch_size),
-        mm_tokens_per_image=tokens_per_image, image_token_index=tok.image_token_id,
-        boi_token_index=tok.boi_token_id, eoi_token_index=tok.convert_tokens_to_ids(tok.eoi_token),
-    )
+    layer_types = (["sliding_attention", "full_attention"] * layers)[:layers]
+    text = {"vocab_size": len(tok), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": 1, "head_dim": 32,
+            "sliding_window": 128, "layer_types": layer_types, "pad_token_id": tok.pad_token_id,
+            "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+            # wider than the real 0.02: with the tied 262k-row head of a 64-wide model, 0.02 caps the
+            # logits near zero, so the output stays uniform (loss ~ ln 262144) whatever LoRA learns
+            "initializer_range": init_range}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": image_size, "patch_size": patch_size}
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=tokens_per_image,
+                          image_token_index=tok.image_token_id, boi_token_index=tok.boi_token_id,
+                          eoi_token_index=tok.convert_tokens_to_ids(tok.eoi_token))
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration(config).float()
+    # the class initialises the projector to zeros (a checkpoint overwrites it); frozen at zero, it would
+    # hand the language model nothing of the images, so a random projection stands in for a trained one
+    with torch.no_grad():
+        proj = model.model.multi_modal_projector.mm_input_projection_weight
+        proj.normal_(0.0, proj.shape[0] ** -0.5)
     prepare_tokenizer(tok, model)
     return model, processor
 

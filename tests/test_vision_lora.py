@@ -43,6 +43,9 @@ def test_labels_decode_to_exactly_the_answers(tiny, clip_rows):
         assert (labels[batch["attention_mask"][i] == 0] == IGNORE_INDEX).all()  # padding
     assert (batch["input_ids"] == tok.image_token_id).sum() == 12 * processor.image_seq_length
     assert not (batch["labels"] == tok.image_token_id).any()
+    features = model.get_image_features(batch["pixel_values"][:2])
+    features = getattr(features, "pooler_output", features)
+    assert features.float().std() > 0.1  # the frozen vision path does carry the images to the language model
 
 
 def gemma4_tokenizer(tokenizer):
@@ -127,3 +130,22 @@ def test_action_scores():
     assert scores["exact_match"] == pytest.approx(1 / 3)
     assert scores["token_f1"] == pytest.approx((1 + 0.5 + 2 / 3) / 3)
     assert evaluate.token_f1("", "growing") == 0.0
+
+
+def test_accelerate_two_processes_end_with_the_same_adapter(tmp_path):
+    """``accelerate launch --multi_gpu --num_processes 2`` on a machine without a GPU (torchrun, gloo): data-parallel training keeps the ranks in step."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    script = Path(__file__).with_name("accelerate_frames_train.py")
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           str(script), str(tmp_path)], check=False, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rank 0 of 2: 3 steps" in proc.stdout and "rank 1 of 2: 3 steps" in proc.stdout
+    a, b = load_file(tmp_path / "lora-rank0.safetensors"), load_file(tmp_path / "lora-rank1.safetensors")
+    assert a.keys() == b.keys() and len(a) == 28
+    assert all(a[k].equal(b[k]) for k in a)
+    assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # trained, not the zero init
