@@ -248,7 +248,7 @@ def trainable_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def vision_processor(image_size: int = 64, tokens_per_image: int = 16):
+def vision_processor(image_size: int = 64, tokens_per_image: int = 4):
     """A real ``Gemma3Processor`` assembled offline: the embedded Gemma 3 tokenizer (plus the
     ``<image_soft_token>`` the multimodal Gemma 3 checkpoints have at id 262144), Gemma's chat
     template, and a ``Gemma3ImageProcessor`` (PIL backend) at ``image_size``."""
@@ -264,8 +264,8 @@ def vision_processor(image_size: int = 64, tokens_per_image: int = 16):
                            chat_template=tok.chat_template)
 
 
-def tiny_vision_model(seed: int = 0, image_size: int = 64, patch_size: int = 8, tokens_per_image: int = 16,
-                      hidden_size: int = 64, layers: int = 2, init_range: float = 0.2):
+def tiny_vision_model(seed: int = 0, image_size: int = 64, patch_size: int = 8, tokens_per_image: int = 4,
+                      hidden_size: int = 128, layers: int = 2, init_range: float = 0.2):
     """``(model, processor)``: a tiny random-weight ``Gemma3ForConditionalGeneration`` (SigLIP vision
     tower, projector, Gemma 3 text decoder) with the real processor of :func:`vision_processor`.
 
