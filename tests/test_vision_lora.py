@@ -48,18 +48,20 @@ def test_labels_decode_to_exactly_the_answers(tiny, clip_rows):
     assert features.float().std() > 0.1  # the frozen vision path does carry the images to the language model
 
 
+@pytest.fixture(scope="module")
 def gemma4_tokenizer(tokenizer):
+    """The embedded tokenizer plus Gemma 4's turn and channel tokens (copied once: the session one stays as it is)."""
     tok = __import__("copy").deepcopy(tokenizer)
     tok.add_tokens(["<|turn>", "<turn|>", "<|channel>", "<channel|>", "<|image|>", "<|think|>"], special_tokens=True)
     return tok
 
 
 @pytest.mark.parametrize("empty_thought", [False, True])
-def test_gemma4_template_answer_span_survives_an_empty_thought_channel(tokenizer, empty_thought):
+def test_gemma4_template_answer_span_survives_an_empty_thought_channel(gemma4_tokenizer, empty_thought):
     """Gemma 4's chat template (as stored by TRL from google/gemma-4-E2B-it). Some revisions end the
     generation prompt in an empty thought channel that the rendered answer lacks: matching the prompt
     as a prefix of the rendered conversation (the seed's method) then finds no answer at all."""
-    tok = gemma4_tokenizer(tokenizer)
+    tok = gemma4_tokenizer
     template = (TRL_TEMPLATES / "gemma4_v5.jinja").read_text()
     if empty_thought:
         template = template.replace("{{- '<|turn>model\\n' -}}", "{{- '<|turn>model\\n<|channel>thought\\n<channel|>' -}}")
@@ -76,14 +78,14 @@ def test_gemma4_template_answer_span_survives_an_empty_thought_channel(tokenizer
 
 
 @pytest.fixture(scope="module")
-def one_step_ga8(tmp_path_factory, clip_rows):
+def one_step_ga8(tmp_path_factory, clip_rows, tiny):
     """One optimizer step, batch 1 x gradient accumulation 8, on 8 rows; the mean per-token loss of the
     same rows computed by hand on the untrained model (LoRA's B starts at zero, so it is the same function)."""
     import torch
 
     rows, load = clip_rows
     rows = (rows * 2)[:8]
-    model, processor = models.tiny_vision_model(seed=1)
+    model, processor = tiny  # trained in place: the tests that use it untrained come first in this file
     collate = VisionCollator(processor, load)
     total, count = 0.0, 0
     with torch.no_grad():
