@@ -396,3 +396,87 @@ def token_length_stats(tokenizer, rows: Sequence[dict]) -> tuple[list[int], dict
     a = np.asarray(lengths)
     return lengths, {"n": len(lengths), "mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
                      "p95": float(np.percentile(a, 95)), "max": int(a.max())}
+
+
+def message_text(message: dict) -> str:
+    """The text of one turn: a string, or the text parts of a content list joined."""
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(p.get("text") or "" for p in content if p.get("type") == "text")
+
+
+def prompt_and_target(processor, messages: list[dict]) -> tuple[str, str]:
+    """The generation prompt and the text to train on for a conversation whose last turn is the answer.
+
+    The prompt is what the template renders for generation (thinking off), so training sees exactly
+    what inference will. The target is the answer followed by the end-of-turn token the template
+    writes after it (``<end_of_turn>`` for Gemma 3 / 3n, ``<turn|>`` for Gemma 4). No prefix of the
+    rendered conversation is matched against the prompt: Gemma 4 templates whose generation prompt
+    ends in an empty thought channel that a rendered answer lacks would silently mask everything."""
+    tok = getattr(processor, "tokenizer", processor)
+    answer = message_text(messages[-1]).strip()
+    if messages[-1]["role"] != "assistant" or not answer:
+        raise ValueError("the last turn must be a non-empty assistant answer")
+    template = getattr(processor, "chat_template", None) or ""
+    thinking = {"enable_thinking": False} if "enable_thinking" in template else {}  # Gemma 4: thinking off
+    prompt = processor.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False, **thinking)
+    full = processor.apply_chat_template(messages, tokenize=False, **thinking)
+    at = full.rfind(answer)
+    if at < 0:
+        raise ValueError(f"the chat template does not render the answer {answer!r} verbatim")
+    after = tok(full[at + len(answer):], add_special_tokens=False)["input_ids"][:1]
+    end = tok.convert_ids_to_tokens(after[0]) if after else None
+    if end not in tok.all_special_tokens and end not in getattr(tok, "get_added_vocab", dict)():
+        raise ValueError(f"the chat template writes {full[at + len(answer):][:20]!r} after an answer, "
+                         "not an end-of-turn token")
+    return prompt, answer + end
+
+
+class VisionCollator:
+    """Batches of multimodal rows for a Gemma processor, with labels on the answer only.
+
+    Per row: the prompt (images, text and generation prompt) goes through the processor, which
+    expands each image into its placeholder tokens; the answer and its end-of-turn token are
+    tokenized alone and appended. Labels are -100 on the prompt, every image placeholder and the
+    padding; ``token_type_ids`` (Gemma 3 / 3n, required in training) and ``mm_token_type_ids``
+    (Gemma 4) are kept and padded with 0. ``load_images(row)`` returns a row's PIL images."""
+
+    def __init__(self, processor, load_images):
+        self.processor, self.load_images = processor, load_images
+        self.tok = getattr(processor, "tokenizer", processor)
+
+    def encode(self, row: dict) -> dict:
+        import torch
+
+        prompt, target = prompt_and_target(self.processor, row["messages"])
+        images = self.load_images(row)
+        extra = {"images": [images]} if images else {}  # a text-only row also works with a plain tokenizer
+        enc = self.processor(text=[prompt], add_special_tokens=False, return_tensors="pt", **extra)
+        answer = torch.tensor(self.tok(target, add_special_tokens=False)["input_ids"])
+        n = enc["input_ids"].shape[1]
+        out = {}
+        for key, value in enc.items():
+            if torch.is_tensor(value) and value.dim() == 2 and value.shape == (1, n):  # one value per token
+                extra = answer if key == "input_ids" else torch.full_like(answer, 1 if key == "attention_mask" else 0)
+                out[key] = torch.cat([value[0], extra])
+            else:
+                out[key] = value
+        out["labels"] = torch.cat([torch.full((n,), IGNORE_INDEX), answer])
+        return out
+
+    def __call__(self, rows: Sequence[dict]) -> dict:
+        import torch
+
+        encoded = [self.encode(r) for r in rows]
+        width = max(e["input_ids"].shape[0] for e in encoded)
+        pad = {"input_ids": self.tok.pad_token_id, "labels": IGNORE_INDEX}
+        batch = {}
+        for key in encoded[0]:
+            values = [e[key] for e in encoded]
+            if key in pad or key in ("attention_mask", "token_type_ids", "mm_token_type_ids"):
+                batch[key] = torch.stack([torch.nn.functional.pad(v, (0, width - v.shape[0]), value=pad.get(key, 0))
+                                          for v in values])
+            elif torch.is_tensor(values[0]):  # per image: pixel_values, image_position_ids, ...
+                batch[key] = torch.cat(values)
+            else:
+                batch[key] = [x for v in values for x in v]
+        return batch

@@ -230,3 +230,57 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
     return sum(scores) / len(scores)
+
+
+def answer_rows(model, processor, rows: Sequence[dict], load_images, max_new_tokens: int = 12) -> list[str]:
+    """Greedy answers of a multimodal model to the prompts of ``rows`` (their last turn is ignored).
+
+    The prompt is built as in training (:func:`gemma_helpers.chat.prompt_and_target`), one row at a
+    time; generation stops at the end-of-turn token."""
+    import torch
+
+    from .chat import prompt_and_target
+
+    tok = getattr(processor, "tokenizer", processor)
+    device = next(model.parameters()).device
+    answers = []
+    with _eval_mode(model), torch.inference_mode():
+        for row in rows:
+            prompt, target = prompt_and_target(processor, row["messages"])
+            end = tok.convert_tokens_to_ids(tok.tokenize(target)[-1])
+            images = load_images(row)
+            enc = processor(text=[prompt], images=[images] if images else None, add_special_tokens=False,
+                            return_tensors="pt").to(device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=[end, tok.eos_token_id], pad_token_id=tok.pad_token_id)
+            text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            answers.append(text.strip())
+    return answers
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Word-overlap F1 (SQuAD style, lower-cased, punctuation dropped)."""
+    from collections import Counter
+
+    pred, ref = _words(prediction), _words(reference)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if not pred or not ref or not common:
+        return float(pred == ref)
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def action_scores(predictions: Sequence[str], references: Sequence[str]) -> dict:
+    """Exact match (after lower-casing and dropping punctuation) and mean token F1."""
+    pairs = list(zip(predictions, references, strict=True))
+    return {
+        "exact_match": fraction([_words(p) == _words(r) for p, r in pairs]),
+        "token_f1": sum(token_f1(p, r) for p, r in pairs) / len(pairs) if pairs else 0.0,
+        "n": len(pairs),
+    }

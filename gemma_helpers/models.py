@@ -20,6 +20,11 @@ from .chat import END_OF_TURN, install_chat_template
 
 EMBEDDED = "gemma-3-270m"
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# LoRA on the text decoder of a multimodal Gemma only: a regular expression over module names, because
+# the vision tower has q/k/v projections too (and Gemma 4's are Gemma4ClippableLinear, which PEFT rejects)
+LANGUAGE_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+TINY_VISION = "tiny-gemma3-vision"
+VISION_PARTS = ("vision_tower", "multi_modal_projector", "embed_vision")  # Gemma 3 / 3n / 4 names
 
 
 @dataclass(frozen=True)
@@ -250,8 +255,18 @@ def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length:
 
 def attach_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0,
                 target_modules=DEFAULT_TARGETS, seed: int = 3407):
-    """Wrap a model with fresh LoRA adapters (unsloth's ``get_peft_model`` on a GPU)."""
-    target_modules = list(target_modules)
+    """Wrap a model with fresh LoRA adapters (unsloth's ``get_peft_model`` on a GPU).
+
+    ``target_modules`` is a list of module names, or one regular expression over full module
+    names (:data:`LANGUAGE_TARGETS`: the text layers of a multimodal model, vision left frozen)."""
+    regex = isinstance(target_modules, str)
+    target_modules = target_modules if regex else list(target_modules)
+    if env.unsloth_available() and regex:  # a vision model loaded by load_vision_model
+        from unsloth import FastVisionModel
+
+        return FastVisionModel.get_peft_model(
+            model, finetune_vision_layers=False, finetune_language_layers=True, finetune_attention_modules=True,
+            finetune_mlp_modules=True, r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", random_state=seed)
     if env.unsloth_available():  # load_model used unsloth too
         from unsloth import FastModel
 
@@ -270,3 +285,96 @@ def trainable_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+def vision_processor(image_size: int = 64, tokens_per_image: int = 4):
+    """A real ``Gemma3Processor`` assembled offline: the embedded Gemma 3 tokenizer (plus the
+    ``<image_soft_token>`` the multimodal Gemma 3 checkpoints have at id 262144), Gemma's chat
+    template, and a ``Gemma3ImageProcessor`` (PIL backend) at ``image_size``."""
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer, Gemma3ImageProcessorPil, Gemma3Processor
+
+    tok = AutoTokenizer.from_pretrained(embedded_path(), extra_special_tokens={
+        "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"})
+    tok.add_tokens([AddedToken("<image_soft_token>", special=True, normalized=False)], special_tokens=True)
+    prepare_tokenizer(tok)
+    images = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+    return Gemma3Processor(image_processor=images, tokenizer=tok, image_seq_length=tokens_per_image,
+                           chat_template=tok.chat_template)
+
+
+def tiny_vision_model(seed: int = 0, image_size: int = 64, patch_size: int = 8, tokens_per_image: int = 4,
+                      hidden_size: int = 128, layers: int = 2, init_range: float = 0.2):
+    """``(model, processor)``: a tiny random-weight ``Gemma3ForConditionalGeneration`` (SigLIP vision
+    tower, projector, Gemma 3 text decoder) with the real processor of :func:`vision_processor`.
+
+    For tests and the CPU profile. Gemma 4's processor module imports torchvision, whose PyPI wheels
+    are CUDA builds that fail to load next to the CPU build of torch, and Gemma 3n's vision tower is a
+    timm model (timm needs torchvision too); the same code trains Gemma 3n / 4 on a GPU."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    processor = vision_processor(image_size, tokens_per_image)
+    tok = processor.tokenizer
+    heads = max(hidden_size // 32, 1)
+    layer_types = (["sliding_attention", "full_attention"] * layers)[:layers]
+    text = {"vocab_size": len(tok), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": 1, "head_dim": 32,
+            "sliding_window": 128, "layer_types": layer_types, "pad_token_id": tok.pad_token_id,
+            "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+            # wider than the real 0.02: with the tied 262k-row head of a 64-wide model, 0.02 caps the
+            # logits near zero, so the output stays uniform (loss ~ ln 262144) whatever LoRA learns
+            "initializer_range": init_range}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": image_size, "patch_size": patch_size}
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=tokens_per_image,
+                          image_token_index=tok.image_token_id, boi_token_index=tok.boi_token_id,
+                          eoi_token_index=tok.convert_tokens_to_ids(tok.eoi_token))
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(config).float()
+    # the class initialises the projector to zeros (a checkpoint overwrites it); frozen at zero, it would
+    # hand the language model nothing of the images, so a random projection stands in for a trained one
+    with torch.no_grad():
+        proj = model.model.multi_modal_projector.mm_input_projection_weight
+        proj.normal_(0.0, proj.shape[0] ** -0.5)
+    prepare_tokenizer(tok, model)
+    return model, processor
+
+
+def load_vision_model(name: str = TINY_VISION, load_in_4bit: bool = True, max_seq_length: int = 2048):
+    """``(model, processor)`` for a multimodal Gemma: :data:`TINY_VISION` (offline, CPU) or a registry
+    name / hub id (``gemma-4-e4b-it``, ``gemma-3n-e4b-it``), through unsloth's vision loader on a GPU."""
+    if name == TINY_VISION:
+        return tiny_vision_model()
+    path, _ = resolve(name)
+    if env.unsloth_available():
+        from unsloth import FastVisionModel  # imported only with a GPU: it raises without one
+
+        model, processor = FastVisionModel.from_pretrained(
+            path, load_in_4bit=load_in_4bit, max_seq_length=max_seq_length, use_gradient_checkpointing="unsloth")
+    else:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        kwargs = {"dtype": env.train_dtype(), "use_safetensors": True}
+        if load_in_4bit:
+            kwargs["quantization_config"] = bnb_config(env.train_dtype())
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        processor = AutoProcessor.from_pretrained(path)
+    check_vocab(model, processor.tokenizer)
+    return model, processor
+
+
+def vision_report(model) -> dict:
+    """What is trainable where: the vision tower and projector must be frozen, and every LoRA
+    module must sit in the language model."""
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    vision = [n for n, _ in model.named_parameters() if any(part in n for part in VISION_PARTS)]
+    lora = [n for n in trainable if "lora_" in n]
+    return {
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "vision_params": len(vision),
+        "trainable_vision": [n for n in trainable if n in set(vision)],
+        "lora_outside_language_model": [n for n in lora if "language_model" not in n],
+        "lora_tensors": len(lora),
+        "frozen_vision": bool(vision) and not any(n in set(vision) for n in trainable),
+    }

@@ -166,7 +166,7 @@ def report_to() -> str:
     return "wandb" if os.environ.get("WANDB_API_KEY") else "none"
 
 
-def sft_config(spec: TrainSpec, output_dir: Path):
+def sft_config(spec: TrainSpec, output_dir: Path, multimodal: bool = False):
     import torch
     from trl import SFTConfig
 
@@ -192,16 +192,18 @@ def sft_config(spec: TrainSpec, output_dir: Path):
         bf16=bf16,
         fp16=False,  # Gemma 3/3n/4 overflow in float16
         use_cpu=not torch.cuda.is_available(),
-        max_length=spec.max_seq_length,
+        max_length=None if multimodal else spec.max_seq_length,  # truncation would cut image placeholders
         dataloader_num_workers=0,
         gradient_checkpointing=torch.cuda.is_available(),
         packing=False,
+        # multimodal rows stay raw until the collator (images are loaded and expanded there)
+        **({"remove_unused_columns": False, "dataset_kwargs": {"skip_prepare_dataset": True}} if multimodal else {}),
     )
 
 
 def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: str | Path,
           resume: bool = False, stop_when: Callable | None = None, stop_every: int = 5,
-          callbacks: Sequence = ()) -> TrainResult:
+          callbacks: Sequence = (), data_collator: Callable | None = None) -> TrainResult:
     """Train LoRA adapters on ``rows``; return where the adapter is and the loss history.
 
     - LoRA from ``spec`` is attached unless ``model`` already carries adapters.
@@ -209,6 +211,8 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
       ``resume=True`` continues from the newest one (a fresh start when there is none).
     - ``stop_when(model) -> str | None`` is called every ``stop_every`` steps; a returned
       reason stops training early (for instance: a validation recall has been reached).
+    - ``data_collator`` (multimodal rows, e.g. :class:`gemma_helpers.chat.VisionCollator`): rows
+      are handed to it as they are, and ``tokenizer`` is the model's processor.
     - The adapter and tokenizer are saved to ``output_dir/adapter``; the history of loss and
       learning rate to ``output_dir/history.json``.
     """
@@ -228,16 +232,20 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
         set_seed(spec.seed)  # LoRA's A matrices are drawn now: the same seed gives the same run
         model = attach_lora(model, r=spec.r, alpha=spec.alpha, dropout=spec.dropout,
                             target_modules=spec.target_modules, seed=spec.seed)
-    dataset = Dataset.from_list(tokenize_rows(tokenizer, rows, spec.max_seq_length))
+    if data_collator is None:
+        dataset = Dataset.from_list(tokenize_rows(tokenizer, rows, spec.max_seq_length))
+    else:
+        dataset = Dataset.from_list(list(rows))  # raw rows: the collator loads the images
 
     _ensure_lm_head_kernel()
     NonFiniteLoss, StopWhen = _callbacks()
     stopper = StopWhen(stop_when, stop_every) if stop_when else None
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(spec, output_dir),
+        args=sft_config(spec, output_dir, multimodal=data_collator is not None),
         train_dataset=dataset,
         processing_class=tokenizer,
+        data_collator=data_collator,
         callbacks=[NonFiniteLoss(), *([stopper] if stopper else []), *callbacks],
     )
     started = time.time()

@@ -1,1 +1,1 @@
-"""Datasets the notebooks train on: bundled samples and their hub counterparts."""
+"""Data preparation: each module turns one kind of raw source (bundled samples, hub sets, video clips) into training rows."""

@@ -1,0 +1,233 @@
+"""Video clips to training rows: N evenly spaced frames per clip, as JPEGs, in the messages format.
+
+A row has the layout of the seed data set (``kinetic_3K.json``): the user turn is N image parts
+(``{"type": "image", "image": "frames/<clip>/frame_k.jpg"}``, relative to a root folder) followed by
+one text part, the assistant turn is the action as text. Rows also carry ``"clip"`` (the clip's
+name), so that train and held-out sets are split by clip, never by frame.
+
+The CPU profile trains on synthetic clips written here with PyAV: one shape per clip that moves
+left, right, up or down, grows or shrinks; the action is the answer.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+PROMPT = "Please analyze the sequence of frames from this video. What specific action or event is happening?"
+ACTIONS = ("moving left", "moving right", "moving up", "moving down", "growing", "shrinking")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+
+
+class ClipError(ValueError):
+    """A clip that cannot be used; the message names the file."""
+
+
+@dataclass
+class Skipped:
+    clip: str
+    reason: str
+
+
+def sample_frames(path: str | Path, n: int = 4, size: int | None = 336) -> list:
+    """``n`` evenly spaced frames of a video file as RGB PIL images, resized to ``size`` x ``size``.
+
+    The first and the last frame are always among them. Raises :class:`ClipError` naming the file
+    when it cannot be decoded or has fewer than ``n`` frames."""
+    import av
+
+    path = Path(path)
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ClipError(f"{path}: no video stream")
+            for frame in container.decode(video=0):
+                frames.append(frame.to_image())  # every frame: stream.frames is unreliable for many containers
+    except ClipError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        if not frames:
+            raise ClipError(f"{path}: cannot be decoded ({type(exc).__name__}: {exc})") from exc
+        # a truncated file: keep the frames decoded before the damage
+    if len(frames) < n:
+        raise ClipError(f"{path}: {len(frames)} decodable frames, fewer than the {n} requested")
+    picks = [round(i * (len(frames) - 1) / (n - 1)) for i in range(n)] if n > 1 else [len(frames) // 2]
+    chosen = [frames[i].convert("RGB") for i in picks]
+    if size:
+        chosen = [im.resize((size, size)) for im in chosen]
+    return chosen
+
+
+def write_frames(clip: str | Path, out_dir: str | Path, n: int = 4, size: int | None = 336,
+                 quality: int = 90) -> list[Path]:
+    """Sample ``n`` frames of ``clip`` and write them as ``out_dir/frame_0.jpg`` ... (JPEG)."""
+    out_dir = Path(out_dir)
+    images = sample_frames(clip, n, size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, im in enumerate(images):
+        p = out_dir / f"frame_{k}.jpg"
+        im.save(p, format="JPEG", quality=quality)
+        paths.append(p)
+    return paths
+
+
+def row(frame_paths: Sequence[str], answer: str, clip: str, prompt: str = PROMPT) -> dict:
+    """One training row in the seed's messages format: N image parts, then the text; the answer as assistant."""
+    content = [{"type": "image", "image": str(p)} for p in frame_paths] + [{"type": "text", "text": prompt}]
+    return {"messages": [{"role": "user", "content": content},
+                         {"role": "assistant", "content": [{"type": "text", "text": answer}]}],
+            "clip": clip}
+
+
+def build_rows(clips: Iterable[tuple[str | Path, str]], root: str | Path, n: int = 4, size: int | None = 336,
+               prompt: str = PROMPT, progress: bool = True) -> tuple[list[dict], list[Skipped]]:
+    """Rows for ``(clip path, answer)`` pairs; frames go to ``root/frames/<clip name>/``.
+
+    Image paths in the rows are relative to ``root``. A clip that cannot be decoded or is shorter
+    than ``n`` frames is reported by name and skipped; the others are kept."""
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    rows, skipped = [], []
+    clips = list(clips)
+    for clip, answer in tqdm(clips, desc="sampling frames", disable=not progress):
+        clip = Path(clip)
+        try:
+            paths = write_frames(clip, root / "frames" / clip.stem, n, size)
+        except ClipError as exc:
+            skipped.append(Skipped(clip.name, str(exc)))
+            print(f"skipped {clip.name}: {exc}")
+            continue
+        rows.append(row([p.relative_to(root).as_posix() for p in paths], answer, clip.stem, prompt))
+    return rows, skipped
+
+
+def load_images(row: dict, root: str | Path) -> list:
+    """The PIL images of a row's user turn, in order (paths relative to ``root``)."""
+    from PIL import Image
+
+    images = []
+    for msg in row["messages"]:
+        for part in msg["content"] if isinstance(msg["content"], list) else []:
+            if part.get("type") == "image":
+                with Image.open(Path(root) / part["image"]) as im:
+                    images.append(im.convert("RGB"))
+    return images
+
+
+def answer_of(row: dict) -> str:
+    """The text of a row's last (assistant) turn."""
+    content = row["messages"][-1]["content"]
+    return content if isinstance(content, str) else "".join(p.get("text") or "" for p in content)
+
+
+def split_by_clip(rows: Sequence[dict], heldout: float = 0.25, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Train / held-out rows, split by clip name (every row of a clip lands on one side),
+    stratified by answer so each action appears on both sides when it has at least two clips."""
+    by_answer: dict[str, list[str]] = {}
+    for r in rows:
+        clips = by_answer.setdefault(answer_of(r), [])
+        if r["clip"] not in clips:
+            clips.append(r["clip"])
+    rng = random.Random(seed)
+    held: set[str] = set()
+    for clips in by_answer.values():
+        clips = sorted(clips)
+        rng.shuffle(clips)
+        k = round(len(clips) * heldout) if len(clips) > 1 else 0
+        held.update(clips[: max(k, 1 if len(clips) > 1 and heldout > 0 else 0)])
+    return [r for r in rows if r["clip"] not in held], [r for r in rows if r["clip"] in held]
+
+
+def write_clip(path: str | Path, frames: Sequence, fps: int = 8) -> Path:
+    """Write RGB uint8 arrays (H x W x 3) as an MPEG-4 video with PyAV."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.bit_rate = 400_000
+        for arr in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def shape_frames(action: str, n_frames: int = 12, size: int = 64, shape: str = "square",
+                 color=(230, 40, 40), jitter: random.Random | None = None) -> list:
+    """Frames of one shape performing ``action`` (one of :data:`ACTIONS`) on a dark background."""
+    import numpy as np
+
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}; expected one of {ACTIONS}")
+    rng = jitter or random.Random(0)
+    c0 = size / 2 + rng.uniform(-size / 12, size / 12)
+    c1 = size / 2 + rng.uniform(-size / 12, size / 12)
+    travel = size * 0.55
+    yy, xx = np.mgrid[0:size, 0:size]
+    frames = []
+    for t in range(n_frames):
+        f = t / max(n_frames - 1, 1)
+        cx, cy, r = c0, c1, size * 0.14
+        if action == "moving left":
+            cx = c0 + travel / 2 - travel * f
+        elif action == "moving right":
+            cx = c0 - travel / 2 + travel * f
+        elif action == "moving up":
+            cy = c1 + travel / 2 - travel * f
+        elif action == "moving down":
+            cy = c1 - travel / 2 + travel * f
+        elif action == "growing":
+            r = size * (0.06 + 0.28 * f)
+        else:  # shrinking
+            r = size * (0.34 - 0.28 * f)
+        if shape == "circle":
+            mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+        else:
+            mask = (abs(xx - cx) <= r) & (abs(yy - cy) <= r)
+        img = np.full((size, size, 3), 20, dtype=np.uint8)
+        img[mask] = color
+        frames.append(img)
+    return frames
+
+
+def synthetic_clips(out_dir: str | Path, per_action: int = 6, n_frames: int = 12, size: int = 64,
+                    seed: int = 0, actions: Sequence[str] = ACTIONS) -> list[tuple[Path, str]]:
+    """Write ``per_action`` clips of moving shapes for every action; ``[(clip path, action), ...]``.
+
+    Shape (square or circle), colour and starting point vary from clip to clip."""
+    rng = random.Random(seed)
+    colors = [(230, 40, 40), (40, 200, 60), (60, 90, 240), (240, 220, 40)]
+    clips = []
+    for a, action in enumerate(actions):
+        for i in range(per_action):
+            shape = ("square", "circle")[i % 2]
+            frames = shape_frames(action, n_frames, size, shape, colors[(i + a) % len(colors)], rng)
+            name = f"{action.replace(' ', '_')}_{i:02d}.mp4"
+            clips.append((write_clip(Path(out_dir) / name, frames), action))
+    return clips
+
+
+def clips_from_csv(folder: str | Path, csv_name: str = "annotations.csv") -> list[tuple[Path, str]]:
+    """``[(clip path, answer), ...]`` from ``folder/annotations.csv`` (columns ``clip,answer``; ``clip``
+    is a file name in ``folder/clips/``). A listed clip that is missing is reported and left out."""
+    import csv
+
+    folder = Path(folder)
+    pairs = []
+    with open(folder / csv_name, newline="", encoding="utf-8") as fh:
+        for i, rec in enumerate(csv.DictReader(fh), start=2):
+            if not rec.get("clip") or not (rec.get("answer") or "").strip():
+                raise ValueError(f"{folder / csv_name} line {i}: 'clip' and 'answer' are required")
+            path = folder / "clips" / rec["clip"]
+            if not path.is_file():
+                print(f"skipped {rec['clip']}: {path} does not exist")
+                continue
+            pairs.append((path, rec["answer"].strip()))
+    return pairs
