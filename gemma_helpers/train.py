@@ -42,6 +42,12 @@ class TrainSpec:
     save_steps: int = 25
     save_total_limit: int = 2
     logging_steps: int = 1
+    # Padding-free batches: a batch is one row of concatenated examples, each with its own
+    # position_ids restarting at 0, and no padding. None = on where it is known to be correct:
+    # transformers' sdpa/eager masks (CPU, and GPU without unsloth) keep the examples apart
+    # through position_ids (tests/test_bench.py checks packed == padded loss); off under
+    # unsloth, which is not tested here. True/False force it.
+    padding_free: bool | None = None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -166,11 +172,17 @@ def report_to() -> str:
     return "wandb" if os.environ.get("WANDB_API_KEY") else "none"
 
 
+def padding_free(spec: TrainSpec) -> bool:
+    """Whether ``spec`` trains on padding-free batches (see ``TrainSpec.padding_free``)."""
+    return spec.padding_free if spec.padding_free is not None else not env.unsloth_available()
+
+
 def sft_config(spec: TrainSpec, output_dir: Path):
     import torch
     from trl import SFTConfig
 
     bf16 = env.bf16_supported()
+    free = padding_free(spec)
     return SFTConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=spec.batch_size,
@@ -192,10 +204,13 @@ def sft_config(spec: TrainSpec, output_dir: Path):
         bf16=bf16,
         fp16=False,  # Gemma 3/3n/4 overflow in float16
         use_cpu=not torch.cuda.is_available(),
-        max_length=spec.max_seq_length,
+        # rows arrive tokenized and truncated to spec.max_seq_length (chat.tokenize_rows); TRL
+        # refuses a max_length with padding-free batches and no packing
+        max_length=None if free else spec.max_seq_length,
         dataloader_num_workers=0,
         gradient_checkpointing=torch.cuda.is_available(),
         packing=False,
+        padding_free=free,
     )
 
 
