@@ -47,19 +47,20 @@ def recipe_rows(name: str, args) -> tuple[list[dict], dict]:
     if name == "xylandia":  # notebook 03's seed recipe, rows built as the notebook builds them
         data = json.loads((ROOT / "data" / "xylandia.json").read_text())
         rows = gh.qa_rows([(q, data["fact"]) for q in data["train_questions"]] * 10)
-        return rows, dict(r=16, alpha=32, target_modules=("q_proj", "v_proj"), dropout=0.1, batch_size=2,
-                          learning_rate=2e-4)
+        return rows, {"r": 16, "alpha": 32, "target_modules": ("q_proj", "v_proj"), "dropout": 0.1,
+                      "batch_size": 2, "learning_rate": 2e-4}
     if name == "persian":  # mshojaei77/gemma-3n-E4B-persian-qlora LoRA: r=8, alpha=16, MLP only; batch 4 (seed: 2 x accum 4)
         path = Path(args.persian)
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return rows, dict(r=8, alpha=16, target_modules=("gate_proj", "up_proj", "down_proj"), dropout=0.0,
-                          batch_size=4, learning_rate=2e-4, max_seq_length=1024)
+        return rows, {"r": 8, "alpha": 16, "target_modules": ("gate_proj", "up_proj", "down_proj"), "dropout": 0.0,
+                      "batch_size": 4, "learning_rate": 2e-4, "max_seq_length": 1024}
     if name == "papers":
         path = Path(args.papers)
         if not path.exists():
             raise FileNotFoundError(path)
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return rows, dict(r=16, alpha=32, dropout=0.0, batch_size=2, learning_rate=2e-4, max_seq_length=1024)
+        return rows, {"r": 16, "alpha": 32, "dropout": 0.0, "batch_size": 2, "learning_rate": 2e-4,
+                      "max_seq_length": 1024}
     raise ValueError(f"unknown recipe {name!r} (xylandia, persian, papers)")
 
 
@@ -149,7 +150,7 @@ def trial(args) -> dict:
 
 # ---------------------------------------------------------------- the side-by-side run
 def run_trial(argv: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, *argv], check=False, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(MARK):
             return json.loads(line[len(MARK):])
@@ -211,6 +212,7 @@ def main(args) -> int:
               "tokens": "real = input tokens that are not padding; the first step of each run is not timed",
               "load_average_start": load_average(), "recipes": {}}
     rows = {}
+    name = args.name or ("bench_train_gpu" if args.gpu else "bench_train")
     for subject in subjects:
         recipe = args.gpu_recipe if args.gpu else subject
         try:
@@ -251,8 +253,8 @@ def main(args) -> int:
             "ours peak MiB": round(ours["peak_mb"]), "base peak MiB": round(base["peak_mb"]),
             "ours loss": ours["final_loss"], "base loss": base["final_loss"], "packed": ours["packed"],
         }
+        gh.results.save(name, report)  # after every recipe: an interrupted run keeps what it measured
     report["load_average_end"] = load_average()
-    name = args.name or ("bench_train_gpu" if args.gpu else "bench_train")
     path = gh.results.save(name, report)
     print(f"\n{command}\n{date} | {args.precision} | {args.steps} steps x {args.rounds} rounds per side | "
           f"tokens = real (non-pad) input tokens | load average {report['load_average_start']} -> "
