@@ -143,7 +143,7 @@ def trial(args) -> dict:
         "packed": bool(args.trial == "ours" and padding_free(spec)),
         "load_s": load_s, "rss_before_train_mb": rss.start_mb, "peak_mb": peak,
         "losses": [h["loss"] for h in result.history], "final_loss": result.history[-1]["loss"],
-        "threads": torch.get_num_threads(), **meter.stats.summary(warmup=1),
+        "threads": torch.get_num_threads(), **meter.stats.summary(warmup=args.warmup),
         "step_s": meter.stats.step_s,
     }
 
@@ -209,10 +209,14 @@ def main(args) -> int:
     subjects = [m for m in args.models.split(",")] if args.gpu else args.recipes.split(",")
     report = {"date": date, "command": command, "device": "cuda" if args.gpu else "cpu", "versions": versions(),
               "precision": args.precision, "steps": args.steps, "rounds": args.rounds,
-              "tokens": "real = input tokens that are not padding; the first step of each run is not timed",
+              "tokens": f"real = input tokens that are not padding; the first {args.warmup} step(s) of each run not timed",
               "load_average_start": load_average(), "recipes": {}}
     rows = {}
     name = args.name or ("bench_train_gpu" if args.gpu else "bench_train")
+    if args.append and (gh.results.RESULTS / f"{name}.json").exists():  # an earlier run's other recipes stay
+        report["recipes"] = gh.results.load(name)["recipes"]
+        report["earlier_commands"] = [*gh.results.load(name).get("earlier_commands", []),
+                                      gh.results.load(name)["command"]]
     for subject in subjects:
         recipe = args.gpu_recipe if args.gpu else subject
         try:
@@ -221,7 +225,8 @@ def main(args) -> int:
             print(f"skipping recipe {recipe!r}: {missing} does not exist (issue 5's papers sample has not landed)")
             report["recipes"][subject] = {"skipped": f"{missing} does not exist"}
             continue
-        common = ["--recipe", recipe, "--steps", str(args.steps), "--precision", args.precision,
+        common = ["--recipe", recipe, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                  "--precision", args.precision,
                   "--padding-free", args.padding_free, "--persian", args.persian, "--papers", args.papers,
                   "--model", subject if args.gpu else args.model, "--cache", args.cache,
                   *(["--threads", str(args.threads)] if args.threads else []), *(["--gpu"] if args.gpu else [])]
@@ -244,6 +249,7 @@ def main(args) -> int:
             "ours_final_loss": ours["final_loss"], "baseline_final_loss": base["final_loss"],
             "max_step_loss_diff": max(diffs) if diffs else None,
             "baseline_padding_share": base["padding_share"], "ours_padding_share": ours["padding_share"],
+            "command": command, "date": date, "precision": args.precision,
             "round_ratios": [o["tokens_per_s"] / b["tokens_per_s"] for o, b in zip(trials["ours"], trials["baseline"])],
             "trials": trials,
         }
@@ -275,6 +281,8 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", default="xylandia,persian,papers")
     p.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first is not timed)")
+    p.add_argument("--warmup", type=int, default=1, help="leading steps of each run left out of the timing")
+    p.add_argument("--append", action="store_true", help="keep the other recipes of an existing results file")
     p.add_argument("--rounds", type=int, default=2, help="runs per side, alternating which side goes first")
     p.add_argument("--precision", choices=("nf4", "float32"), default="nf4",
                    help="nf4: 4-bit NF4 base as notebook 03 trains it; float32: full-precision base")
