@@ -211,7 +211,6 @@ def main(args) -> int:
               "precision": args.precision, "steps": args.steps, "rounds": args.rounds,
               "tokens": f"real = input tokens that are not padding; the first {args.warmup} step(s) of each run not timed",
               "load_average_start": load_average(), "recipes": {}}
-    rows = {}
     name = args.name or ("bench_train_gpu" if args.gpu else "bench_train")
     if args.append and (gh.results.RESULTS / f"{name}.json").exists():  # an earlier run's other recipes stay
         report["recipes"] = gh.results.load(name)["recipes"]
@@ -249,31 +248,52 @@ def main(args) -> int:
             "ours_final_loss": ours["final_loss"], "baseline_final_loss": base["final_loss"],
             "max_step_loss_diff": max(diffs) if diffs else None,
             "baseline_padding_share": base["padding_share"], "ours_padding_share": ours["padding_share"],
-            "command": command, "date": date, "precision": args.precision,
+            "command": command, "date": date, "precision": args.precision, "load_average": load_average(),
             "round_ratios": [o["tokens_per_s"] / b["tokens_per_s"] for o, b in zip(trials["ours"], trials["baseline"])],
             "trials": trials,
         }
-        rows[subject] = {
-            "ours tok/s": ours["tps"], "base tok/s": base["tps"], "ratio": ours["tps"] / base["tps"],
-            "ours s/step": ours["s_per_step"], "base s/step": base["s_per_step"],
-            "ours peak MiB": round(ours["peak_mb"]), "base peak MiB": round(base["peak_mb"]),
-            "ours loss": ours["final_loss"], "base loss": base["final_loss"], "packed": ours["packed"],
-        }
         gh.results.save(name, report)  # after every recipe: an interrupted run keeps what it measured
     report["load_average_end"] = load_average()
+    publish(report, name)
+    return 0
+
+
+def publish(report: dict, name: str) -> None:
+    """Save ``report``, print its table and draw its chart."""
+    import gemma_helpers as gh
+
     path = gh.results.save(name, report)
-    print(f"\n{command}\n{date} | {args.precision} | {args.steps} steps x {args.rounds} rounds per side | "
-          f"tokens = real (non-pad) input tokens | load average {report['load_average_start']} -> "
-          f"{report['load_average_end']}")
+    measured = {s: v for s, v in report["recipes"].items() if "ratio" in v}
+    rows = {s: {"ours tok/s": v["ours_tps"], "base tok/s": v["baseline_tps"], "ratio": v["ratio"],
+                "ours s/step": v["ours_s_per_step"], "base s/step": v["baseline_s_per_step"],
+                "ours peak MiB": round(v["ours_peak_mb"]), "base peak MiB": round(v["baseline_peak_mb"]),
+                "ours loss": v["ours_final_loss"], "base loss": v["baseline_final_loss"], "packed": v["packed"]}
+            for s, v in measured.items()}
+    print(f"\n{report['command']}\n{report['date']} | tokens: {report['tokens']}")
+    for s, v in report["recipes"].items():
+        print(f"  {s}: " + (v["skipped"] if "skipped" in v else
+                            f"{v['precision']}, {v['command']} | load average {v.get('load_average')}"))
     if rows:
         print(gh.results.table(rows))
         chart = gh.plots.grouped_bars(
-            {LABELS[side]: {s: report["recipes"][s][f"{side}_tps"] for s in rows} for side in ("ours", "baseline")},
-            f"{name}.png", title=f"Training throughput, {report['device'].upper()} {args.precision} "
-                                 "(ratios: " + ", ".join(f"{s} {v['ratio']:.2f}x" for s, v in rows.items()) + ")",
+            {LABELS[side]: {s: v[f"{side}_tps"] for s, v in measured.items()} for side in ("ours", "baseline")},
+            f"{name}.png", title="Training throughput, " + report["device"].upper() + " (ratios: "
+            + ", ".join(f"{s} {v['ratio']:.2f}x" for s, v in measured.items()) + ")",
             ylabel="real (non-pad) tokens / s")
         print(f"chart {chart.relative_to(ROOT)}")
     print(f"written to {path}")
+
+
+def collect(names: list[str], into: str) -> int:
+    """Gather the recipes of several results files (runs made separately) into one file, table and chart."""
+    import gemma_helpers as gh
+
+    parts = [gh.results.load(n) for n in names]
+    report = {**parts[0], "command": "python benchmarks/train_throughput.py --collect " + ",".join(names),
+              "collected_from": {n: p["command"] for n, p in zip(names, parts)}, "recipes": {}}
+    for p in parts:
+        report["recipes"].update(p["recipes"])
+    publish(report, into)
     return 0
 
 
@@ -297,6 +317,7 @@ def parse(argv=None):
     p.add_argument("--gpu-recipe", default="persian", help="with --gpu: the rows every model trains on")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "gemma_bench_models"))
     p.add_argument("--name", default="", help="results/chart name (default bench_train[_gpu])")
+    p.add_argument("--collect", default="", help="results names to gather into --name (no training)")
     p.add_argument("--trial", choices=("ours", "baseline"), help=argparse.SUPPRESS)
     p.add_argument("--recipe", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -306,5 +327,7 @@ if __name__ == "__main__":
     args = parse()
     if args.trial:
         print(MARK + json.dumps(trial(args)), flush=True)
+    elif args.collect:
+        sys.exit(collect(args.collect.split(","), args.name or "bench_train"))
     else:
         sys.exit(main(args))
