@@ -7,6 +7,7 @@ they are. The logged loss is the mean per-token loss over answer tokens.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -167,6 +168,22 @@ def _ensure_lm_head_kernel() -> None:
         trl_utils._ChunkedLogProbFunction = TorchLogProb
 
 
+class _PackedMasksAreFine(logging.Filter):
+    """Drops TRL's warning that padding-free batches need flash attention: transformers 5.17's
+    sdpa and eager masks keep packed examples apart through ``position_ids`` when no KV cache is
+    passed, as in training (``tests/test_bench.py`` checks the losses agree)."""
+
+    def filter(self, record):
+        return "Padding-free training is enabled, but the attention" not in record.getMessage()
+
+
+def _quiet_packed_warning(model) -> None:
+    if getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager"):
+        log = logging.getLogger("trl.trainer.sft_trainer")
+        if not any(isinstance(f, _PackedMasksAreFine) for f in log.filters):
+            log.addFilter(_PackedMasksAreFine())
+
+
 def report_to() -> str:
     """wandb when a key is configured, else nowhere: a run never stops to prompt for a login."""
     return "wandb" if os.environ.get("WANDB_API_KEY") else "none"
@@ -246,6 +263,8 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
     dataset = Dataset.from_list(tokenize_rows(tokenizer, rows, spec.max_seq_length))
 
     _ensure_lm_head_kernel()
+    if padding_free(spec):
+        _quiet_packed_warning(model)
     NonFiniteLoss, StopWhen = _callbacks()
     stopper = StopWhen(stop_when, stop_every) if stop_when else None
     trainer = SFTTrainer(
