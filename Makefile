@@ -30,6 +30,9 @@ test: setup
 unit: setup
 	$(PY) -m pytest tests
 
+bench: setup
+	$(PY) benchmarks/train_throughput.py
+
 # Regenerate each .ipynb (no outputs) from its py:percent pair after editing the .py.
 sync: setup
 	$(PY) -m gemma_helpers sync notebooks

@@ -7,6 +7,7 @@ they are. The logged loss is the mean per-token loss over answer tokens.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -42,6 +43,12 @@ class TrainSpec:
     save_steps: int = 25
     save_total_limit: int = 2
     logging_steps: int = 1
+    # Padding-free batches: a batch is one row of concatenated examples, each with its own
+    # position_ids restarting at 0, and no padding. None = on where it is known to be correct:
+    # transformers' sdpa/eager masks (CPU, and GPU without unsloth) keep the examples apart
+    # through position_ids (tests/test_bench.py checks packed == padded loss); off under
+    # unsloth, which is not tested here. True/False force it.
+    padding_free: bool | None = None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -161,9 +168,33 @@ def _ensure_lm_head_kernel() -> None:
         trl_utils._ChunkedLogProbFunction = TorchLogProb
 
 
+class _PackedMasksAreFine(logging.Filter):
+    """Drops TRL's warning that padding-free batches need flash attention: transformers 5.17's
+    sdpa and eager masks keep packed examples apart through ``position_ids`` when no KV cache is
+    passed, as in training (``tests/test_bench.py`` checks the losses agree)."""
+
+    def filter(self, record):
+        return "Padding-free training is enabled, but the attention" not in record.getMessage()
+
+
+def _quiet_packed_warning(model) -> None:
+    if getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager"):
+        log = logging.getLogger("trl.trainer.sft_trainer")
+        if not any(isinstance(f, _PackedMasksAreFine) for f in log.filters):
+            log.addFilter(_PackedMasksAreFine())
+
+
 def report_to() -> str:
     """wandb when a key is configured, else nowhere: a run never stops to prompt for a login."""
     return "wandb" if os.environ.get("WANDB_API_KEY") else "none"
+
+
+def padding_free(spec: TrainSpec, multimodal: bool = False) -> bool:
+    """Whether ``spec`` trains on padding-free batches (see ``TrainSpec.padding_free``); never with
+    multimodal rows, whose collator pads the batch itself."""
+    if multimodal:
+        return False
+    return spec.padding_free if spec.padding_free is not None else not env.unsloth_available()
 
 
 def sft_config(spec: TrainSpec, output_dir: Path, multimodal: bool = False):
@@ -171,6 +202,7 @@ def sft_config(spec: TrainSpec, output_dir: Path, multimodal: bool = False):
     from trl import SFTConfig
 
     bf16 = env.bf16_supported()
+    free = padding_free(spec, multimodal)
     return SFTConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=spec.batch_size,
@@ -192,10 +224,13 @@ def sft_config(spec: TrainSpec, output_dir: Path, multimodal: bool = False):
         bf16=bf16,
         fp16=False,  # Gemma 3/3n/4 overflow in float16
         use_cpu=not torch.cuda.is_available(),
-        max_length=None if multimodal else spec.max_seq_length,  # truncation would cut image placeholders
+        # multimodal: truncation would cut image placeholders; padding-free: rows arrive tokenized and
+        # truncated to spec.max_seq_length (chat.tokenize_rows), and TRL refuses a max_length without packing
+        max_length=None if multimodal or free else spec.max_seq_length,
         dataloader_num_workers=0,
         gradient_checkpointing=torch.cuda.is_available(),
         packing=False,
+        padding_free=free,
         # multimodal rows stay raw until the collator (images are loaded and expanded there)
         **({"remove_unused_columns": False, "dataset_kwargs": {"skip_prepare_dataset": True}} if multimodal else {}),
     )
@@ -238,6 +273,8 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
         dataset = Dataset.from_list(list(rows))  # raw rows: the collator loads the images
 
     _ensure_lm_head_kernel()
+    if padding_free(spec, multimodal=data_collator is not None):
+        _quiet_packed_warning(model)
     NonFiniteLoss, StopWhen = _callbacks()
     stopper = StopWhen(stop_when, stop_every) if stop_when else None
     trainer = SFTTrainer(

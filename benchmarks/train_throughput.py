@@ -1,0 +1,333 @@
+"""Training throughput and memory: ``gemma_helpers.train`` against a plain transformers Trainer + peft.
+
+For each recipe both trainers run the same model, rows, answer-only labels, LoRA, seed and
+batch for ``--steps`` optimizer steps. Every run is a fresh process (so the peak memory of one
+is not the next one's), and the order alternates round by round (ours first, then the
+baseline first) so that the load of a shared machine falls on both alike. Reported:
+
+- tokens/s: REAL tokens (input tokens that are not padding) per second, over the steps after
+  the first (which pays one-off costs); labelled tokens/s is printed beside it;
+- s/step; peak memory: RSS sampled during training on CPU, ``max_memory_allocated`` on GPU;
+- final loss, and the largest per-step loss difference between the two (same batches: the
+  losses must agree, or the comparison is not like for like).
+
+CPU (always):  python benchmarks/train_throughput.py [--steps 6 --rounds 2 --persian data/persian_chat.jsonl]
+GPU (CUDA):    python benchmarks/train_throughput.py --gpu   (random-weight Gemma 3 1B / Gemma 3n E4B text, 4-bit)
+
+Writes outputs/results/bench_train.json (or bench_train_gpu.json) and charts/bench_train.png.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+MARK = "BENCH_TRIAL_RESULT "
+LABELS = {"ours": "gemma_helpers.train", "baseline": "plain Trainer + peft"}
+
+
+# ---------------------------------------------------------------- recipes
+def recipe_rows(name: str, args) -> tuple[list[dict], dict]:
+    """``(rows, TrainSpec keyword arguments)`` of a recipe; raises FileNotFoundError naming a missing file."""
+    import gemma_helpers as gh
+
+    if name == "xylandia":  # notebook 03's seed recipe, rows built as the notebook builds them
+        data = json.loads((ROOT / "data" / "xylandia.json").read_text())
+        rows = gh.qa_rows([(q, data["fact"]) for q in data["train_questions"]] * 10)
+        return rows, {"r": 16, "alpha": 32, "target_modules": ("q_proj", "v_proj"), "dropout": 0.1,
+                      "batch_size": 2, "learning_rate": 2e-4}
+    if name == "persian":  # mshojaei77/gemma-3n-E4B-persian-qlora LoRA: r=8, alpha=16, MLP only; batch 4 (seed: 2 x accum 4)
+        path = Path(args.persian)
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return rows, {"r": 8, "alpha": 16, "target_modules": ("gate_proj", "up_proj", "down_proj"), "dropout": 0.0,
+                      "batch_size": 4, "learning_rate": 2e-4, "max_seq_length": 1024}
+    if name == "papers":
+        path = Path(args.papers)
+        if not path.exists():
+            raise FileNotFoundError(path)
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return rows, {"r": 16, "alpha": 32, "dropout": 0.0, "batch_size": 2, "learning_rate": 2e-4,
+                      "max_seq_length": 1024}
+    raise ValueError(f"unknown recipe {name!r} (xylandia, persian, papers)")
+
+
+# ---------------------------------------------------------------- one trial, in its own process
+def random_checkpoint(name: str, folder: Path) -> Path:
+    """A real-size, random-weight checkpoint (no download): Gemma 3 1B, or Gemma 3n E4B's text stack."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3nTextConfig, Gemma3TextConfig
+
+    import gemma_helpers as gh
+
+    target = folder / name
+    if (target / "config.json").exists():
+        return target
+    if name == "gemma-3-1b":  # google/gemma-3-1b-pt config.json
+        config = Gemma3TextConfig(hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
+                                  num_attention_heads=4, num_key_value_heads=1, head_dim=256, vocab_size=262144,
+                                  sliding_window=512, query_pre_attn_scalar=256, max_position_embeddings=32768)
+    elif name == "gemma-3n-e4b-text":  # Gemma3nTextConfig's defaults are the E4B text stack
+        config = Gemma3nTextConfig()
+    else:
+        raise ValueError(f"unknown random-weight model {name!r}")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(target, safe_serialization=True)
+    AutoTokenizer.from_pretrained(gh.models.embedded_path()).save_pretrained(target)
+    return target
+
+
+def load(side: str, model_name: str, load_in_4bit: bool):
+    """Ours: ``gh.load_model`` (unsloth on a GPU when installed). Baseline: plain transformers (+ bitsandbytes)."""
+    import torch
+
+    import gemma_helpers as gh
+
+    if side == "ours":
+        return gh.load_model(model_name, load_in_4bit=load_in_4bit)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, _ = gh.models.resolve(model_name)
+    dtype = gh.env.train_dtype()
+    kwargs = {"dtype": dtype, "use_safetensors": True}
+    if load_in_4bit:
+        kwargs["quantization_config"] = gh.models.bnb_config(dtype)
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": 0}
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    gh.models.prepare_tokenizer(tokenizer)
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs), tokenizer
+
+
+def trial(args) -> dict:
+    import torch
+
+    import gemma_helpers as gh
+    from gemma_helpers.bench import RssPeak, baseline_train, peak_memory_mb, reset_peak_memory, step_meter
+    from gemma_helpers.train import padding_free
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows, kw = recipe_rows(args.recipe, args)
+    pf = {"auto": None, "on": True, "off": False}[args.padding_free]
+    spec = gh.TrainSpec(**kw, max_steps=args.steps, save_steps=10_000, padding_free=pf)
+    model_name = args.model
+    if args.gpu:
+        model_name = str(random_checkpoint(args.model, Path(args.cache)))
+    started = time.time()
+    model, tok = load(args.trial, model_name, args.precision == "nf4")
+    load_s = time.time() - started
+    meter = step_meter()
+    reset_peak_memory()
+    with tempfile.TemporaryDirectory() as out, RssPeak() as rss:
+        if args.trial == "ours":
+            result = gh.train(model, tok, rows, spec, out, callbacks=[meter])
+        else:
+            result = baseline_train(model, tok, rows, spec, out, callbacks=[meter])
+    peak = peak_memory_mb() if torch.cuda.is_available() else rss.peak_mb
+    return {
+        "side": args.trial, "recipe": args.recipe, "model": args.model, "precision": args.precision,
+        "packed": bool(args.trial == "ours" and padding_free(spec)),
+        "load_s": load_s, "rss_before_train_mb": rss.start_mb, "peak_mb": peak,
+        "losses": [h["loss"] for h in result.history], "final_loss": result.history[-1]["loss"],
+        "threads": torch.get_num_threads(), **meter.stats.summary(warmup=args.warmup),
+        "step_s": meter.stats.step_s,
+    }
+
+
+# ---------------------------------------------------------------- the side-by-side run
+def run_trial(argv: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *argv], check=False, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK):])
+    sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
+    raise RuntimeError(f"trial {' '.join(argv)} failed with exit status {proc.returncode} (its output is above)")
+
+
+def combine(trials: list[dict]) -> dict:
+    """Pool the rounds of one side: tokens over seconds, summed across rounds."""
+    seconds = sum(t["s_per_step"] * t["steps_timed"] for t in trials)
+    steps = sum(t["steps_timed"] for t in trials)
+    return {
+        "tps": sum(t["real_tokens"] for t in trials) / seconds,
+        "labelled_tps": sum(t["labelled_tokens"] for t in trials) / seconds,
+        "s_per_step": seconds / steps,
+        "peak_mb": max(t["peak_mb"] for t in trials),
+        "final_loss": trials[-1]["final_loss"],
+        "losses": trials[-1]["losses"],
+        "padding_share": trials[-1]["padding_share"],
+        "packed": trials[-1]["packed"],
+    }
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "cpu_count": os.cpu_count()}
+    for pkg in ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    import torch
+
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def main(args) -> int:
+    import gemma_helpers as gh
+
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("no CUDA GPU here: the GPU benchmark (random-weight Gemma 3 1B / Gemma 3n E4B text, 4-bit, "
+                  "unsloth vs plain) was not run")
+            return 0
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])
+    subjects = [m for m in args.models.split(",")] if args.gpu else args.recipes.split(",")
+    report = {"date": date, "command": command, "device": "cuda" if args.gpu else "cpu", "versions": versions(),
+              "precision": args.precision, "steps": args.steps, "rounds": args.rounds,
+              "tokens": f"real = input tokens that are not padding; the first {args.warmup} step(s) of each run not timed",
+              "load_average_start": load_average(), "recipes": {}}
+    name = args.name or ("bench_train_gpu" if args.gpu else "bench_train")
+    if args.append and (gh.results.RESULTS / f"{name}.json").exists():  # an earlier run's other recipes stay
+        report["recipes"] = gh.results.load(name)["recipes"]
+        report["earlier_commands"] = [*gh.results.load(name).get("earlier_commands", []),
+                                      gh.results.load(name)["command"]]
+    for subject in subjects:
+        recipe = args.gpu_recipe if args.gpu else subject
+        try:
+            recipe_rows(recipe, args)
+        except FileNotFoundError as missing:
+            print(f"skipping recipe {recipe!r}: {missing} does not exist (issue 5's papers sample has not landed)")
+            report["recipes"][subject] = {"skipped": f"{missing} does not exist"}
+            continue
+        common = ["--recipe", recipe, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                  "--precision", args.precision,
+                  "--padding-free", args.padding_free, "--persian", args.persian, "--papers", args.papers,
+                  "--model", subject if args.gpu else args.model, "--cache", args.cache,
+                  *(["--threads", str(args.threads)] if args.threads else []), *(["--gpu"] if args.gpu else [])]
+        trials = {"ours": [], "baseline": []}
+        for r in range(args.rounds):
+            order = ("ours", "baseline") if r % 2 == 0 else ("baseline", "ours")
+            for side in order:
+                t = run_trial(["--trial", side, *common])
+                trials[side].append(t)
+                print(f"  {subject} round {r + 1} {side:8s}: {t['tokens_per_s']:7.1f} tok/s, "
+                      f"{t['s_per_step']:6.2f} s/step, peak {t['peak_mb']:7.0f} MiB, loss {t['final_loss']:.4f}",
+                      flush=True)
+        ours, base = combine(trials["ours"]), combine(trials["baseline"])
+        diffs = [abs(a - b) for a, b in zip(ours["losses"], base["losses"])]
+        report["recipes"][subject] = {
+            "ours_tps": ours["tps"], "baseline_tps": base["tps"], "ratio": ours["tps"] / base["tps"],
+            "ours_peak_mb": ours["peak_mb"], "baseline_peak_mb": base["peak_mb"], "packed": ours["packed"],
+            "ours_s_per_step": ours["s_per_step"], "baseline_s_per_step": base["s_per_step"],
+            "ours_labelled_tps": ours["labelled_tps"], "baseline_labelled_tps": base["labelled_tps"],
+            "ours_final_loss": ours["final_loss"], "baseline_final_loss": base["final_loss"],
+            "max_step_loss_diff": max(diffs) if diffs else None,
+            "baseline_padding_share": base["padding_share"], "ours_padding_share": ours["padding_share"],
+            "command": command, "date": date, "precision": args.precision, "load_average": load_average(),
+            "round_ratios": [o["tokens_per_s"] / b["tokens_per_s"] for o, b in zip(trials["ours"], trials["baseline"])],
+            "trials": trials,
+        }
+        gh.results.save(name, report)  # after every recipe: an interrupted run keeps what it measured
+    report["load_average_end"] = load_average()
+    publish(report, name)
+    return 0
+
+
+def publish(report: dict, name: str) -> None:
+    """Save ``report``, print its table and draw its chart."""
+    import gemma_helpers as gh
+
+    path = gh.results.save(name, report)
+    measured = {s: v for s, v in report["recipes"].items() if "ratio" in v}
+    rows = {s: {"ours tok/s": v["ours_tps"], "base tok/s": v["baseline_tps"], "ratio": v["ratio"],
+                "ours s/step": v["ours_s_per_step"], "base s/step": v["baseline_s_per_step"],
+                "ours peak MiB": round(v["ours_peak_mb"]), "base peak MiB": round(v["baseline_peak_mb"]),
+                "ours loss": v["ours_final_loss"], "base loss": v["baseline_final_loss"], "packed": v["packed"]}
+            for s, v in measured.items()}
+    print(f"\n{report['command']}\n{report['date']} | tokens: {report['tokens']}")
+    for s, v in report["recipes"].items():
+        print(f"  {s}: " + (v["skipped"] if "skipped" in v else
+                            f"{v['precision']}, {v['command']} | load average {v.get('load_average')}"))
+    if rows:
+        print(gh.results.table(rows))
+        chart = gh.plots.grouped_bars(
+            {LABELS[side]: {s: v[f"{side}_tps"] for s, v in measured.items()} for side in ("ours", "baseline")},
+            f"{name}.png", title="Training throughput, " + report["device"].upper() + " (ratios: "
+            + ", ".join(f"{s} {v['ratio']:.2f}x" for s, v in measured.items()) + ")",
+            ylabel="real (non-pad) tokens / s")
+        print(f"chart {chart.relative_to(ROOT)}")
+    print(f"written to {path}")
+
+
+def collect(names: list[str], into: str) -> int:
+    """Gather the recipes of several results files (runs made separately) into one file, table and chart."""
+    import gemma_helpers as gh
+
+    parts = [gh.results.load(n) for n in names]
+    report = {**parts[0], "command": "python benchmarks/train_throughput.py --collect " + ",".join(names),
+              "collected_from": {n: p["command"] for n, p in zip(names, parts)}, "recipes": {}}
+    for p in parts:
+        report["recipes"].update(p["recipes"])
+    publish(report, into)
+    return 0
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", default="xylandia,persian,papers")
+    p.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first is not timed)")
+    p.add_argument("--warmup", type=int, default=1, help="leading steps of each run left out of the timing")
+    p.add_argument("--append", action="store_true", help="keep the other recipes of an existing results file")
+    p.add_argument("--rounds", type=int, default=2, help="runs per side, alternating which side goes first")
+    p.add_argument("--precision", choices=("nf4", "float32"), default="nf4",
+                   help="nf4: 4-bit NF4 base as notebook 03 trains it; float32: full-precision base")
+    p.add_argument("--padding-free", choices=("auto", "on", "off"), default="auto",
+                   help="our side's TrainSpec.padding_free (auto = the default)")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in each run (0: torch's default)")
+    p.add_argument("--persian", default=str(ROOT / "data" / "persian_chat.jsonl"))
+    p.add_argument("--papers", default=str(ROOT / "data" / "papers_sample.jsonl"))
+    p.add_argument("--model", default="gemma-3-270m")
+    p.add_argument("--gpu", action="store_true", help="the GPU path: random-weight real-size models, CUDA only")
+    p.add_argument("--models", default="gemma-3-1b,gemma-3n-e4b-text", help="with --gpu")
+    p.add_argument("--gpu-recipe", default="persian", help="with --gpu: the rows every model trains on")
+    p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "gemma_bench_models"))
+    p.add_argument("--name", default="", help="results/chart name (default bench_train[_gpu])")
+    p.add_argument("--collect", default="", help="results names to gather into --name (no training)")
+    p.add_argument("--trial", choices=("ours", "baseline"), help=argparse.SUPPRESS)
+    p.add_argument("--recipe", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse()
+    if args.trial:
+        print(MARK + json.dumps(trial(args)), flush=True)
+    elif args.collect:
+        sys.exit(collect(args.collect.split(","), args.name or "bench_train"))
+    else:
+        sys.exit(main(args))
