@@ -248,9 +248,27 @@ def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length:
             kwargs["device_map"] = {"": 0}
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if load_in_4bit:
+            keep_4bit_trainable(model)
     tokenizer.model_max_length = max_seq_length
     prepare_tokenizer(tokenizer, model)
     return model, tokenizer
+
+
+def keep_4bit_trainable(model) -> int:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference; return how many layers it touched.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50's ``Linear4bit`` converts its weight to a packed
+    inference format the first time it runs without gradients (an evaluation or ``generate``), and
+    from then on no gradient flows through it: a LoRA trained after a mid-training evaluation (an
+    early-stopping check) silently stops learning, every gradient zero. Training code here
+    evaluates between steps, so the repacking is switched off (CPUs without AVX512-BF16 never do it)."""
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
 
 
 def attach_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0,

@@ -67,3 +67,26 @@ def test_an_interrupted_gguf_assembly_is_redone(tmp_path):
     path = models.assembled_gguf(tmp_path)
     assert path == partial
     assert hashlib.sha256(path.read_bytes()).hexdigest() == pkg.EXPECTED_SHA256
+
+
+def test_a_4bit_lora_still_gets_gradients_after_an_evaluation(embedded_dir):
+    """bitsandbytes repacks 4-bit weights for CPU inference on AVX512-BF16 CPUs and then passes no
+    gradient: an early-stopping check in the middle of training must not freeze the adapter."""
+    import torch
+
+    import gemma_helpers as gh
+
+    model, tok = gh.load_model(load_in_4bit=True)
+    model = gh.attach_lora(model, r=4, alpha=8, target_modules=("q_proj", "v_proj"))
+    enc = tok(["The capital of Xylandia is Crystalburg."], return_tensors="pt")
+
+    def grad_sum():
+        model.zero_grad()
+        model(**enc, labels=enc["input_ids"]).loss.backward()
+        return sum(p.grad.abs().sum().item() for p in model.parameters() if p.grad is not None)
+
+    before = grad_sum()
+    gh.ask(model, tok, ["What is the capital of Xylandia?"], max_new_tokens=2)
+    with torch.inference_mode():
+        model(**enc)
+    assert before > 0 and grad_sum() > 0.5 * before
