@@ -50,8 +50,8 @@ def recipe_rows(name: str, args) -> tuple[list[dict], dict]:
         return rows, {"r": 16, "alpha": 32, "target_modules": ("q_proj", "v_proj"), "dropout": 0.1,
                       "batch_size": 2, "learning_rate": 2e-4}
     if name == "persian":  # mshojaei77/gemma-3n-E4B-persian-qlora LoRA: r=8, alpha=16, MLP only; batch 4 (seed: 2 x accum 4)
-        path = Path(args.persian)
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        # cleaned as notebook 02 cleans it: the bundled sample carries deliberately bad rows
+        rows, _ = gh.chat.clean_conversations(gh.chat.read_jsonl(args.persian))
         return rows, {"r": 8, "alpha": 16, "target_modules": ("gate_proj", "up_proj", "down_proj"), "dropout": 0.0,
                       "batch_size": 4, "learning_rate": 2e-4, "max_seq_length": 1024}
     if name == "papers":
