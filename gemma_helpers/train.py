@@ -112,31 +112,45 @@ class TorchLogProb:
     training step fails with ``'NoneType' object has no attribute 'apply'``. This computes
     the same per-token outputs with ordinary autograd ops. Like TRL, it is handed only the
     positions whose label is not -100, so prompt tokens never reach the 262144-row LM head.
-    Rows are processed in chunks under activation checkpointing, so the ``[tokens, vocab]``
-    logits of one chunk at most are alive at a time."""
 
-    CHUNK = 256
+    Cost (measured, ``benchmarks/RESULTS.md``): the log-probabilities come from PyTorch's fused
+    ``cross_entropy``; the statistics TRL logs (entropy, top-1 accuracy, ...) are computed only
+    when TRL asks for them, without gradients. Up to ``CHUNK`` rows are one chunk; more are
+    split into chunks under activation checkpointing, so the ``[rows, vocab]`` logits of one
+    chunk at most are alive at a time (1 GiB for 1024 rows of Gemma's 262144-token vocabulary)."""
+
+    CHUNK = 1024
 
     @staticmethod
-    def _one(hidden, weight, bias, targets, temperature, softcap, logit_scale):
+    def _one(hidden, weight, bias, targets, temperature, softcap, logit_scale, outputs):
         import torch
 
-        z = hidden.float() @ weight.float().t()
+        z = hidden.float() @ weight.float().t()  # no copy when both are float32 already
         if bias is not None:
             z = z + bias.float()
-        z = z * logit_scale
+        if logit_scale != 1.0:
+            z = z * logit_scale
         if softcap:
             z = softcap * torch.tanh(z / softcap)
-        z = z / temperature
-        log_z = torch.logsumexp(z, dim=-1)
-        target = z.gather(-1, targets[:, None]).squeeze(-1)
-        with torch.no_grad():  # logging-only statistics
-            logp = z - log_z[:, None]
-            entropy = -(logp.exp() * logp).sum(-1)
-            log_sum_sq = torch.logsumexp(2 * logp, dim=-1)
-            mean_logits = z.mean(-1)
-            is_top1 = z.argmax(-1) == targets
-        return target - log_z, entropy, log_sum_sq, mean_logits, is_top1
+        if temperature != 1.0:
+            z = z / temperature
+        log_probs = -torch.nn.functional.cross_entropy(z, targets, reduction="none")
+        stats = {}
+        with torch.no_grad():  # logging-only statistics, each only when asked for
+            if {"entropy", "log_sum_sq_probs"} & set(outputs):
+                log_z = torch.logsumexp(z, dim=-1)
+                p = torch.exp(z - log_z[:, None])
+                if "entropy" in outputs:
+                    stats["entropy"] = log_z - torch.linalg.vecdot(p, z)
+                if "log_sum_sq_probs" in outputs:
+                    stats["log_sum_sq_probs"] = torch.log(torch.linalg.vecdot(p, p))
+            if "mean_logits" in outputs:
+                stats["mean_logits"] = z.mean(-1)
+            if "is_top1" in outputs:
+                stats["is_top1"] = z.argmax(-1) == targets
+        return (log_probs, *(stats.get(k) for k in TorchLogProb.STATS))
+
+    STATS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
     @classmethod
     def apply(cls, hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping=None,
@@ -144,20 +158,17 @@ class TorchLogProb:
         import torch
         from torch.utils.checkpoint import checkpoint
 
+        outputs = tuple(outputs)
         parts = []
         for start in range(0, max(hidden.shape[0], 1), cls.CHUNK):
             args = (hidden[start : start + cls.CHUNK], weight, bias, targets[start : start + cls.CHUNK],
-                    temperature, final_logit_softcapping, logit_scale)
+                    temperature, final_logit_softcapping, logit_scale, outputs)
             if torch.is_grad_enabled() and hidden.shape[0] > cls.CHUNK:
                 parts.append(checkpoint(cls._one, *args, use_reentrant=False))
             else:
                 parts.append(cls._one(*args))
-        log_probs, entropy, log_sum_sq, mean_logits, is_top1 = (torch.cat(x) for x in zip(*parts))
-        return (log_probs,
-                entropy if "entropy" in outputs else None,
-                log_sum_sq if "log_sum_sq_probs" in outputs else None,
-                mean_logits if "mean_logits" in outputs else None,
-                is_top1 if "is_top1" in outputs else None)
+        log_probs, *stats = (None if x[0] is None else torch.cat(x) for x in zip(*parts))
+        return (log_probs, *stats)
 
 
 def _ensure_lm_head_kernel() -> None:

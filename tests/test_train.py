@@ -91,19 +91,30 @@ def test_wandb_only_with_a_key(monkeypatch):
     assert report_to() == "wandb"
 
 
-def test_torch_log_prob_matches_full_logits():
+@pytest.mark.parametrize("chunk", [1024, 128])  # one chunk; several chunks under checkpointing
+def test_torch_log_prob_matches_full_logits(monkeypatch, chunk):
     import torch
 
     from gemma_helpers.train import TorchLogProb
 
+    monkeypatch.setattr(TorchLogProb, "CHUNK", chunk)
     torch.manual_seed(0)
     hidden = torch.randn(300, 16, requires_grad=True)
     weight = torch.randn(50, 16, requires_grad=True)
     targets = torch.randint(0, 50, (300,))
-    lp, ent, _, _, top1 = TorchLogProb.apply(hidden, weight, None, targets, 1.0, 0, None, 1.0, ("entropy", "is_top1"))
-    ref = torch.log_softmax(hidden @ weight.t(), -1).gather(-1, targets[:, None]).squeeze(-1)
+    everything = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+    lp, ent, lss, mean, top1 = TorchLogProb.apply(hidden, weight, None, targets, 1.0, 0, None, 1.0, everything)
+    logits = hidden @ weight.t()
+    logp = torch.log_softmax(logits, -1)
+    ref = logp.gather(-1, targets[:, None]).squeeze(-1)
     assert torch.allclose(lp, ref, atol=1e-5)
     grad = torch.autograd.grad(lp.sum(), [hidden, weight])
     grad_ref = torch.autograd.grad(ref.sum(), [hidden, weight])
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grad, grad_ref))
-    assert torch.equal(top1, (hidden @ weight.t()).argmax(-1) == targets) and ent.shape == (300,)
+    with torch.no_grad():
+        assert torch.allclose(ent, -(logp.exp() * logp).sum(-1), atol=1e-4)
+        assert torch.allclose(lss, torch.logsumexp(2 * logp, -1), atol=1e-4)
+        assert torch.allclose(mean, logits.mean(-1), atol=1e-5)
+    assert torch.equal(top1, logits.argmax(-1) == targets)
+    # statistics TRL does not ask for are not computed
+    assert TorchLogProb.apply(hidden, weight, None, targets, 1.0, 0, None, 1.0, ("log_probs",))[1:] == (None,) * 4
