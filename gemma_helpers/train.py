@@ -49,6 +49,11 @@ class TrainSpec:
     # through position_ids (tests/test_bench.py checks packed == padded loss); off under
     # unsloth, which is not tested here. True/False force it.
     padding_free: bool | None = None
+    # Validation (train(..., eval_rows=...)): the loss on eval_rows every eval_steps steps (0: only
+    # before and after training). early_stopping_patience > 0 stops after that many evaluations
+    # without a lower validation loss and restores the adapter of the best one.
+    eval_steps: int = 0
+    early_stopping_patience: int = 0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -65,10 +70,17 @@ class TrainResult:
     stopped_early: str | None = None
     spec: dict = field(default_factory=dict)
     model: object = field(default=None, repr=False)  # the trained PeftModel, in memory
+    # validation loss (train(..., eval_rows=...)): step 0 is before training; the last entry is the
+    # adapter returned (the best one when early stopping restored it)
+    eval_history: list[dict] = field(default_factory=list)
 
     @property
     def losses(self) -> list[tuple[int, float]]:
         return [(h["step"], h["loss"]) for h in self.history if "loss" in h]
+
+    @property
+    def eval_losses(self) -> list[tuple[int, float]]:
+        return [(h["step"], h["eval_loss"]) for h in self.eval_history]
 
 
 def _callbacks():
@@ -208,7 +220,20 @@ def padding_free(spec: TrainSpec, multimodal: bool = False) -> bool:
     return spec.padding_free if spec.padding_free is not None else not env.unsloth_available()
 
 
-def sft_config(spec: TrainSpec, output_dir: Path, multimodal: bool = False):
+def _eval_args(spec: TrainSpec, evaluate: bool) -> dict:
+    if not evaluate or spec.eval_steps <= 0:
+        return {"eval_strategy": "no"}
+    args = {"eval_strategy": "steps", "eval_steps": spec.eval_steps, "per_device_eval_batch_size": spec.batch_size}
+    if spec.early_stopping_patience > 0:  # the best adapter is restored: checkpoints at every evaluation
+        args.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
+    return args
+
+
+def _restores_best(spec: TrainSpec, evaluate: bool) -> bool:
+    return evaluate and spec.eval_steps > 0 and spec.early_stopping_patience > 0
+
+
+def sft_config(spec: TrainSpec, output_dir: Path, multimodal: bool = False, evaluate: bool = False):
     import torch
     from trl import SFTConfig
 
@@ -229,7 +254,7 @@ def sft_config(spec: TrainSpec, output_dir: Path, multimodal: bool = False):
         logging_steps=spec.logging_steps,
         logging_nan_inf_filter=False,  # the default logs a NaN loss as the running mean (0 at step 1)
         save_strategy="steps",
-        save_steps=spec.save_steps,
+        save_steps=spec.eval_steps if _restores_best(spec, evaluate) else spec.save_steps,  # a checkpoint per evaluation
         save_total_limit=spec.save_total_limit,
         report_to=report_to(),
         bf16=bf16,
@@ -244,12 +269,14 @@ def sft_config(spec: TrainSpec, output_dir: Path, multimodal: bool = False):
         padding_free=free,
         # multimodal rows stay raw until the collator (images are loaded and expanded there)
         **({"remove_unused_columns": False, "dataset_kwargs": {"skip_prepare_dataset": True}} if multimodal else {}),
+        **_eval_args(spec, evaluate),
     )
 
 
 def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: str | Path,
           resume: bool = False, stop_when: Callable | None = None, stop_every: int = 5,
-          callbacks: Sequence = (), data_collator: Callable | None = None) -> TrainResult:
+          callbacks: Sequence = (), data_collator: Callable | None = None,
+          eval_rows: Sequence[dict] | None = None) -> TrainResult:
     """Train LoRA adapters on ``rows``; return where the adapter is and the loss history.
 
     - LoRA from ``spec`` is attached unless ``model`` already carries adapters.
@@ -259,6 +286,12 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
       reason stops training early (for instance: a validation recall has been reached).
     - ``data_collator`` (multimodal rows, e.g. :class:`gemma_helpers.chat.VisionCollator`): rows
       are handed to it as they are, and ``tokenizer`` is the model's processor.
+    - ``eval_rows``: validation rows, tokenized like the training rows. Their loss (mean per
+      answer token, as the training loss) is measured before training (step 0), every
+      ``spec.eval_steps`` steps, and after training, into ``TrainResult.eval_history``. With
+      ``spec.early_stopping_patience`` training stops when it has not improved for that many
+      evaluations, and the best adapter is the one saved and returned (transformers'
+      ``EarlyStoppingCallback`` and ``load_best_model_at_end``).
     - The adapter and tokenizer are saved to ``output_dir/adapter``; the history of loss and
       learning rate to ``output_dir/history.json``.
     """
@@ -282,23 +315,50 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
         dataset = Dataset.from_list(tokenize_rows(tokenizer, rows, spec.max_seq_length))
     else:
         dataset = Dataset.from_list(list(rows))  # raw rows: the collator loads the images
+    evaluate = bool(eval_rows)
+    eval_dataset = None
+    if evaluate:
+        eval_dataset = (Dataset.from_list(tokenize_rows(tokenizer, eval_rows, spec.max_seq_length)) if data_collator is None
+                        else Dataset.from_list(list(eval_rows)))
 
     _ensure_lm_head_kernel()
     if padding_free(spec, multimodal=data_collator is not None):
         _quiet_packed_warning(model)
     NonFiniteLoss, StopWhen = _callbacks()
     stopper = StopWhen(stop_when, stop_every) if stop_when else None
+    patience = None
+    if _restores_best(spec, evaluate):
+        from transformers import EarlyStoppingCallback
+
+        patience = EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience)
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(spec, output_dir, multimodal=data_collator is not None),
+        args=sft_config(spec, output_dir, multimodal=data_collator is not None, evaluate=evaluate),
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=data_collator,
-        callbacks=[NonFiniteLoss(), *([stopper] if stopper else []), *callbacks],
+        callbacks=[NonFiniteLoss(), *([stopper] if stopper else []), *([patience] if patience else []), *callbacks],
     )
+    eval_history = []
+    if evaluate and last is None:
+        eval_history.append({"step": 0, "eval_loss": trainer.evaluate()["eval_loss"]})
     started = time.time()
     trainer.train(resume_from_checkpoint=last)
     runtime = time.time() - started
+    stopped_early = stopper.reason if stopper else None
+    if evaluate:
+        eval_history += [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in trainer.state.log_history
+                         if "eval_loss" in h and h["step"] > 0]
+        final = trainer.evaluate()["eval_loss"]  # the adapter returned: the best one when it was restored
+        best = trainer.state.best_model_checkpoint
+        eval_history.append({"step": trainer.state.global_step, "eval_loss": final, "final": True,
+                             **({"best_checkpoint": Path(best).name} if best and patience else {})})
+        if patience and trainer.state.global_step < trainer.state.max_steps:
+            stopped_early = stopped_early or (
+                f"step {trainer.state.global_step}: validation loss did not improve for "
+                f"{spec.early_stopping_patience} evaluations; restored {Path(best).name if best else 'the best'} "
+                f"(validation loss {trainer.state.best_metric:.4f})")
 
     adapter_dir = output_dir / "adapter"
     trainer.model.save_pretrained(adapter_dir)
@@ -317,12 +377,13 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
         runtime_s=runtime,
         global_step=trainer.state.global_step,
         resumed_from=last,
-        stopped_early=stopper.reason if stopper else None,
+        stopped_early=stopped_early,
         spec=asdict(spec),
         model=trainer.model,
+        eval_history=eval_history,
     )
     (output_dir / "history.json").write_text(json.dumps(
-        {"history": history, "global_step": result.global_step, "runtime_s": runtime,
+        {"history": history, "eval_history": eval_history, "global_step": result.global_step, "runtime_s": runtime,
          "resumed_from": last, "stopped_early": result.stopped_early, "spec": result.spec}, indent=2))
     return result
 

@@ -118,3 +118,29 @@ def test_torch_log_prob_matches_full_logits(monkeypatch, chunk):
     assert torch.equal(top1, logits.argmax(-1) == targets)
     # statistics TRL does not ask for are not computed
     assert TorchLogProb.apply(hidden, weight, None, targets, 1.0, 0, None, 1.0, ("log_probs",))[1:] == (None,) * 4
+
+
+def test_validation_loss_and_early_stopping_restore_the_best_adapter(tmp_path, tokenizer):
+    """Validation loss before, during and after training (one batch: it must equal the answer
+    loss computed directly, which also shows the padding-free eval batch keeps rows apart), and
+    early stopping that restores the best adapter when an over-high learning rate overfits."""
+    from gemma_helpers.data import papers
+
+    train_rows, val_rows = papers.sample_rows("train")[:6], papers.sample_rows("validation")[:2]
+    spec = gh.TrainSpec(r=8, alpha=16, target_modules=("q_proj", "v_proj"), learning_rate=2e-2, max_steps=16,
+                        batch_size=2, eval_steps=2, early_stopping_patience=2, save_steps=1000)
+    model, tok = gh.load_model()
+    direct = gh.evaluate.answer_loss(model, gh.tokenize_rows(tok, val_rows, spec.max_seq_length))
+    result = gh.train(model, tok, train_rows, spec, tmp_path / "run", eval_rows=val_rows)
+    steps = [h["step"] for h in result.eval_history]
+    assert steps[0] == 0 and result.eval_history[0]["eval_loss"] == pytest.approx(direct, rel=2e-3)
+    during = [h["eval_loss"] for h in result.eval_history[1:-1]]
+    assert steps[1:-1] == list(range(2, 2 * len(during) + 1, 2))
+    assert result.stopped_early and result.global_step < spec.max_steps, result.eval_history
+    assert "did not improve" in result.stopped_early
+    # the adapter returned and saved is the best one, not the last one
+    assert result.eval_history[-1]["eval_loss"] == pytest.approx(min(during), rel=1e-3)
+    assert min(during) < during[-1]
+    reloaded, _ = gh.load_adapter(result.adapter_dir)
+    again = gh.evaluate.answer_loss(reloaded, gh.tokenize_rows(tok, val_rows, spec.max_seq_length))
+    assert again == pytest.approx(min(during), rel=2e-3)

@@ -1,0 +1,761 @@
+"""Scientific papers to training rows: download PDFs, parse them, clean the text, split by paper.
+
+The pipeline, each step reporting what went wrong by name instead of stopping:
+
+1. :func:`download`: streaming HTTP(S) download (``requests``), timeouts, retries with backoff on
+   429 / 5xx, a size cap, a check that the bytes are a PDF and not an HTML error page, a temporary
+   file renamed only when complete, files already complete skipped, progress bars. One
+   :class:`Fetch` per URL: ``status`` (``ok`` / ``cached`` / ``failed``) and ``reason``.
+2. :func:`read_pdf`: pypdf, page by page. A page that fails is reported and skipped; an encrypted,
+   unreadable or image-only PDF raises :class:`PDFError` naming the file.
+3. :func:`clean_pages`: ligatures, hyphenation at line ends, running headers and footers, page
+   numbers, the reference section, lines of equation residue.
+4. :func:`collect`: the three steps for a list of :class:`Paper`, plus a check that the title found
+   in the PDF is the title expected (the seed trained on the wrong paper for half of its list).
+5. :func:`split_by_paper` and :func:`continuation_rows`: the training task, next-sentence
+   continuation (see the notebook for why), with no paper in two splits.
+
+Offline (CI), :func:`write_pdf` renders the project's own mini-papers (``data/papers_sample.json``)
+to PDF and :class:`LoopbackServer` serves them on 127.0.0.1, so the same download code runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import logging
+import os
+import re
+import threading
+import time
+import unicodedata
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+FIELDS = ("ai", "climate", "healthcare", "vision")
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "papers_sample.json"
+
+
+@dataclass(frozen=True)
+class Paper:
+    key: str  # short name, also the file name
+    title: str  # the title the PDF must carry
+    field: str
+    arxiv_id: str = ""
+    url: str = ""  # default: the arXiv PDF of arxiv_id
+
+    @property
+    def source(self) -> str:
+        return self.url or f"https://arxiv.org/pdf/{self.arxiv_id}"
+
+
+# The download list for the GPU / Colab profile. Every id was checked against its title in
+# public citations (2026-11-23); the title check after download catches any mistake left.
+ARXIV_PAPERS = (
+    Paper("attention", "Attention Is All You Need", "ai", "1706.03762"),
+    Paper("lora", "LoRA: Low-Rank Adaptation of Large Language Models", "ai", "2106.09685"),
+    Paper("qlora", "QLoRA: Efficient Finetuning of Quantized LLMs", "ai", "2305.14314"),
+    Paper("llama", "LLaMA: Open and Efficient Foundation Language Models", "ai", "2302.13971"),
+    Paper("llama2", "Llama 2: Open Foundation and Fine-Tuned Chat Models", "ai", "2307.09288"),
+    Paper("mamba", "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", "ai", "2312.00752"),
+    Paper("tackling_climate", "Tackling Climate Change with Machine Learning", "climate", "1906.05433"),
+    Paper("climax", "ClimaX: A foundation model for weather and climate", "climate", "2301.10343"),
+    Paper("fourcastnet", "FourCastNet: A Global Data-driven High-resolution Weather Model using Adaptive "
+          "Fourier Neural Operators", "climate", "2202.11214"),
+    Paper("graphcast", "GraphCast: Learning skillful medium-range global weather forecasting", "climate", "2212.12794"),
+    Paper("climategan", "ClimateGAN: Raising Climate Change Awareness by Generating Images of Floods", "climate",
+          "2110.02871"),
+    Paper("med_palm", "Large Language Models Encode Clinical Knowledge", "healthcare", "2212.13138"),
+    Paper("med_palm2", "Towards Expert-Level Medical Question Answering with Large Language Models", "healthcare",
+          "2305.09617"),
+    Paper("chexnet", "CheXNet: Radiologist-Level Pneumonia Detection on Chest X-Rays with Deep Learning",
+          "healthcare", "1711.05225"),
+    Paper("unet", "U-Net: Convolutional Networks for Biomedical Image Segmentation", "healthcare", "1505.04597"),
+    Paper("resnet", "Deep Residual Learning for Image Recognition", "vision", "1512.03385"),
+    Paper("vit", "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale", "vision", "2010.11929"),
+    Paper("sam", "Segment Anything", "vision", "2304.02643"),
+    Paper("mask_rcnn", "Mask R-CNN", "vision", "1703.06870"),
+    Paper("yolo", "You Only Look Once: Unified, Real-Time Object Detection", "vision", "1506.02640"),
+    Paper("llava", "Visual Instruction Tuning", "vision", "2304.08485"),
+    Paper("instructblip", "InstructBLIP: Towards General-purpose Vision-Language Models with Instruction Tuning",
+          "vision", "2305.06500"),
+)
+
+
+# ---------------------------------------------------------------- download
+class PDFError(ValueError):
+    """A file that cannot be used as a paper; the message names the file and the reason."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+@dataclass
+class Fetch:
+    """What happened to one URL."""
+
+    key: str
+    url: str
+    status: str  # ok | cached | failed
+    reason: str
+    path: str | None = None
+    bytes: int = 0
+    attempts: int = 0
+    http_status: int | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def safe_filename(name: str, suffix: str = ".pdf") -> str:
+    """``name`` as a file name: its last path part only, letters, digits, ``._-``, at most 100 characters."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("\\", "/").rsplit("/", 1)[-1]).strip("._")[:100]
+    stem = stem or hashlib.sha1(name.encode()).hexdigest()[:12]
+    return stem if stem.lower().endswith(suffix) else stem + suffix
+
+
+def is_complete_pdf(path: str | Path) -> bool:
+    """Starts with ``%PDF-`` and has the ``%%EOF`` marker in its last kilobytes."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(5)
+            f.seek(max(0, size - 2048))
+            tail = f.read()
+    except OSError:
+        return False
+    return head == b"%PDF-" and b"%%EOF" in tail
+
+
+def _retry_after(response, default: float) -> float:
+    value = response.headers.get("Retry-After", "")
+    return min(float(value), 60.0) if value.strip().isdigit() else default
+
+
+def download_one(url: str, dest: str | Path, key: str = "", *, session=None, max_bytes: int = 50 * 2**20,
+                 timeout: tuple[float, float] = (10.0, 60.0), retries: int = 3, backoff_s: float = 1.0,
+                 progress: bool = True) -> Fetch:
+    """Download ``url`` to ``dest`` (see the module docstring); never raises for a bad URL or file:
+    the returned :class:`Fetch` says what happened."""
+    import requests
+    from tqdm.auto import tqdm
+
+    dest = Path(dest)
+    key = key or dest.stem
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        return Fetch(key, url, "failed", f"only http(s) URLs are fetched, not {scheme or 'a bare path'!r}")
+    if dest.exists() and is_complete_pdf(dest):
+        return Fetch(key, url, "cached", "already downloaded: a complete PDF is on disk", str(dest), dest.stat().st_size)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    session = session or requests.Session()
+    reason, code, attempt = "", None, 0
+    for attempt in range(1, retries + 2):
+        wait = backoff_s * 2 ** (attempt - 1)
+        written = 0
+        try:
+            with session.get(url, stream=True, timeout=timeout, headers={"User-Agent": "gemma-lora-notebooks"}) as r:
+                code = r.status_code
+                if code in RETRY_STATUSES:
+                    reason, wait = f"HTTP {code} {r.reason}", _retry_after(r, wait)
+                    continue
+                if code >= 400:
+                    return Fetch(key, url, "failed", f"HTTP {code} {r.reason}", attempts=attempt, http_status=code)
+                declared = int(r.headers.get("Content-Length") or 0)
+                if declared > max_bytes:
+                    return Fetch(key, url, "failed", f"too large: {declared} bytes declared, the cap is {max_bytes}",
+                                 attempts=attempt, http_status=code)
+                with open(tmp, "wb") as f, tqdm(total=declared or None, unit="B", unit_scale=True, desc=dest.name,
+                                                disable=not progress, leave=False) as bar:
+                    for chunk in r.iter_content(64 * 1024):
+                        if not written and not chunk.startswith(b"%PDF-"):
+                            kind = r.headers.get("Content-Type", "no Content-Type")
+                            return Fetch(key, url, "failed", f"not a PDF: the server sent {kind} starting with "
+                                         f"{chunk[:15]!r} (an HTML error or login page?)", attempts=attempt,
+                                         http_status=code)
+                        written += len(chunk)
+                        if written > max_bytes:
+                            return Fetch(key, url, "failed", f"too large: more than the cap of {max_bytes} bytes "
+                                         "(no Content-Length was sent)", attempts=attempt, http_status=code)
+                        f.write(chunk)
+                        bar.update(len(chunk))
+            if declared and written != declared:
+                reason = f"truncated: {written} of {declared} bytes arrived"
+                continue
+            if not is_complete_pdf(tmp):
+                reason = f"truncated: {written} bytes with no %%EOF marker at the end"
+                continue
+            os.replace(tmp, dest)
+            return Fetch(key, url, "ok", f"downloaded in {attempt} attempt(s)", str(dest), written, attempt, code)
+        except requests.exceptions.ChunkedEncodingError:
+            reason = f"truncated: the connection closed after {written} bytes"
+        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
+            timed_out = isinstance(exc, requests.exceptions.Timeout) or "timed out" in str(exc).lower()
+            reason = (f"no answer within the {timeout[1]:g} s read timeout" if timed_out
+                      else f"connection failed: {type(exc).__name__}")
+        finally:
+            tmp.unlink(missing_ok=True)  # after a success it was renamed already; after a failure nothing half-written stays
+        if attempt <= retries:
+            time.sleep(wait)
+    return Fetch(key, url, "failed", f"{reason} (gave up after {attempt} attempts)", attempts=attempt, http_status=code)
+
+
+def download(papers: Sequence[Paper], folder: str | Path, progress: bool = True, **kwargs) -> list[Fetch]:
+    """:func:`download_one` for every paper into ``folder/<key>.pdf``; one :class:`Fetch` each, in order."""
+    import requests
+    from tqdm.auto import tqdm
+
+    folder = Path(folder)
+    out = []
+    with requests.Session() as session:
+        bar = tqdm(papers, desc="papers", unit="pdf", disable=not progress)
+        for paper in bar:
+            bar.set_postfix_str(paper.key)
+            out.append(download_one(paper.source, folder / safe_filename(paper.key), paper.key, session=session,
+                                    progress=progress, **kwargs))
+    return out
+
+
+# ---------------------------------------------------------------- parsing and cleaning
+@dataclass
+class Parsed:
+    path: str
+    pages: list[str]
+    problems: list[str] = field(default_factory=list)  # "page 3: ..." for each page skipped
+    metadata_title: str = ""
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _pypdf_warnings():
+    log, handler = logging.getLogger("pypdf"), _Collect()
+    log.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        log.removeHandler(handler)
+
+
+def read_pdf(path: str | Path) -> Parsed:
+    """The text of every page of ``path`` with pypdf.
+
+    A page whose extraction raises, or gives no text while pypdf reports an error, is skipped and
+    named in ``problems``. Raises :class:`PDFError` naming the file when it is not a readable PDF,
+    is encrypted, or has no text layer at all (a scan needs OCR)."""
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    path = Path(path)
+    try:
+        reader = PdfReader(path)
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise PDFError(path, "encrypted: it needs a password, so its text cannot be read")
+        n = len(reader.pages)
+    except PDFError:
+        raise
+    except (PdfReadError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise PDFError(path, f"not a readable PDF ({type(exc).__name__}: {exc})") from exc
+    title = ""
+    try:
+        title = str((reader.metadata or {}).get("/Title") or "")
+    except Exception:  # noqa: BLE001 - broken metadata is not a reason to lose the text
+        pass
+    pages, problems = [], []
+    for i in range(n):
+        with _pypdf_warnings() as warnings:
+            try:
+                text = reader.pages[i].extract_text() or ""
+            except Exception as exc:  # noqa: BLE001 - any failure of one page: report it, keep the others
+                problems.append(f"page {i + 1}: {type(exc).__name__}: {exc}")
+                pages.append("")
+                continue
+        if warnings and not text.strip():
+            problems.append(f"page {i + 1}: no text ({'; '.join(dict.fromkeys(warnings))})")
+        pages.append(text)
+    if not any(p.strip() for p in pages):
+        raise PDFError(path, f"no text layer on any of its {n} page(s) (image-only? it needs OCR)"
+                       + (f"; {'; '.join(problems)}" if problems else ""))
+    return Parsed(str(path), pages, problems, title)
+
+
+_PAGE_NUMBER = re.compile(r"^\s*(page\s*)?\d{1,4}(\s*(of|/)\s*\d{1,4})?\s*$", re.I)
+_REFERENCES = re.compile(r"^\s*(\d+\.?\s*)?(references|bibliography|works cited)\s*$", re.I | re.M)
+_SENTENCE_END = re.compile(r"[.!?:;]['\")\]]?$")
+
+
+def _boilerplate(pages: Sequence[list[str]]) -> set[str]:
+    """Lines that open or close at least half of the pages (digits ignored): running headers and footers."""
+    if len(pages) < 2:
+        return set()
+    seen: Counter = Counter()
+    for lines in pages:
+        edge = {re.sub(r"\d+", "#", ln.strip()) for ln in lines[:2] + lines[-2:] if ln.strip()}
+        seen.update(edge)
+    return {ln for ln, c in seen.items() if c >= max(2, len(pages) / 2)}
+
+
+_NUMBERED = re.compile(r"^(\d+(\.\d+)*\.?|[IVX]+\.)\s+[A-Z][^.!?]*$")
+_KNOWN = re.compile(r"^(abstract|introduction|background|related work|methods?|materials and methods|experiments?|"
+                    r"results|discussion|conclusions?|limitations|acknowledge?ments|references|bibliography|appendix)$",
+                    re.I)
+
+
+def _is_heading(line: str) -> bool:
+    """A numbered heading ("2 Method", "3.1 Data"), a usual section name, or a short Title Case line."""
+    line = line.strip()
+    words = line.split()
+    if not words or len(line) > 100 or _SENTENCE_END.search(line):
+        return False
+    if _KNOWN.match(line) or (_NUMBERED.match(line) and len(words) <= 12):
+        return True
+    long_words = [w for w in words if len(w) > 3]
+    return (len(words) <= 14 and line[:1].isupper() and bool(long_words)
+            and sum(w[:1].isupper() for w in long_words) >= 0.6 * len(long_words))
+
+
+def clean_pages(pages: Sequence[str]) -> str:
+    """Extracted page texts to clean text: one heading or one paragraph per line.
+
+    Ligatures and other compatibility characters (NFKC), soft hyphens, words hyphenated at a line
+    end joined, running headers / footers and bare page numbers removed, everything from the last
+    "References" heading on cut, lines that are mostly symbols (equation residue) dropped."""
+    split = []
+    for page in pages:
+        text = unicodedata.normalize("NFKC", page).replace("\u00ad", "")
+        split.append([ln.rstrip() for ln in text.splitlines()])
+    boiler = _boilerplate(split)
+    lines = []
+    for page_lines in split:
+        for ln in page_lines:
+            s = ln.strip()
+            if not s or _PAGE_NUMBER.match(s) or re.sub(r"\d+", "#", s) in boiler:
+                continue
+            visible = re.sub(r"\s", "", s)
+            if len(visible) >= 4 and sum(c.isalpha() for c in visible) / len(visible) < 0.5:
+                continue  # equation residue, tables of numbers
+            lines.append(s)
+    text = "\n".join(lines)
+    text = re.sub(r"(\w)-\n([a-z])", r"\1\2", text)  # hyphenation at a line end
+    refs = [m.start() for m in _REFERENCES.finditer(text) if m.start() > 0.3 * len(text)]
+    if refs:
+        text = text[: refs[-1]]
+    out, paragraph = [], []
+    for ln in text.splitlines():
+        if _is_heading(ln):
+            if paragraph:
+                out.append(" ".join(paragraph))
+                paragraph = []
+            out.append(ln)
+        else:
+            paragraph.append(ln)
+    if paragraph:
+        out.append(" ".join(paragraph))
+    return "\n".join(re.sub(r"\s+", " ", ln).strip() for ln in out if ln.strip())
+
+
+def _title_words(text: str) -> list[str]:
+    text = re.sub(r"(\w)-\n([a-z])", r"\1\2", unicodedata.normalize("NFKC", text))
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+_TITLE_STOP = {"a", "an", "and", "the", "of", "for", "with", "in", "on", "to", "from", "by", "at", "is", "are", "using"}
+
+
+def title_score(expected: str, found: str) -> float:
+    """How much of the expected title ``found`` carries in one place: the largest fraction of the
+    title's words (stopwords aside) inside any run of ``len(title) + 6`` consecutive words."""
+    want = {w for w in _title_words(expected) if w not in _TITLE_STOP} or set(_title_words(expected))
+    have = _title_words(found)
+    if not want or not have:
+        return 0.0
+    span = len(want) + 6
+    return max(len(want & set(have[i: i + span])) for i in range(max(1, len(have) - span + 1))) / len(want)
+
+
+TITLE_MATCH = 0.8  # at least this fraction of the title's words in the PDF's title field or at the top of page 1
+TITLE_WINDOW = 700  # characters: the top of page 1 (arXiv PDFs may put a licence note or the arXiv stamp first)
+
+
+# ---------------------------------------------------------------- the corpus
+@dataclass
+class Corpus:
+    papers: list[dict]  # key, title, field, text, pages, words, problems
+    report: list[dict]  # one entry per URL: key, url, status, reason, ...
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.papers)} usable papers of {len(self.report)} URLs"]
+        for r in self.report:
+            lines.append(f"  {r['status']:<12} {r['key']:<18} {r['reason']}")
+        return "\n".join(lines)
+
+    @property
+    def problems(self) -> list[dict]:
+        return [r for r in self.report if r["status"] not in ("ok", "cached")]
+
+
+def read_paper(paper: Paper, path: str | Path) -> tuple[dict | None, str, str]:
+    """``(paper record or None, status, reason)`` for a downloaded file."""
+    try:
+        parsed = read_pdf(path)
+    except PDFError as exc:
+        return None, "unreadable", exc.reason
+    score = max(title_score(paper.title, parsed.metadata_title), title_score(paper.title, parsed.pages[0][:TITLE_WINDOW]))
+    if score < TITLE_MATCH:
+        first = " ".join(parsed.pages[0].split()[:14])
+        return None, "wrong_paper", (f"expected {paper.title!r}, page 1 begins {first!r} "
+                                     f"({score:.0%} of the title's words found)")
+    text = clean_pages(parsed.pages)
+    record = {"key": paper.key, "title": paper.title, "field": paper.field, "text": text,
+              "pages": len(parsed.pages), "words": len(re.findall(r"[A-Za-z]+", text)),
+              "problems": parsed.problems, "title_score": score}
+    note = f"{len(parsed.pages)} pages, {record['words']} words"
+    if parsed.problems:
+        note += f"; skipped {'; '.join(parsed.problems)}"
+    return record, "ok", note
+
+
+def collect(papers: Sequence[Paper], folder: str | Path, progress: bool = True, **download_kwargs) -> Corpus:
+    """Download, read, check and clean ``papers``; a paper that fails any step is reported, never trained on."""
+    fetches = download(papers, folder, progress=progress, **download_kwargs)
+    kept, report = [], []
+    for paper, fetch in zip(papers, fetches):
+        entry = fetch.as_dict()
+        if fetch.status in ("ok", "cached"):
+            record, status, reason = read_paper(paper, fetch.path)
+            if record is None:
+                entry.update(status=status, reason=reason)
+            else:
+                entry["reason"] = f"{fetch.reason}; {reason}"
+                kept.append(record)
+        report.append(entry)
+    return Corpus(kept, report)
+
+
+def sample(path: str | Path = SAMPLE) -> list[dict]:
+    """The project's own mini-papers (``data/papers_sample.json``), as written."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def sample_text(paper: Mapping) -> str:
+    """A bundled mini-paper as :func:`clean_pages` would return it after a perfect extraction."""
+    lines = [paper["title"]] + ([paper["authors"]] if paper.get("authors") else [])
+    for section in paper["sections"]:
+        lines += [section["heading"], section["text"]]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- words
+STOPWORDS_EXTRA = {"also", "using", "used", "use", "based", "however", "one", "two", "may", "can", "will", "et",
+                   "al", "fig", "figure", "table", "section", "paper", "results", "show", "shown", "well", "thus",
+                   "arxiv", "preprint", "e", "g", "i", "ie", "eg"}
+
+
+def word_counts(text: str, min_len: int = 3) -> Counter:
+    """Lower-cased words of ``text`` without wordcloud's English stopwords (and a few of papers' own)."""
+    from wordcloud import STOPWORDS
+
+    stop = STOPWORDS | STOPWORDS_EXTRA
+    return Counter(w for w in re.findall(r"[a-z][a-z-]*[a-z]", text.lower()) if len(w) >= min_len and w not in stop)
+
+
+# ---------------------------------------------------------------- training rows
+def split_by_paper(keys: Sequence[str], validation: float = 0.2, holdout: float = 0.2,
+                   seed: int = 3407) -> dict[str, list[str]]:
+    """Papers into train / validation / holdout (at least one each); no paper in two splits.
+
+    The order is a hash of key and seed, so adding a paper never moves the others."""
+    keys = list(dict.fromkeys(keys))
+    if len(keys) < 3:
+        raise ValueError(f"{len(keys)} papers: at least 3 are needed for train, validation and holdout")
+    order = sorted(keys, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+    n_val = max(1, round(validation * len(keys)))
+    n_hold = max(1, round(holdout * len(keys)))
+    return {"train": sorted(order[n_val + n_hold:]), "validation": sorted(order[:n_val]),
+            "holdout": sorted(order[n_val: n_val + n_hold])}
+
+
+_SPLIT_SENTENCES = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
+
+
+def sections(text: str) -> list[tuple[str, list[str]]]:
+    """``[(heading, sentences)]`` of a cleaned text (headings are the short lines :func:`clean_pages` keeps apart)."""
+    out: list[tuple[str, list[str]]] = []
+    heading, sentences = "", []
+    for line in text.splitlines():
+        if _is_heading(line):
+            if sentences:
+                out.append((heading, sentences))
+            heading, sentences = line, []
+        else:
+            sentences += [s.strip() for s in _SPLIT_SENTENCES.split(line) if s.strip()]
+    if sentences:
+        out.append((heading, sentences))
+    # front matter (title, authors, affiliations) comes before the first usual or numbered heading
+    first = next((i for i, (h, _) in enumerate(out) if _KNOWN.match(h) or _NUMBERED.match(h)), 0)
+    return out[first:]
+
+
+PROMPT = "Paper: {title}\nSection: {section}\n\n{context}\n\nContinue the passage with its next sentence."
+
+
+def continuation_rows(paper: Mapping, context: int = 2, min_words: int = 6, max_words: int = 45,
+                      max_rows: int | None = None) -> list[dict]:
+    """Rows for one paper: the prompt is the title, the section heading and up to ``context``
+    sentences; the answer is the sentence that follows in the paper. Answers shorter than
+    ``min_words`` or longer than ``max_words`` words are left out; ``max_rows`` spreads the kept
+    rows evenly over the paper."""
+    rows = []
+    for heading, sentences in sections(paper["text"]):
+        for i in range(1, len(sentences)):
+            target = sentences[i]
+            if not min_words <= len(target.split()) <= max_words:
+                continue
+            prompt = PROMPT.format(title=paper["title"], section=heading or "(none)",
+                                   context=" ".join(sentences[max(0, i - context): i]))
+            rows.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": target}],
+                         "paper": paper["key"], "section": heading})
+    if max_rows and len(rows) > max_rows:
+        rows = [rows[round(j * (len(rows) - 1) / (max_rows - 1))] for j in range(max_rows)] if max_rows > 1 else rows[:1]
+    return rows
+
+
+def build_rows(papers: Sequence[Mapping], splits: Mapping[str, Sequence[str]], **kwargs) -> dict[str, list[dict]]:
+    """``{split: rows}`` from :func:`continuation_rows` of the papers in each split."""
+    by_key = {p["key"]: p for p in papers}
+    return {name: [row for key in keys for row in continuation_rows(by_key[key], **kwargs)]
+            for name, keys in splits.items()}
+
+
+def sample_rows(split: str = "train", **kwargs) -> list[dict]:
+    """Training rows of the bundled mini-papers straight from their text (the throughput benchmark's papers recipe)."""
+    papers = [{**p, "text": sample_text(p)} for p in sample()]
+    return build_rows(papers, split_by_paper([p["key"] for p in papers]), **kwargs)[split]
+
+
+# ---------------------------------------------------------------- PDFs written here (CPU profile, tests)
+def _font(pdf) -> str:
+    from matplotlib import font_manager
+
+    pdf.add_font("dejavu", fname=font_manager.findfont("DejaVu Sans"))
+    return "dejavu"
+
+
+def _wrap(pdf, text: str, width: float, hyphenate: bool) -> list[str]:
+    """Greedy line breaking; a long word that does not fit is hyphenated when ``hyphenate``."""
+    lines, line = [], ""
+    for word in text.split():
+        candidate = f"{line} {word}".strip()
+        if pdf.get_string_width(candidate) <= width:
+            line = candidate
+            continue
+        if hyphenate and len(word) >= 8 and word.isalpha():
+            for cut in range(len(word) - 3, 2, -1):
+                head = f"{line} {word[:cut]}-".strip()
+                if pdf.get_string_width(head) <= width:
+                    lines.append(head)
+                    line = word[cut:]
+                    break
+            else:
+                lines.append(line)
+                line = word
+            continue
+        lines.append(line)
+        line = word
+    if line:
+        lines.append(line)
+    return lines
+
+
+def write_pdf(path: str | Path | None, title: str, sections: Sequence[tuple[str, str]], authors: str = "",
+              references: Sequence[str] = (), running_header: str = "", hyphenate: bool = True,
+              ligatures: bool = True, broken_pages: Iterable[int] = (), password: str | None = None,
+              image_only: bool = False) -> bytes:
+    """A small paper as a PDF (fpdf2, DejaVu Sans), written to ``path`` when given; returns the bytes.
+
+    Like a real paper it has a running header and page numbers, words hyphenated at line ends and
+    "fi"/"fl" ligatures (what :func:`clean_pages` must undo). For tests: ``broken_pages`` (1-based)
+    get a corrupt content stream, ``password`` encrypts the file, ``image_only`` draws the text as
+    an image (no text layer)."""
+    from fpdf import FPDF
+
+    class _Paper(FPDF):
+        def header(self):
+            if running_header and not image_only:
+                self.set_font(font, size=8)
+                self.cell(0, 5, running_header, align="C", new_x="LMARGIN", new_y="NEXT")
+                self.ln(2)
+
+        def footer(self):
+            if image_only:  # a scan: no text at all
+                return
+            self.set_y(-12)
+            self.set_font(font, size=8)
+            self.cell(0, 5, str(self.page_no()), align="C")
+
+    pdf = _Paper(format=(148, 210))  # A5
+    font = _font(pdf)
+    pdf.set_title(title)
+    pdf.set_auto_page_break(True, margin=16)
+    pdf.add_page()
+    width = pdf.epw
+
+    def lig(s: str) -> str:
+        return s.replace("fi", "\ufb01").replace("fl", "\ufb02") if ligatures else s
+
+    def paragraph(text: str, size: float, style_gap: float = 2.0):
+        pdf.set_font(font, size=size)
+        for ln in _wrap(pdf, text, width, hyphenate):
+            pdf.cell(0, size * 0.5, lig(ln), new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(style_gap)
+
+    if image_only:
+        from PIL import Image, ImageDraw
+
+        img = Image.new("RGB", (800, 400), "white")
+        ImageDraw.Draw(img).text((20, 20), title, fill="black")
+        pdf.image(img, w=width)
+    else:
+        paragraph(title, 14, 1)
+        if authors:
+            paragraph(authors, 9)
+        for heading, text in sections:
+            paragraph(heading, 11, 1)
+            paragraph(text, 9)
+        if references:
+            paragraph("References", 11, 1)
+            for ref in references:
+                paragraph(ref, 8, 1)
+    data = bytes(pdf.output())
+    broken = set(broken_pages)
+    if broken or password:
+        from pypdf import PdfReader, PdfWriter
+        from pypdf.generic import NameObject, StreamObject
+
+        writer = PdfWriter(clone_from=PdfReader(io.BytesIO(data)))
+        for number in broken:
+            garbage = StreamObject()
+            garbage._data = b"\x00this is not deflate data"
+            garbage[NameObject("/Filter")] = NameObject("/FlateDecode")
+            writer.pages[number - 1][NameObject("/Contents")] = writer._add_object(garbage)
+        if password:
+            writer.encrypt(user_password=password, owner_password=password + "-owner", algorithm="RC4-128")
+        buf = io.BytesIO()
+        writer.write(buf)
+        data = buf.getvalue()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(data)
+    return data
+
+
+def sample_pdf(paper: Mapping, path: str | Path | None = None, **kwargs) -> bytes:
+    """A bundled mini-paper rendered by :func:`write_pdf`."""
+    return write_pdf(path, paper["title"], [(s["heading"], s["text"]) for s in paper["sections"]],
+                     authors=paper.get("authors", ""), references=paper.get("references", ()),
+                     running_header=f"gemma-lora-notebooks mini-papers - {paper['field']}", **kwargs)
+
+
+# ---------------------------------------------------------------- a loopback HTTP server
+FAULTS = ("html", "truncate", "flaky", "429", "404", "500", "hang", "no_length")
+
+
+class LoopbackServer:
+    """Serves ``files`` (``{name: bytes}``) on 127.0.0.1 with optional ``faults`` per name:
+
+    ``html`` an HTML page with status 200, ``truncate`` half the bytes then a closed connection,
+    ``flaky`` / ``429`` one 500 / 429 answer before the file, ``404`` / ``500`` always that status,
+    ``hang`` no answer for ``hang_s`` seconds, ``no_length`` the file without a Content-Length.
+    ``hits`` counts requests per name. Use as a context manager; ``url(name)`` gives the address."""
+
+    def __init__(self, files: Mapping[str, bytes], faults: Mapping[str, str] | None = None, hang_s: float = 30.0):
+        self.files, self.faults, self.hang_s = dict(files), dict(faults or {}), hang_s
+        bad = {k: v for k, v in self.faults.items() if v not in FAULTS}
+        if bad:
+            raise ValueError(f"unknown faults {bad}; known: {FAULTS}")
+        self.hits: Counter = Counter()
+        self._server = None
+
+    def url(self, name: str) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/{urllib.parse.quote(name)}"
+
+    def _handler(self):
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, code, body: bytes, ctype="application/pdf", length: int | None = None, close=False):
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                if length is not None:
+                    self.send_header("Content-Length", str(length))
+                if close or length is None:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):  # noqa: N802 - http.server's name
+                name = urllib.parse.unquote(self.path.lstrip("/"))
+                outer.hits[name] += 1
+                fault, data = outer.faults.get(name), outer.files.get(name)
+                page = b"<!DOCTYPE html><html><body><h1>Error</h1></body></html>"
+                try:
+                    if fault == "hang":
+                        time.sleep(outer.hang_s)
+                    if data is None or fault == "404":
+                        return self._send(404, page, "text/html", len(page))
+                    if fault == "500" or (fault == "flaky" and outer.hits[name] == 1):
+                        return self._send(500, page, "text/html", len(page))
+                    if fault == "429" and outer.hits[name] == 1:
+                        self.send_response(429)
+                        self.send_header("Retry-After", "0")
+                        self.send_header("Content-Length", str(len(page)))
+                        self.end_headers()
+                        return self.wfile.write(page)
+                    if fault == "html":
+                        return self._send(200, page, "text/html; charset=utf-8", len(page))
+                    if fault == "truncate":
+                        return self._send(200, data[: len(data) // 2], length=len(data), close=True)
+                    if fault == "no_length":
+                        return self._send(200, data, length=None)
+                    return self._send(200, data, length=len(data))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        return Handler
+
+    def __enter__(self) -> LoopbackServer:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        server.daemon_threads = True
+        server.block_on_close = False
+        self._server = server
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
