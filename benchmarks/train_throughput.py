@@ -54,13 +54,18 @@ def recipe_rows(name: str, args) -> tuple[list[dict], dict]:
         rows, _ = gh.chat.clean_conversations(gh.chat.read_jsonl(args.persian))
         return rows, {"r": 8, "alpha": 16, "target_modules": ("gate_proj", "up_proj", "down_proj"), "dropout": 0.0,
                       "batch_size": 4, "learning_rate": 2e-4, "max_seq_length": 1024}
-    if name == "papers":
-        path = Path(args.papers)
-        if not path.exists():
-            raise FileNotFoundError(path)
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return rows, {"r": 16, "alpha": 32, "dropout": 0.0, "batch_size": 2, "learning_rate": 2e-4,
-                      "max_seq_length": 1024}
+    if name == "papers":  # notebook 01: next-sentence rows from the training papers; LoRA on attention + MLP
+        if args.papers:
+            path = Path(args.papers)
+            if not path.exists():
+                raise FileNotFoundError(path)
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:  # the bundled mini-papers (data/papers_sample.json), rows built as notebook 01 builds them
+            from gemma_helpers.data import papers
+
+            rows = papers.sample_rows("train")
+        return rows, {"r": 16, "alpha": 32, "dropout": 0.0, "batch_size": 4, "learning_rate": 2e-4,
+                      "max_seq_length": 512}
     raise ValueError(f"unknown recipe {name!r} (xylandia, persian, papers)")
 
 
@@ -221,7 +226,7 @@ def main(args) -> int:
         try:
             recipe_rows(recipe, args)
         except FileNotFoundError as missing:
-            print(f"skipping recipe {recipe!r}: {missing} does not exist (issue 5's papers sample has not landed)")
+            print(f"skipping recipe {recipe!r}: {missing} does not exist")
             report["recipes"][subject] = {"skipped": f"{missing} does not exist"}
             continue
         common = ["--recipe", recipe, "--steps", str(args.steps), "--warmup", str(args.warmup),
@@ -310,7 +315,7 @@ def parse(argv=None):
                    help="our side's TrainSpec.padding_free (auto = the default)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in each run (0: torch's default)")
     p.add_argument("--persian", default=str(ROOT / "data" / "persian_chat.jsonl"))
-    p.add_argument("--papers", default=str(ROOT / "data" / "papers_sample.jsonl"))
+    p.add_argument("--papers", default="", help="a JSONL of rows; default: notebook 01's rows of data/papers_sample.json")
     p.add_argument("--model", default="gemma-3-270m")
     p.add_argument("--gpu", action="store_true", help="the GPU path: random-weight real-size models, CUDA only")
     p.add_argument("--models", default="gemma-3-1b,gemma-3n-e4b-text", help="with --gpu")

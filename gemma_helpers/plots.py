@@ -68,6 +68,30 @@ def grouped_bars(groups: Mapping[str, Mapping[str, float]], name: str, title: st
     return _save(fig, name, charts_dir)
 
 
+def bar_panels(panels: Mapping[str, Mapping[str, Mapping[str, float]]], name: str, title: str = "",
+               ylim: tuple[float, float] | None = None, charts_dir: str | Path | None = None) -> Path:
+    """One panel per ``{panel: {series: {group: value}}}``: grouped bars (series side by side per group)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    for ax, (panel, groups) in zip(axes[0], panels.items()):
+        series = list(groups)
+        keys = list(next(iter(groups.values())))
+        width = 0.8 / len(series)
+        for i, s in enumerate(series):
+            values = [groups[s][k] for k in keys]
+            bars = ax.bar([j + i * width for j in range(len(keys))], values, width, label=s, color=f"C{i}")
+            ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=7)
+        ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(keys))], keys)
+        ax.set_title(panel, fontsize=10)
+        if ylim:
+            ax.set_ylim(*ylim)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, name, charts_dir)
+
+
 def metric_panels(rows: Sequence[Mapping], metrics: Mapping[str, str], name: str, title: str,
                   label_key: str = "name", charts_dir: str | Path | None = None) -> Path:
     """One panel per metric (``{key: axis label}``), one bar per row (``row[label_key]``), value on each bar."""
@@ -83,6 +107,84 @@ def metric_panels(rows: Sequence[Mapping], metrics: Mapping[str, str], name: str
         ax.set_title(axis_label, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
+    return _save(fig, name, charts_dir)
+
+
+def train_val_loss(history: Sequence[dict], eval_history: Sequence[dict], name: str, title: str = "",
+                   charts_dir: str | Path | None = None) -> Path:
+    """Training loss per step and validation loss at each evaluation (``TrainResult.history`` /
+    ``.eval_history``); the adapter kept (the last evaluation entry) is marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    if train:
+        ax.plot(*zip(*train), marker=".", alpha=0.7, label="train")
+    during = [(h["step"], h["eval_loss"]) for h in eval_history if not h.get("final")]
+    if during:
+        ax.plot(*zip(*during), marker="o", label="validation")
+    final = [h for h in eval_history if h.get("final")]
+    if final:
+        ax.axhline(final[-1]["eval_loss"], color="C1", linestyle=":",
+                   label=f"validation, adapter kept ({final[-1]['eval_loss']:.3f})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("mean per-token loss (answer tokens)")
+    ax.set_title(title or "Train and validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, name, charts_dir)
+
+
+def word_count_bars(words: Mapping[str, int], groups: Mapping[str, str], name: str, title: str = "Words per paper",
+                    charts_dir: str | Path | None = None) -> Path:
+    """One bar per paper (``{paper: word count}``), coloured by its group (``{paper: field}``)."""
+    plt = _plt()
+    keys = sorted(words, key=lambda k: (groups.get(k, ""), k))
+    kinds = sorted({groups.get(k, "") for k in keys})
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(keys) + 2), 4.5))
+    bars = ax.bar(range(len(keys)), [words[k] for k in keys], color=[f"C{kinds.index(groups.get(k, ''))}" for k in keys])
+    ax.bar_label(bars, fontsize=7)
+    ax.set_xticks(range(len(keys)), keys, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("words after cleaning")
+    ax.set_title(title)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{i}") for i in range(len(kinds))]
+    ax.legend(handles, kinds, title="field")
+    return _save(fig, name, charts_dir)
+
+
+def word_clouds(freqs: Mapping[str, Mapping[str, int]], name: str, cols: int = 4, max_words: int = 60,
+                seed: int = 3407, charts_dir: str | Path | None = None) -> Path:
+    """A grid of word clouds, one per ``{title: {word: count}}`` (the wordcloud package)."""
+    from wordcloud import WordCloud
+
+    plt = _plt()
+    items = [(t, f) for t, f in freqs.items() if f]
+    if not items:
+        raise ValueError("no words to draw")
+    rows = -(-len(items) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (title, f) in zip(axes.flat, items):
+        cloud = WordCloud(width=500, height=300, background_color="white", max_words=max_words, random_state=seed,
+                          collocations=False).generate_from_frequencies(dict(f))
+        ax.imshow(cloud, interpolation="bilinear")
+        ax.set_title(title, fontsize=9)
+    return _save(fig, name, charts_dir)
+
+
+def memory_bars(report: Mapping[str, float], name: str, title: str = "Memory",
+                charts_dir: str | Path | None = None) -> Path:
+    """The parts of :func:`gemma_helpers.train.memory_monitor`'s report as horizontal bars (MiB)."""
+    plt = _plt()
+    parts = {"weights": "weights_mb", "adapter parameters": "adapter_params_mb", "optimizer state": "optimizer_state_mb",
+             "gradients": "gradients_mb", "activations and temporaries": "activations_mb",
+             "training peak (total)": "training_peak_mb"}
+    shown = {label: float(report[key]) for label, key in parts.items() if report.get(key) is not None}
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    bars = ax.barh(list(shown)[::-1], list(shown.values())[::-1], color="#4c72b0")
+    ax.bar_label(bars, labels=[f"{v:,.1f}" for v in list(shown.values())[::-1]], fontsize=8)
+    ax.set_xlabel(f"MiB ({report.get('device', '')})")
+    ax.set_title(title)
     return _save(fig, name, charts_dir)
 
 

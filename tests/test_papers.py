@@ -10,12 +10,12 @@ import gemma_helpers as gh
 from gemma_helpers.data import papers as P
 
 SECTIONS = [
-    ("Abstract", "Sea surface temperature controls where corals can live. When the water stays too warm the "
-                 "algae inside the coral leave and the reef turns white."),
-    ("1 Introduction", "Coral reefs cover a small area of the ocean floor. They shelter a large share of marine "
-                       "species and protect coastlines from waves."),
-    ("2 Method", "We describe how a temperature anomaly is accumulated over twelve weeks. The accumulated "
-                 "anomaly is compared with a threshold that signals bleaching risk."),
+    ("Abstract", ("Sea surface temperature controls where corals can live. When the water stays too warm the "
+                 "algae inside the coral leave and the reef turns white.")),
+    ("1 Introduction", ("Coral reefs cover a small area of the ocean floor. They shelter a large share of marine "
+                       "species and protect coastlines from waves.")),
+    ("2 Method", ("We describe how a temperature anomaly is accumulated over twelve weeks. The accumulated "
+                 "anomaly is compared with a threshold that signals bleaching risk.")),
 ]
 
 

@@ -37,6 +37,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from typing_extensions import Self
+
 FIELDS = ("ai", "climate", "healthcare", "vision")
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "papers_sample.json"
 
@@ -274,12 +276,12 @@ def read_pdf(path: str | Path) -> Parsed:
         raise
     except (PdfReadError, OSError, ValueError, KeyError, TypeError) as exc:
         raise PDFError(path, f"not a readable PDF ({type(exc).__name__}: {exc})") from exc
+    pages, problems = [], []
     title = ""
     try:
         title = str((reader.metadata or {}).get("/Title") or "")
-    except Exception:  # noqa: BLE001 - broken metadata is not a reason to lose the text
-        pass
-    pages, problems = [], []
+    except Exception as exc:  # noqa: BLE001 - broken metadata is not a reason to lose the text
+        problems.append(f"metadata: {type(exc).__name__}: {exc}")
     for i in range(n):
         with _pypdf_warnings() as warnings:
             try:
@@ -297,8 +299,8 @@ def read_pdf(path: str | Path) -> Parsed:
     return Parsed(str(path), pages, problems, title)
 
 
-_PAGE_NUMBER = re.compile(r"^\s*(page\s*)?\d{1,4}(\s*(of|/)\s*\d{1,4})?\s*$", re.I)
-_REFERENCES = re.compile(r"^\s*(\d+\.?\s*)?(references|bibliography|works cited)\s*$", re.I | re.M)
+_PAGE_NUMBER = re.compile(r"^\s*(page\s*)?\d{1,4}(\s*(of|/)\s*\d{1,4})?\s*$", re.IGNORECASE)
+_REFERENCES = re.compile(r"^\s*(\d+\.?\s*)?(references|bibliography|works cited)\s*$", re.IGNORECASE | re.MULTILINE)
 _SENTENCE_END = re.compile(r"[.!?:;]['\")\]]?$")
 
 
@@ -316,7 +318,7 @@ def _boilerplate(pages: Sequence[list[str]]) -> set[str]:
 _NUMBERED = re.compile(r"^(\d+(\.\d+)*\.?|[IVX]+\.)\s+[A-Z][^.!?]*$")
 _KNOWN = re.compile(r"^(abstract|introduction|background|related work|methods?|materials and methods|experiments?|"
                     r"results|discussion|conclusions?|limitations|acknowledge?ments|references|bibliography|appendix)$",
-                    re.I)
+                    re.IGNORECASE)
 
 
 def _is_heading(line: str) -> bool:
@@ -466,7 +468,13 @@ def sample_text(paper: Mapping) -> str:
 # ---------------------------------------------------------------- words
 STOPWORDS_EXTRA = {"also", "using", "used", "use", "based", "however", "one", "two", "may", "can", "will", "et",
                    "al", "fig", "figure", "table", "section", "paper", "results", "show", "shown", "well", "thus",
-                   "arxiv", "preprint", "e", "g", "i", "ie", "eg"}
+                   "arxiv", "preprint", "e", "g", "i", "ie", "eg", "abstract", "introduction", "conclusion",
+                   "discussion", "method", "article", "study"}
+
+
+def body(text: str) -> str:
+    """A cleaned text without its front matter (title, authors, affiliations): its :func:`sections`."""
+    return "\n".join(f"{heading}\n{' '.join(sentences)}" for heading, sentences in sections(text))
 
 
 def word_counts(text: str, min_len: int = 3) -> Counter:
@@ -532,7 +540,7 @@ def continuation_rows(paper: Mapping, context: int = 2, min_words: int = 6, max_
             prompt = PROMPT.format(title=paper["title"], section=heading or "(none)",
                                    context=" ".join(sentences[max(0, i - context): i]))
             rows.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": target}],
-                         "paper": paper["key"], "section": heading})
+                         "paper": paper["key"], "section": heading, "previous": sentences[i - 1]})
     if max_rows and len(rows) > max_rows:
         rows = [rows[round(j * (len(rows) - 1) / (max_rows - 1))] for j in range(max_rows)] if max_rows > 1 else rows[:1]
     return rows
@@ -718,7 +726,7 @@ class LoopbackServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_GET(self):  # noqa: N802 - http.server's name
+            def do_GET(self):
                 name = urllib.parse.unquote(self.path.lstrip("/"))
                 outer.hits[name] += 1
                 fault, data = outer.faults.get(name), outer.files.get(name)
@@ -748,7 +756,7 @@ class LoopbackServer:
 
         return Handler
 
-    def __enter__(self) -> LoopbackServer:
+    def start(self) -> LoopbackServer:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         server.daemon_threads = True
         server.block_on_close = False
@@ -756,6 +764,14 @@ class LoopbackServer:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return self
 
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
     def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self.stop()

