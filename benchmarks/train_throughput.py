@@ -282,8 +282,8 @@ def publish(report: dict, name: str) -> None:
         print(gh.results.table(rows))
         chart = gh.plots.grouped_bars(
             {LABELS[side]: {s: v[f"{side}_tps"] for s, v in measured.items()} for side in ("ours", "baseline")},
-            f"{name}.png", title="Training throughput, " + report["device"].upper() + " (ratios: "
-            + ", ".join(f"{s} {v['ratio']:.2f}x" for s, v in measured.items()) + ")",
+            f"{name}.png", title="Training throughput, " + report["device"].upper() + "\nours / baseline: "
+            + ", ".join(f"{s} {v['ratio']:.2f}x" for s, v in measured.items()),
             ylabel="real (non-pad) tokens / s")
         print(f"chart {chart.relative_to(ROOT)}")
     print(f"written to {path}")
