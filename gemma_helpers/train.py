@@ -224,7 +224,7 @@ def _eval_args(spec: TrainSpec, evaluate: bool) -> dict:
     if not evaluate or spec.eval_steps <= 0:
         return {"eval_strategy": "no"}
     args = {"eval_strategy": "steps", "eval_steps": spec.eval_steps, "per_device_eval_batch_size": spec.batch_size}
-    if spec.early_stopping_patience > 0:  # the best adapter is restored: checkpoints at every evaluation
+    if _restores_best(spec, evaluate):  # checkpoints at every evaluation (sft_config's save_steps)
         args.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
     return args
 
@@ -311,15 +311,14 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
         set_seed(spec.seed)  # LoRA's A matrices are drawn now: the same seed gives the same run
         model = attach_lora(model, r=spec.r, alpha=spec.alpha, dropout=spec.dropout,
                             target_modules=spec.target_modules, seed=spec.seed)
-    if data_collator is None:
-        dataset = Dataset.from_list(tokenize_rows(tokenizer, rows, spec.max_seq_length))
-    else:
-        dataset = Dataset.from_list(list(rows))  # raw rows: the collator loads the images
+
+    def as_dataset(items):  # tokenized with answer-only labels; raw for a collator (it loads the images)
+        return Dataset.from_list(tokenize_rows(tokenizer, items, spec.max_seq_length) if data_collator is None
+                                 else list(items))
+
+    dataset = as_dataset(rows)
     evaluate = bool(eval_rows)
-    eval_dataset = None
-    if evaluate:
-        eval_dataset = (Dataset.from_list(tokenize_rows(tokenizer, eval_rows, spec.max_seq_length)) if data_collator is None
-                        else Dataset.from_list(list(eval_rows)))
+    eval_dataset = as_dataset(eval_rows) if evaluate else None
 
     _ensure_lm_head_kernel()
     if padding_free(spec, multimodal=data_collator is not None):
