@@ -291,15 +291,11 @@ def mixed_accuracy(predictions: Sequence[str], references: Sequence[str], weight
                       for p, r, o, v, m in zip(predictions, references, overlap, relevance, mixed)]}
 
 
-def mixed_accuracy_rows(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 48, batch_size: int = 8,
-                        **kwargs) -> dict:
-    """:func:`mixed_accuracy` of the model's greedy answers to ``rows`` (a user turn, then the
-    reference answer as the assistant turn); every item also carries its ``paper`` when the row has one."""
-    questions = [r["messages"][0]["content"] for r in rows]
-    references = [r["messages"][-1]["content"] for r in rows]
-    prompts = [prompt_text(tokenizer, q) for q in questions]
-    predictions = generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
-    out = mixed_accuracy(predictions, references, **kwargs)
+def mixed_accuracy_rows(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 48, **kwargs) -> dict:
+    """:func:`mixed_accuracy` of the model's greedy answers (:func:`ask`) to ``rows`` (a user turn, then
+    the reference answer as the assistant turn); every item also carries its ``paper`` when the row has one."""
+    predictions = ask(model, tokenizer, [r["messages"][0]["content"] for r in rows], max_new_tokens)
+    out = mixed_accuracy(predictions, [r["messages"][-1]["content"] for r in rows], **kwargs)
     for item, row in zip(out["items"], rows):
         item["paper"] = row.get("paper")
     return out

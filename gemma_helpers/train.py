@@ -78,10 +78,6 @@ class TrainResult:
     def losses(self) -> list[tuple[int, float]]:
         return [(h["step"], h["loss"]) for h in self.history if "loss" in h]
 
-    @property
-    def eval_losses(self) -> list[tuple[int, float]]:
-        return [(h["step"], h["eval_loss"]) for h in self.eval_history]
-
 
 def _callbacks():
     from transformers import TrainerCallback

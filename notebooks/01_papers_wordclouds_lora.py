@@ -181,13 +181,7 @@ for name, keys in splits.items():
     print(f"{name:<10} {len(rows[name]):>4} rows from {keys}")
 assert not set(splits["train"]) & (set(splits["validation"]) | set(splits["holdout"]))
 
-
-def spread(items, n):
-    """n items spread evenly over the list (every paper of the split represented)."""
-    return items if len(items) <= n else [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
-
-
-scored = {name: spread(r, EVAL_ITEMS) for name, r in rows.items()}
+scored = {name: gp.spread(r, EVAL_ITEMS) for name, r in rows.items()}  # evenly over the split: every paper in it
 
 # %%
 from transformers import AutoTokenizer

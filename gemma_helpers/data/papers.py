@@ -299,6 +299,13 @@ def read_pdf(path: str | Path) -> Parsed:
     return Parsed(str(path), pages, problems, title)
 
 
+_LINE_END_HYPHEN = re.compile(r"(\w)-\n([a-z])")  # "repre-\nsentation": joined, the hyphen dropped
+
+
+def _dehyphenate(text: str) -> str:
+    return _LINE_END_HYPHEN.sub(r"\1\2", text)
+
+
 _PAGE_NUMBER = re.compile(r"^\s*(page\s*)?\d{1,4}(\s*(of|/)\s*\d{1,4})?\s*$", re.IGNORECASE)
 _REFERENCES = re.compile(r"^\s*(\d+\.?\s*)?(references|bibliography|works cited)\s*$", re.IGNORECASE | re.MULTILINE)
 _SENTENCE_END = re.compile(r"[.!?:;]['\")\]]?$")
@@ -356,7 +363,7 @@ def clean_pages(pages: Sequence[str]) -> str:
                 continue  # equation residue, tables of numbers
             lines.append(s)
     text = "\n".join(lines)
-    text = re.sub(r"(\w)-\n([a-z])", r"\1\2", text)  # hyphenation at a line end
+    text = _dehyphenate(text)
     refs = [m.start() for m in _REFERENCES.finditer(text) if m.start() > 0.3 * len(text)]
     if refs:
         text = text[: refs[-1]]
@@ -375,7 +382,7 @@ def clean_pages(pages: Sequence[str]) -> str:
 
 
 def _title_words(text: str) -> list[str]:
-    text = re.sub(r"(\w)-\n([a-z])", r"\1\2", unicodedata.normalize("NFKC", text))
+    text = _dehyphenate(unicodedata.normalize("NFKC", text))
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
@@ -408,10 +415,6 @@ class Corpus:
         for r in self.report:
             lines.append(f"  {r['status']:<12} {r['key']:<18} {r['reason']}")
         return "\n".join(lines)
-
-    @property
-    def problems(self) -> list[dict]:
-        return [r for r in self.report if r["status"] not in ("ok", "cached")]
 
 
 def read_paper(paper: Paper, path: str | Path) -> tuple[dict | None, str, str]:
@@ -522,6 +525,14 @@ def sections(text: str) -> list[tuple[str, list[str]]]:
     return out[first:]
 
 
+def spread(items: Sequence, n: int | None) -> list:
+    """At most ``n`` of ``items``, evenly spaced from the first to the last (all of them when ``n`` is None)."""
+    items = list(items)
+    if not n or len(items) <= n:
+        return items
+    return [items[round(j * (len(items) - 1) / (n - 1))] for j in range(n)] if n > 1 else items[:1]
+
+
 PROMPT = "Paper: {title}\nSection: {section}\n\n{context}\n\nContinue the passage with its next sentence."
 
 
@@ -541,9 +552,7 @@ def continuation_rows(paper: Mapping, context: int = 2, min_words: int = 6, max_
                                    context=" ".join(sentences[max(0, i - context): i]))
             rows.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": target}],
                          "paper": paper["key"], "section": heading, "previous": sentences[i - 1]})
-    if max_rows and len(rows) > max_rows:
-        rows = [rows[round(j * (len(rows) - 1) / (max_rows - 1))] for j in range(max_rows)] if max_rows > 1 else rows[:1]
-    return rows
+    return spread(rows, max_rows)
 
 
 def build_rows(papers: Sequence[Mapping], splits: Mapping[str, Sequence[str]], **kwargs) -> dict[str, list[dict]]:
@@ -715,9 +724,12 @@ class LoopbackServer:
             def log_message(self, *args):  # quiet
                 pass
 
-            def _send(self, code, body: bytes, ctype="application/pdf", length: int | None = None, close=False):
+            def _send(self, code, body: bytes, ctype="application/pdf", length: int | None = None, close=False,
+                      headers=()):
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
+                for name, value in headers:
+                    self.send_header(name, value)
                 if length is not None:
                     self.send_header("Content-Length", str(length))
                 if close or length is None:
@@ -739,11 +751,7 @@ class LoopbackServer:
                     if fault == "500" or (fault == "flaky" and outer.hits[name] == 1):
                         return self._send(500, page, "text/html", len(page))
                     if fault == "429" and outer.hits[name] == 1:
-                        self.send_response(429)
-                        self.send_header("Retry-After", "0")
-                        self.send_header("Content-Length", str(len(page)))
-                        self.end_headers()
-                        return self.wfile.write(page)
+                        return self._send(429, page, "text/html", len(page), headers=[("Retry-After", "0")])
                     if fault == "html":
                         return self._send(200, page, "text/html; charset=utf-8", len(page))
                     if fault == "truncate":
