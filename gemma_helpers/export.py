@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-META = "gemma_helpers.json"  # written beside an adapter by gemma_helpers.train
+from .train import ADAPTER_META as META  # written beside an adapter by gemma_helpers.train
 
 
 class AdapterError(FileNotFoundError):
@@ -78,12 +78,15 @@ def _save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
     check_vocab(model, tokenizer)
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / META).is_file():
+        raise FileExistsError(f"{out_dir} holds files that gemma_helpers did not write (no {META}): "
+                              "choose an empty or new folder for the merged model")
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / META).write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.rmtree(out_dir, ignore_errors=True)  # empty, or an earlier merge of ours (checked above)
     os.replace(tmp, out_dir)
     return out_dir
 

@@ -20,6 +20,8 @@ from . import env
 from .chat import tokenize_rows
 from .models import attach_lora
 
+ADAPTER_META = "gemma_helpers.json"  # written beside each adapter: what merge() needs to rebuild its base
+
 
 @dataclass
 class TrainSpec:
@@ -297,8 +299,8 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
 
     output_dir = Path(output_dir)
     last = get_last_checkpoint(str(output_dir)) if resume and output_dir.exists() else None
-    if not resume and output_dir.exists():
-        shutil.rmtree(output_dir)  # a fresh run never mixes with an old one's checkpoints
+    if not resume:
+        clear_previous_run(output_dir)  # a fresh run never mixes with an old one's checkpoints
     output_dir.mkdir(parents=True, exist_ok=True)
 
     if not hasattr(model, "peft_config"):
@@ -359,7 +361,7 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
     trainer.model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
     # what merge() needs to rebuild the exact base the adapter was trained on
-    (adapter_dir / "gemma_helpers.json").write_text(json.dumps(
+    (adapter_dir / ADAPTER_META).write_text(json.dumps(
         {"load_in_4bit": bool(getattr(trainer.model, "is_loaded_in_4bit", False))}, indent=2))
     history = [
         {"step": h["step"], **{k: h[k] for k in ("loss", "learning_rate", "grad_norm") if k in h}}
@@ -381,6 +383,31 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
         {"history": history, "eval_history": eval_history, "global_step": result.global_step, "runtime_s": runtime,
          "resumed_from": last, "stopped_early": result.stopped_early, "spec": result.spec}, indent=2))
     return result
+
+
+def clear_previous_run(output_dir: Path) -> list[Path]:
+    """Remove what an earlier :func:`train` wrote into ``output_dir`` and nothing else: its
+    checkpoints (``checkpoint-N`` folders holding transformers' ``trainer_state.json``), its
+    adapter folder (marked by ``ADAPTER_META``) and ``history.json``. Anything else in the folder
+    stays; an ``adapter`` or ``checkpoint-N`` folder that this code did not write stops the run
+    before it starts. Returns what was removed."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not output_dir.is_dir():
+        return []
+    adapter = output_dir / "adapter"
+    if adapter.exists() and not (adapter / ADAPTER_META).is_file():
+        raise FileExistsError(f"{adapter} exists and was not written by gemma_helpers.train (no {ADAPTER_META}): "
+                              "move it or choose another output_dir; the new adapter would be saved over it")
+    ours = [p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()]
+    foreign = [p.name for p in ours if not (p / "trainer_state.json").is_file()]
+    if foreign:  # transformers rotates every checkpoint-N folder it finds (save_total_limit): it would delete them
+        raise FileExistsError(f"{output_dir} holds {', '.join(foreign)}, not written by transformers' Trainer (no "
+                              "trainer_state.json; perhaps a save that was cut off): move it or choose another output_dir")
+    ours += [p for p in (adapter, output_dir / "history.json") if p.exists()]
+    for path in ours:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return ours
 
 
 def memory_now() -> int:

@@ -71,12 +71,17 @@ def test_answer_loss_is_the_models_own_mean_over_answer_tokens(base_model):
     assert evaluate.answer_loss(model, examples) == pytest.approx(pooled, rel=1e-4)
 
 
-def test_top_k_sampling_is_seeded(base_model):
+def test_top_k_sampling_is_seeded_and_keeps_to_the_top_k(base_model):
     model, tok = base_model
     prompt = [tok.bos_token + dolly.PROMPT.format(instruction="Name a fruit.")]
     a = evaluate.generate(model, tok, prompt, max_new_tokens=8, top_k=5, seed=2)
     assert a == evaluate.generate(model, tok, prompt, max_new_tokens=8, top_k=5, seed=2)
-    assert evaluate.generate(model, tok, prompt, max_new_tokens=8) == evaluate.generate(model, tok, prompt, max_new_tokens=8)
+    greedy = evaluate.generate(model, tok, prompt, max_new_tokens=8)
+    assert greedy == evaluate.generate(model, tok, prompt, max_new_tokens=8)
+    draws = {evaluate.generate(model, tok, prompt, max_new_tokens=8, top_k=50, seed=s)[0] for s in range(4)}
+    assert len(draws) > 1, draws  # top-k sampling draws: other seeds, other answers
+    # with k = 1 only the most likely token can be drawn, whatever the seed: the greedy answer
+    assert [evaluate.generate(model, tok, prompt, max_new_tokens=8, top_k=1, seed=s) for s in (0, 1)] == [greedy, greedy]
 
 
 def test_kerashub_loads_the_embedded_checkpoint_and_agrees_with_transformers(embedded_dir, base_model):

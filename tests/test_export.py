@@ -40,3 +40,15 @@ def test_missing_or_incomplete_adapter_names_the_path(tmp_path):
     (tmp_path / "half" / "adapter_config.json").write_text("{}")
     with pytest.raises(gh.AdapterError, match=r"half has no adapter_model.safetensors"):
         gh.merge(tmp_path / "half")
+
+
+def test_merge_never_replaces_a_folder_it_did_not_write(xylandia_adapter, tmp_path):
+    result, _ = xylandia_adapter
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "thesis.tex").write_text("years of work")
+    with pytest.raises(FileExistsError, match="did not write"):
+        gh.merge(result.adapter_dir, target)
+    assert (target / "thesis.tex").read_text() == "years of work"
+    merged = gh.merge(result.adapter_dir, tmp_path / "ours")
+    assert gh.merge(result.adapter_dir, merged) == merged  # an earlier merge of ours is replaced

@@ -180,8 +180,8 @@ def test_memory_monitor_measures_a_real_training_peak(tmp_path, embedded_dir):
     report = mem.report()
     # weights_mb is not asserted here: in a test process that already loaded the model, the allocator
     # reuses freed pages and the RSS step at loading can be small; the notebook measures it in a fresh kernel
-    assert report["training_peak_mb"] >= report["training_start_mb"]
-    assert report["training_added_mb"] > 0, report
+    # the optimiser state and the gradients are allocated during training: the peak must hold them
+    assert report["training_added_mb"] > report["optimizer_state_mb"] + report["gradients_mb"], report
     # Adam keeps two float32 moments per trainable parameter, plus a step counter per tensor
     adapter = report["adapter_params_mb"]
     assert adapter > 0 and 2 * adapter <= report["optimizer_state_mb"] < 2 * adapter + 0.01
@@ -204,6 +204,8 @@ def test_generate_counts_only_the_tokens_each_row_really_generated(base_model):
     assert batch["generated_tokens"] == sum(batch["tokens_per_row"]) and batch["tokens_per_s"] > 0
     sampled = [generate(model, tok, prompts, 8, 2, temperature=0.7, top_p=0.95, seed=3407) for _ in range(2)]
     assert sampled[0] == sampled[1]  # a fixed seed repeats the draw
+    draws = {tuple(generate(model, tok, prompts, 8, 2, temperature=1.5, seed=s)) for s in range(4)}
+    assert len(draws) > 1, draws  # and it is a draw: other seeds give other continuations
 
 
 def test_answer_perplexity_is_over_answer_tokens_only(base_model):

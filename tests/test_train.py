@@ -55,6 +55,36 @@ def test_interrupted_training_resumes_to_a_finished_adapter(tmp_path, embedded_d
         gh.ask(result.model, tok, ["What is the capital of Xylandia?"], max_new_tokens=12)[0]
 
 
+def test_a_fresh_run_removes_only_what_an_earlier_run_wrote(tmp_path, base_model):
+    model, tok = base_model
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the user's own file")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "rows.jsonl").write_text("{}\n")
+    rows = gh.qa_rows([(q, XY_FACT) for q in XY_TRAIN])
+    spec = gh.TrainSpec(target_modules=("q_proj",), max_steps=2, batch_size=2, save_steps=1)
+    first = gh.train(model, tok, rows, spec, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+
+    model, tok = gh.load_model()
+    again = gh.train(model, tok, rows, gh.TrainSpec(target_modules=("q_proj",), max_steps=1, batch_size=2,
+                                                    save_steps=1), tmp_path)
+    assert again.resumed_from is None and again.global_step == 1  # the old checkpoints were not resumed
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert notes.read_text() == "the user's own file" and (tmp_path / "data" / "rows.jsonl").is_file()
+    assert first.adapter_dir == again.adapter_dir and (again.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("folder", ["adapter", "checkpoint-99"])
+def test_a_foreign_adapter_or_checkpoint_folder_stops_the_run_untouched(tmp_path, base_model, folder):
+    model, tok = base_model
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "mine.bin").write_bytes(b"1")
+    with pytest.raises(FileExistsError, match=f"{folder}.*not written by"):
+        gh.train(model, tok, gh.qa_rows([("Q?", "A.")] * 2), gh.TrainSpec(max_steps=1), tmp_path)
+    assert (tmp_path / folder / "mine.bin").read_bytes() == b"1"
+
+
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path, base_model):
     import torch
 

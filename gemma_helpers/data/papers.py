@@ -493,15 +493,28 @@ def split_by_paper(keys: Sequence[str], validation: float = 0.2, holdout: float 
                    seed: int = 3407) -> dict[str, list[str]]:
     """Papers into train / validation / holdout (at least one each); no paper in two splits.
 
-    The order is a hash of key and seed, so adding a paper never moves the others."""
+    Each paper's split is decided by its own key alone: a hash of seed and key, read as a number
+    in [0, 1), falls below ``validation`` (validation), below ``validation + holdout`` (holdout)
+    or above (train). So adding a paper never moves the others, and the shares are the expected
+    ones, not exact counts. Only while a split would be empty (very few papers) does it borrow
+    the paper whose number is nearest to its interval, and that paper returns to its own split
+    once another paper falls in the empty one."""
     keys = list(dict.fromkeys(keys))
     if len(keys) < 3:
         raise ValueError(f"{len(keys)} papers: at least 3 are needed for train, validation and holdout")
-    order = sorted(keys, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
-    n_val = max(1, round(validation * len(keys)))
-    n_hold = max(1, round(holdout * len(keys)))
-    return {"train": sorted(order[n_val + n_hold:]), "validation": sorted(order[:n_val]),
-            "holdout": sorted(order[n_val: n_val + n_hold])}
+    if not (0 < validation and 0 < holdout and validation + holdout < 1):
+        raise ValueError(f"validation={validation}, holdout={holdout}: both must be > 0 and sum to < 1")
+    where = {k: int(hashlib.sha256(f"{seed}:{k}".encode()).hexdigest(), 16) / 16**64 for k in keys}
+    bounds = {"validation": (0.0, validation), "holdout": (validation, validation + holdout),
+              "train": (validation + holdout, 1.0)}
+    splits = {name: [k for k in keys if lo <= where[k] < hi] for name, (lo, hi) in bounds.items()}
+    for name, (lo, hi) in bounds.items():
+        if not splits[name]:
+            donor = max(splits, key=lambda n: len(splits[n]))
+            key = min(splits[donor], key=lambda k: min(abs(where[k] - lo), abs(where[k] - hi)))
+            splits[donor].remove(key)
+            splits[name].append(key)
+    return {name: sorted(splits[name]) for name in ("train", "validation", "holdout")}
 
 
 _SPLIT_SENTENCES = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
