@@ -67,7 +67,7 @@ def test_one_collect_call_keeps_every_good_paper_whatever_the_bad_urls_do(tmp_pa
         assert not (tmp_path / f"{key}.pdf").exists()
     assert report["loop"]["reason"].count(" -> ") == 2 and report["loop"]["attempts"] == 1
     assert "malformed" not in hits  # refused before any request
-    trickled = int(report["trickle"]["reason"].split("deadline: ")[1].split(" of ")[0])
+    trickled = int(report["trickle"]["reason"].split("deadline: only ")[1].split(" of ")[0])
     assert 0 < trickled < len(pdf_b)  # the true count, not "0 bytes"
     assert not list(tmp_path.glob(".*.part"))
     # the two slow URLs each end at their deadline; everything else is fast

@@ -265,7 +265,7 @@ def _fetch_body(session, url: str, tmp: Path, *, timeout, end: float, deadline_s
                 while True:
                     left = end - time.monotonic()
                     if left <= 0:
-                        raise _Failed(f"deadline: {got()} arrived within the {deadline_s:g} s allowed for this URL",
+                        raise _Failed(f"deadline: only {got()} arrived within the {deadline_s:g} s allowed for this URL",
                                       code=code)
                     _set_read_timeout(r, min(timeout[1], left))
                     chunk = r.raw.read1(64 * 1024, decode_content=True)
