@@ -47,8 +47,7 @@ def read_jsonl(path: str | Path, errors: str = "raise", report: Callable[[str], 
         raise ValueError(f"errors={errors!r}: expected one of {ERRORS}")
     path = Path(path)
     data = path.read_bytes()
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
+    data = data.removeprefix(codecs.BOM_UTF8)
     rows = Rows()
     lines = data.split(b"\n")
     n_lines = len(lines) - (lines[-1] == b"")  # a final "\n" ends the last line, it does not open one

@@ -126,7 +126,7 @@ def test_backoff_is_exponential_and_honours_retry_after(tmp_path, sample):
 
 
 def test_backoff_that_would_pass_the_deadline_stops_and_says_so(tmp_path, sample):
-    (a, pdf), *_ = sample.values()
+    (_, pdf), *_ = sample.values()
     with P.LoopbackServer({"down": pdf}, {"down": "500"}) as server:
         started = time.monotonic()
         got = P.download_one(server.url("down"), tmp_path / "down.pdf", "down", retries=5, backoff_s=0.5,
@@ -273,7 +273,7 @@ def test_plain_rows_and_system_turns_are_checked_the_same_way(row, field):
     assert (err.value.row, err.value.field) == (1, field)
 
 
-def test_validation_and_cleaning_agree(tokenizer=None):
+def test_validation_and_cleaning_agree():
     """The two checks of a chat row are one: what cleaning raises for, validation raises for too."""
     for content in NOT_TEXT:
         row = {"messages": [{"role": "user", "content": "سلام"}, {"role": "assistant", "content": content}]}
