@@ -4,8 +4,10 @@ AND that the good items beside the bad one are intact. Fast: short deadlines, ti
 from __future__ import annotations
 
 import codecs
+import datetime
 import gzip
 import json
+import socket
 import time
 
 import pytest
@@ -133,6 +135,29 @@ def test_backoff_that_would_pass_the_deadline_stops_and_says_so(tmp_path, sample
                              deadline_s=1.0, progress=False)
         elapsed = time.monotonic() - started
     assert got.status == "failed" and "would pass the 1 s deadline" in got.reason and elapsed < 1.5, (got, elapsed)
+
+
+def test_retry_after_as_an_http_date_and_nonsense():
+    from email.utils import format_datetime
+    from types import SimpleNamespace
+
+    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30)
+    assert 28 <= P._retry_after(SimpleNamespace(headers={"Retry-After": format_datetime(soon, usegmt=True)})) <= 30
+    assert P._retry_after(SimpleNamespace(headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0  # past
+    for nonsense in ("soon", "-5", "1.5e9", ""):
+        assert P._retry_after(SimpleNamespace(headers={"Retry-After": nonsense})) is None
+
+
+def test_a_refused_connection_is_retried_and_reported_beside_a_good_paper(tmp_path, sample):
+    (a, pdf), *_ = sample.values()
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    with P.LoopbackServer({"good": pdf}) as server:
+        got = P.download([paper(server, "good", a["title"]),
+                          paper(server, "closed", a["title"], url=f"http://127.0.0.1:{closed}/x.pdf")], tmp_path, **FAST)
+    assert got[0].status == "ok" and (tmp_path / "good.pdf").read_bytes() == pdf
+    assert got[1].status == "failed" and "connection failed" in got[1].reason and got[1].attempts == 3
 
 
 def test_truncation_encodings_and_sizes_report_true_byte_counts(tmp_path, sample):

@@ -300,6 +300,8 @@ def _fetch_body(session, url: str, tmp: Path, *, timeout, end: float, deadline_s
         if time.monotonic() >= end - 0.05:
             raise _Failed(f"deadline: no answer ({got()} arrived) within the {deadline_s:g} s allowed for this URL",
                           code=code) from exc
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            raise _Failed(f"no connection within the {timeout[0]:g} s connect timeout", retry=True) from exc
         raise _Failed(f"no answer within the {timeout[1]:g} s read timeout ({got()} arrived)", retry=True,
                       code=code) from exc
     except (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError) as exc:
