@@ -12,6 +12,7 @@ tokenizer. Labels are -100 everywhere except on the assistant turns (their text 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -82,45 +83,57 @@ def qa_rows(pairs: Iterable[tuple[str, str]], system: str | None = None) -> list
     return rows
 
 
+def visible(text: str) -> str:
+    """``text`` without what draws nothing: whitespace, control characters (NUL...), format characters
+    (ZWNJ, bidi marks such as U+200F, BOM...), unassigned or private code points, Hangul fillers."""
+    return "".join(c for c in text if unicodedata.category(c)[0] not in "CZ" and not c.isspace() and c not in _BLANK)
+
+
+_BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800")  # letters or symbols that draw nothing
+
+
+def text_problem(value) -> str | None:
+    """Why ``value`` is no text a model can learn from (for a message naming the field), or None:
+    missing, not a string (an int, a dict, a list), empty, or nothing visible (:func:`visible`) in it."""
+    if value is None:
+        return "is missing"
+    if not isinstance(value, str):
+        return f"is a {type(value).__name__} ({_preview(value)}), not text"
+    if not value.strip():
+        return "is empty"
+    if not visible(value):
+        names = dict.fromkeys(f"U+{ord(c):04X} {unicodedata.name(c, '(no name)')}" for c in value if not c.isspace())
+        shown = ", ".join(list(names)[:3]) + (", ..." if len(names) > 3 else "")
+        return f"has no visible character (only {shown or 'whitespace'})"
+    return None
+
+
+def _preview(value, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def validate_rows(rows: Sequence[dict]) -> None:
-    """Raise :class:`DataError` for the first row that is not a usable conversation."""
+    """Raise :class:`DataError` for the first row that is not a usable conversation: outside the
+    schema, a turn with no text to learn from (:func:`text_problem`), roles out of order, or no
+    answer last. :func:`clean_conversations` checks the same, dropping instead of raising."""
     for i, row in enumerate(rows):
-        if isinstance(row, dict) and "prompt" in row and "messages" not in row:
-            for name in ("prompt", "completion"):
-                if not isinstance(row.get(name), str) or not row[name].strip():
-                    raise DataError(i, name, "is missing or empty")
+        if isinstance(row, dict) and "messages" not in row and ("prompt" in row or "text" in row):
+            for name in ("prompt", "completion") if "prompt" in row else ("text",):
+                problem = text_problem(row.get(name))
+                if problem:
+                    raise DataError(i, name, problem)
             continue
-        if isinstance(row, dict) and "text" in row and "messages" not in row:
-            if not isinstance(row["text"], str) or not row["text"].strip():
-                raise DataError(i, "text", "is missing or empty")
-            continue
-        if not isinstance(row, dict) or "messages" not in row:
-            raise DataError(i, "messages", "is missing")
-        messages = row["messages"]
-        if not isinstance(messages, list) or not messages:
+        messages = _check_schema(i, row)
+        if not messages:
             raise DataError(i, "messages", "must be a non-empty list of {role, content}")
-        expected = "user"
         for j, msg in enumerate(messages):
-            where = f"messages[{j}]"
-            if not isinstance(msg, dict):
-                raise DataError(i, where, "is not a {role, content} mapping")
-            role = msg.get("role")
-            if role is None:
-                raise DataError(i, f"{where}.role", "is missing")
-            if role not in ROLES:
-                raise DataError(i, f"{where}.role", f"has unknown role {role!r} (expected one of {ROLES})")
-            content = msg.get("content")
-            if content is None or (isinstance(content, str) and not content.strip()):
-                raise DataError(i, f"{where}.content", "is missing or empty")
-            if role == "system":
-                if j != 0:
-                    raise DataError(i, f"{where}.role", "'system' may only be the first turn")
-                continue
-            if role != expected:
-                raise DataError(i, f"{where}.role", f"is {role!r} where {expected!r} was expected (turns must alternate)")
-            expected = "assistant" if role == "user" else "user"
-        if messages[-1].get("role") != "assistant":
-            raise DataError(i, f"messages[{len(messages) - 1}].role", "must be 'assistant': the last turn is what is trained on")
+            problem = text_problem(msg["content"])
+            if problem:
+                raise DataError(i, f"messages[{j}].content", problem)
+        problem = _role_problem(messages)
+        if problem:
+            raise DataError(i, f"messages[{problem[0]}].role", problem[1])
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
@@ -278,6 +291,8 @@ class CleaningReport:
 
 
 def _check_schema(i: int, row) -> list:
+    """The messages of row ``i``, or :class:`DataError` naming the field: a dict with a list of
+    ``{role, content}`` mappings, each role known, each content text (or None, an empty turn)."""
     if not isinstance(row, dict) or "messages" not in row:
         raise DataError(i, "messages", "is missing: each row must be {\"messages\": [{role, content}, ...]}")
     messages = row["messages"]
@@ -297,16 +312,19 @@ def _check_schema(i: int, row) -> list:
     return messages
 
 
-def _role_problem(messages: list[dict]) -> str | None:
+def _role_problem(messages: list[dict]) -> tuple[int, str] | None:
+    """``(turn index, problem)`` for the first turn out of order, or None: an optional system turn
+    first, then user and assistant alternating from a user, an assistant last."""
     roles = [m["role"] for m in messages]
-    body = roles[1:] if roles[0] == "system" else roles
-    if "system" in body:
-        return f"'system' at turn {roles.index('system', 1 if roles[0] == 'system' else 0)}; it may only be first"
-    for k, role in enumerate(body):
-        if role != ("user" if k % 2 == 0 else "assistant"):
-            return f"turn {k + len(roles) - len(body)} is {role!r}; turns must alternate user/assistant from a user"
-    if not body or body[-1] != "assistant":
-        return "the last turn is not 'assistant': nothing to train on"
+    start = 1 if roles[:1] == ["system"] else 0
+    for k in range(start, len(roles)):
+        want = "user" if (k - start) % 2 == 0 else "assistant"
+        if roles[k] == "system":
+            return k, "is 'system', which may only be the first turn"
+        if roles[k] != want:
+            return k, f"is {roles[k]!r} where {want!r} was expected (turns must alternate user/assistant from a user)"
+    if len(roles) == start or roles[-1] != "assistant":
+        return len(roles) - 1, "must be 'assistant': the last turn is what is trained on"
     return None
 
 
@@ -339,11 +357,11 @@ def clean_conversations(rows: Sequence, fold_system: bool = True,
             text, f = normalize_persian(msg["content"] or "", digits)
             fixes |= f
             turns.append({"role": msg["role"], "content": text})
-        empty = [j for j, t in enumerate(turns) if not t["content"]]
+        empty = [j for j, t in enumerate(turns) if not visible(t["content"])]  # NUL, bidi marks alone: empty too
         if not turns or len(empty) == len(turns):
             drop(i, "empty_conversation", "no turns" if not turns else "every turn is empty")
             continue
-        if turns[0]["role"] == "system" and not turns[0]["content"]:
+        if turns[0]["role"] == "system" and not visible(turns[0]["content"]):
             turns, empty = turns[1:], [j - 1 for j in empty if j]
             fixes.add("empty_system_removed")
         if empty:
@@ -351,7 +369,7 @@ def clean_conversations(rows: Sequence, fold_system: bool = True,
             continue
         problem = _role_problem(turns)
         if problem:
-            drop(i, "wrong_role_order", problem)
+            drop(i, "wrong_role_order", f"messages[{problem[0]}].role {problem[1]}")
             continue
         if fold_system and turns[0]["role"] == "system":
             turns = [{"role": "user", "content": turns[0]["content"] + "\n\n" + turns[1]["content"]}] + turns[2:]
@@ -374,18 +392,11 @@ def clean_conversations(rows: Sequence, fold_system: bool = True,
 
 
 def read_jsonl(path) -> list:
-    """Rows of a JSON Lines file; a line that is not JSON is an error naming the file and line."""
-    import json
-    from pathlib import Path
+    """Rows of a JSON Lines file (:func:`gemma_helpers.jsonl.read_jsonl`); the first bad line raises
+    :class:`~gemma_helpers.jsonl.JSONLError` naming the file and line."""
+    from .jsonl import read_jsonl as read
 
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
-    return rows
+    return read(path, errors="raise")
 
 
 def token_length_stats(tokenizer, rows: Sequence[dict]) -> tuple[list[int], dict]:

@@ -136,20 +136,30 @@ class GGUFError(ValueError):
 
 
 def check_gguf(path: str | Path) -> Path:
-    """``path`` if it is a GGUF file (magic bytes and a readable header), else :class:`GGUFError`."""
+    """``path`` if it is a GGUF file (magic bytes, a readable header, at least one tensor), else
+    :class:`GGUFError` saying what it is instead (missing, a directory, another format, truncated, header only)."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise GGUFError(f"{path} is a directory, not a GGUF file (pass the .gguf file inside it)")
+    if not path.exists():
         raise GGUFError(f"{path} does not exist")
-    with open(path, "rb") as handle:
-        head = handle.read(4)
+    if not path.is_file():
+        raise GGUFError(f"{path} is not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise GGUFError(f"{path} cannot be read: {exc}") from exc
     if head != GGUF_MAGIC:
         raise GGUFError(f"{path} is not a GGUF file (starts with {head!r}, not {GGUF_MAGIC!r})")
     try:
         import gguf
 
-        gguf.GGUFReader(str(path))
+        reader = gguf.GGUFReader(str(path))
     except Exception as exc:  # truncated or corrupt beyond the magic bytes
         raise GGUFError(f"{path} is not a readable GGUF file: {exc}") from exc
+    if not reader.tensors:
+        raise GGUFError(f"{path} has a GGUF header but no tensors: no model weights to load")
     return path
 
 
@@ -269,12 +279,16 @@ def quantize(gguf_path: str | Path, qtype: str = "Q4_K_M", out_path: str | Path 
 
 def load_gguf(path: str | Path, n_ctx: int = 1024, threads: int | None = None, logits_all: bool = False, **kwargs):
     """A llama.cpp model (``llama_cpp.Llama``) for a GGUF file; its chat completions use the chat
-    template stored in the file. :class:`GGUFError` names a path that is not a GGUF file."""
+    template stored in the file. Every failure is a :class:`GGUFError` naming the path: not a GGUF file
+    (:func:`check_gguf`), or a file llama.cpp refuses."""
     import llama_cpp
 
     path = check_gguf(path)
-    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
-                           logits_all=logits_all, verbose=False, seed=0, **kwargs)
+    try:
+        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
+                               logits_all=logits_all, verbose=False, seed=0, **kwargs)
+    except (ValueError, RuntimeError, OSError) as exc:  # llama.cpp refused the file (or the LoRA beside it)
+        raise GGUFError(f"{path}: llama.cpp could not load it ({type(exc).__name__}: {exc})") from exc
 
 
 def gguf_ask(llm, questions, max_new_tokens: int = 24) -> list[str]:

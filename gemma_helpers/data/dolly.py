@@ -7,9 +7,11 @@ that text where the response begins, so a trainer can put its labels on the resp
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
+
+from .. import jsonl
+from ..chat import text_problem
 
 FIELDS = ("instruction", "context", "response", "category")
 CATEGORIES = ("open_qa", "general_qa", "classification", "closed_qa", "brainstorming",
@@ -19,38 +21,32 @@ TEMPLATE = PROMPT + "{response}"  # the KerasHub tutorial's template
 HUB_ID = "databricks/databricks-dolly-15k"
 
 
-def check_row(row, where: str) -> str | None:
-    """Why ``row`` is unusable (naming the field), or None when it is fine."""
+def row_problem(row) -> str | None:
+    """Why ``row`` is unusable (naming the field), or None when it is fine: every field text, and the
+    instruction and response with something visible in them (:func:`gemma_helpers.chat.text_problem`)."""
     if not isinstance(row, dict):
-        return f"{where}: not a JSON object"
+        return f"not a JSON object but a {type(row).__name__}"
     for name in FIELDS:
         if not isinstance(row.get(name), str):
-            return f"{where}: field '{name}' is missing or not a string"
+            return f"field '{name}' " + (text_problem(row.get(name)) or "is not text")
     for name in ("instruction", "response"):
-        if not row[name].strip():
-            return f"{where}: field '{name}' is empty"
+        problem = text_problem(row[name])
+        if problem:
+            return f"field '{name}' {problem}"
     return None
 
 
+def check_row(row, where: str) -> str | None:
+    """Why ``row`` is unusable, ``where`` first (:func:`row_problem`), or None when it is fine."""
+    problem = row_problem(row)
+    return f"{where}: {problem}" if problem else None
+
+
 def read_jsonl(path: str | Path, report=print) -> list[dict]:
-    """The usable rows of a Dolly-schema JSON-lines file; each bad line is reported and skipped."""
-    path = Path(path)
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            report(f"skipped {where}: not valid JSON ({exc.msg})")
-            continue
-        problem = check_row(row, where)
-        if problem:
-            report(f"skipped {problem}")
-            continue
-        rows.append({k: row[k] for k in FIELDS})
-    return rows
+    """The usable rows of a Dolly-schema JSON-lines file (:func:`gemma_helpers.jsonl.read_jsonl`): each bad
+    line is reported with its file and line and skipped, then the number skipped."""
+    rows = jsonl.read_jsonl(path, errors="skip", report=report, check=row_problem)
+    return [{k: row[k] for k in FIELDS} for row in rows]
 
 
 def from_hub(limit: int | None = None) -> list[dict]:

@@ -2,10 +2,12 @@
 
 The pipeline, each step reporting what went wrong by name instead of stopping:
 
-1. :func:`download`: streaming HTTP(S) download (``requests``), timeouts, retries with backoff on
-   429 / 5xx, a size cap, a check that the bytes are a PDF and not an HTML error page, a temporary
-   file renamed only when complete, files already complete skipped, progress bars. One
-   :class:`Fetch` per URL: ``status`` (``ok`` / ``cached`` / ``failed``) and ``reason``.
+1. :func:`download`: streaming HTTP(S) download (``requests``), timeouts per read and a deadline per
+   URL, retries with exponential backoff (or the server's ``Retry-After``) on 429 / 5xx / truncation,
+   redirects checked hop by hop, gzip decoded before a size cap, a check that the bytes are a PDF and
+   not an HTML error page, a temporary file renamed only when complete, files already complete
+   skipped, progress bars. One :class:`Fetch` per URL: ``status`` (``ok`` / ``cached`` / ``failed``)
+   and ``reason``.
 2. :func:`read_pdf`: pypdf, page by page. A page that fails is reported and skipped; an encrypted,
    unreadable or image-only PDF raises :class:`PDFError` naming the file.
 3. :func:`clean_pages`: ligatures, hyphenation at line ends, running headers and footers, page
@@ -20,6 +22,10 @@ to PDF and :class:`LoopbackServer` serves them on 127.0.0.1, so the same downloa
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
+import email.utils
+import gzip
 import hashlib
 import http.server
 import io
@@ -38,6 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from typing_extensions import Self
+
+from ..chat import visible
 
 FIELDS = ("ai", "climate", "healthcare", "vision")
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "papers_sample.json"
@@ -139,93 +147,279 @@ def is_complete_pdf(path: str | Path) -> bool:
     return head == b"%PDF-" and b"%%EOF" in tail
 
 
-def _retry_after(response, default: float) -> float:
-    value = response.headers.get("Retry-After", "")
-    return min(float(value), 60.0) if value.strip().isdigit() else default
+def _retry_after(response) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (a number or an HTTP date), or None."""
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
+
+
+def url_problem(url) -> str | None:
+    """Why ``url`` is not fetched (not http(s), no host, a bad port, spaces or control characters), or None."""
+    if not isinstance(url, str):
+        return f"the URL is a {type(url).__name__}, not text"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        return f"malformed URL {url!r} ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"only http(s) URLs are fetched, not {parts.scheme or 'a bare path'!r}"
+    if not parts.hostname:
+        return f"malformed URL {url!r}: no host name"
+    if any(c.isspace() or unicodedata.category(c) == "Cc" for c in url):
+        return f"malformed URL {url!r}: it holds whitespace or control characters"
+    return None
+
+
+class _Failed(Exception):
+    """One attempt failed: ``reason``; ``retry`` when another attempt may help; ``wait`` what the server asked."""
+
+    def __init__(self, reason: str, retry: bool = False, wait: float | None = None, code: int | None = None):
+        super().__init__(reason)
+        self.reason, self.retry, self.wait, self.code = reason, retry, wait, code
+
+
+def _timeouts(timeout: tuple[float, float], end: float) -> tuple[float, float]:
+    left = max(0.01, end - time.monotonic())
+    return min(timeout[0], left), min(timeout[1], left)
+
+
+def _open(session, url: str, timeout: tuple[float, float], end: float, max_redirects: int):
+    """The response for ``url`` after following redirects by hand: each target must pass :func:`url_problem`,
+    a URL seen before is a loop, more than ``max_redirects`` hops is too many."""
+    chain = [url]
+    while True:
+        r = session.get(chain[-1], stream=True, allow_redirects=False, timeout=_timeouts(timeout, end),
+                        headers={"User-Agent": "gemma-lora-notebooks"})
+        if not 300 <= r.status_code < 400:
+            return r, chain
+        target = session.get_redirect_target(r)
+        r.close()
+        if not target:
+            raise _Failed(f"HTTP {r.status_code} {r.reason} with no Location to follow", code=r.status_code)
+        target = urllib.parse.urljoin(chain[-1], target)
+        problem = url_problem(target)
+        if problem:
+            raise _Failed(f"redirect refused: {chain[-1]} -> {target} ({problem})", code=r.status_code)
+        if target in chain:
+            raise _Failed(f"redirect loop: {' -> '.join(chain + [target])}", code=r.status_code)
+        if len(chain) > max_redirects:
+            raise _Failed(f"too many redirects: more than {max_redirects}, the last to {target}", code=r.status_code)
+        chain.append(target)
+
+
+def _set_read_timeout(response, seconds: float) -> None:
+    """Bound the next socket read of a streamed response (best effort: the socket urllib3 holds)."""
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is not None:
+        try:
+            sock.settimeout(max(0.01, seconds))
+        except OSError:
+            pass
+
+
+def _fetch_body(session, url: str, tmp: Path, *, timeout, end: float, deadline_s: float, max_bytes: int,
+                max_redirects: int, progress: bool, desc: str) -> tuple[int, int, list[str]]:
+    """One attempt: ``(bytes written, HTTP status, notes)``, or :class:`_Failed` saying why not."""
+    import requests
+    import urllib3
+    from tqdm.auto import tqdm
+
+    declared, wire, written, code = None, 0, 0, None
+
+    def got() -> str:
+        of = f" of {declared}" if declared is not None else ""
+        return f"{wire}{of} bytes" + (f" ({written} decoded)" if written != wire else "")
+
+    try:
+        r, chain = _open(session, url, timeout, end, max_redirects)
+        with r:
+            code = r.status_code
+            if code in RETRY_STATUSES:
+                raise _Failed(f"HTTP {code} {r.reason}", retry=True, wait=_retry_after(r), code=code)
+            if code >= 400:
+                raise _Failed(f"HTTP {code} {r.reason}", code=code)
+            notes = [f"{len(chain) - 1} redirect(s) to {chain[-1]}"] if len(chain) > 1 else []
+            length = r.headers.get("Content-Length")
+            if length is not None:
+                if length.strip().isdigit():
+                    declared = int(length)
+                else:
+                    notes.append(f"Content-Length {length!r} is not a number, so it was ignored")
+            encoding = r.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+            if encoding != "identity":
+                notes.append(f"{encoding}-encoded on the wire")
+            if declared is not None and declared > max_bytes:
+                raise _Failed(f"too large: {declared} bytes declared, the cap is {max_bytes}", code=code)
+            first = b""
+            with open(tmp, "wb") as f, tqdm(total=declared if encoding == "identity" else None, unit="B",
+                                            unit_scale=True, desc=desc, disable=not progress, leave=False) as bar:
+                while True:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        raise _Failed(f"deadline: only {got()} arrived within the {deadline_s:g} s allowed for this URL",
+                                      code=code)
+                    _set_read_timeout(r, min(timeout[1], left))
+                    chunk = r.raw.read1(64 * 1024, decode_content=True)
+                    wire = r.raw.tell()
+                    if not chunk:
+                        break
+                    if len(first) < 5:
+                        first += chunk[: 5 - len(first)]
+                        if first != b"%PDF-"[: len(first)]:
+                            kind = r.headers.get("Content-Type", "no Content-Type")
+                            raise _Failed(f"not a PDF: the server sent {kind} starting with {chunk[:15]!r} "
+                                          "(an HTML error or login page?)", code=code)
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise _Failed(f"too large: more than the cap of {max_bytes} bytes"
+                                      + (" (no Content-Length was sent)" if declared is None else ""), code=code)
+                    f.write(chunk)
+                    bar.update(len(chunk))
+            if not written:
+                raise _Failed("not a PDF: the server sent an empty body", code=code)
+            if declared is not None and wire != declared:
+                raise _Failed(f"truncated: {got()} arrived", retry=True, code=code)
+            if not is_complete_pdf(tmp):
+                raise _Failed(f"truncated: {got()} with no %%EOF marker at the end", retry=True, code=code)
+            return written, code, notes
+    except _Failed:
+        raise
+    except urllib3.exceptions.DecodeError as exc:
+        raise _Failed(f"the {r.headers.get('Content-Encoding')!r} content encoding could not be decoded after "
+                      f"{got()} ({exc})", code=code) from exc
+    except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError) as exc:
+        if time.monotonic() >= end - 0.05:
+            raise _Failed(f"deadline: no answer ({got()} arrived) within the {deadline_s:g} s allowed for this URL",
+                          code=code) from exc
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            raise _Failed(f"no connection within the {timeout[0]:g} s connect timeout", retry=True) from exc
+        raise _Failed(f"no answer within the {timeout[1]:g} s read timeout ({got()} arrived)", retry=True,
+                      code=code) from exc
+    except (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError) as exc:
+        raise _Failed(f"truncated: the connection closed after {got()}", retry=True, code=code) from exc
+    except requests.exceptions.ConnectionError as exc:
+        raise _Failed(f"connection failed: {type(exc).__name__} ({_short(exc)})", retry=True, code=code) from exc
+    except requests.exceptions.RequestException as exc:  # InvalidURL, InvalidHeader, ...
+        raise _Failed(f"request refused: {type(exc).__name__} ({_short(exc)})", code=code) from exc
+
+
+def _short(exc: BaseException, n: int = 160) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def download_one(url: str, dest: str | Path, key: str = "", *, session=None, max_bytes: int = 50 * 2**20,
                  timeout: tuple[float, float] = (10.0, 60.0), retries: int = 3, backoff_s: float = 1.0,
+                 max_wait_s: float = 60.0, deadline_s: float = 300.0, max_redirects: int = 10,
                  progress: bool = True) -> Fetch:
     """Download ``url`` to ``dest`` (see the module docstring); never raises for a bad URL or file:
-    the returned :class:`Fetch` says what happened."""
+    the returned :class:`Fetch` says what happened.
+
+    ``timeout`` is (connect, read) per socket operation; ``deadline_s`` bounds the whole URL, every
+    attempt and wait included (a server that trickles a byte at a time is cut off there). A 429, a
+    5xx, a dropped connection or a truncated file is retried up to ``retries`` times after
+    ``backoff_s``, then twice that, and so on (at most ``max_wait_s``), or after the server's
+    ``Retry-After`` when it sends one; a wait that would pass ``max_wait_s`` or the deadline ends
+    the tries. Redirects are followed by hand: at most ``max_redirects``, http(s) targets only, a loop
+    named. A content encoding (gzip) is decoded before the size cap and the completeness check."""
     import requests
-    from tqdm.auto import tqdm
 
     dest = Path(dest)
     key = key or dest.stem
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
-    if scheme not in ("http", "https"):
-        return Fetch(key, url, "failed", f"only http(s) URLs are fetched, not {scheme or 'a bare path'!r}")
+    problem = url_problem(url)
+    if problem:
+        return Fetch(key, str(url), "failed", problem)
     if dest.exists() and is_complete_pdf(dest):
         return Fetch(key, url, "cached", "already downloaded: a complete PDF is on disk", str(dest), dest.stat().st_size)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.part")
-    session = session or requests.Session()
+    end = time.monotonic() + deadline_s
     reason, code, attempt = "", None, 0
-    for attempt in range(1, retries + 2):
-        wait = backoff_s * 2 ** (attempt - 1)
-        written = 0
-        try:
-            with session.get(url, stream=True, timeout=timeout, headers={"User-Agent": "gemma-lora-notebooks"}) as r:
-                code = r.status_code
-                if code in RETRY_STATUSES:
-                    reason, wait = f"HTTP {code} {r.reason}", _retry_after(r, wait)
-                    continue
-                if code >= 400:
-                    return Fetch(key, url, "failed", f"HTTP {code} {r.reason}", attempts=attempt, http_status=code)
-                declared = int(r.headers.get("Content-Length") or 0)
-                if declared > max_bytes:
-                    return Fetch(key, url, "failed", f"too large: {declared} bytes declared, the cap is {max_bytes}",
-                                 attempts=attempt, http_status=code)
-                with open(tmp, "wb") as f, tqdm(total=declared or None, unit="B", unit_scale=True, desc=dest.name,
-                                                disable=not progress, leave=False) as bar:
-                    for chunk in r.iter_content(64 * 1024):
-                        if not written and not chunk.startswith(b"%PDF-"):
-                            kind = r.headers.get("Content-Type", "no Content-Type")
-                            return Fetch(key, url, "failed", f"not a PDF: the server sent {kind} starting with "
-                                         f"{chunk[:15]!r} (an HTML error or login page?)", attempts=attempt,
-                                         http_status=code)
-                        written += len(chunk)
-                        if written > max_bytes:
-                            return Fetch(key, url, "failed", f"too large: more than the cap of {max_bytes} bytes "
-                                         "(no Content-Length was sent)", attempts=attempt, http_status=code)
-                        f.write(chunk)
-                        bar.update(len(chunk))
-            if declared and written != declared:
-                reason = f"truncated: {written} of {declared} bytes arrived"
-                continue
-            if not is_complete_pdf(tmp):
-                reason = f"truncated: {written} bytes with no %%EOF marker at the end"
-                continue
-            os.replace(tmp, dest)
-            return Fetch(key, url, "ok", f"downloaded in {attempt} attempt(s)", str(dest), written, attempt, code)
-        except requests.exceptions.ChunkedEncodingError:
-            reason = f"truncated: the connection closed after {written} bytes"
-        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
-            timed_out = isinstance(exc, requests.exceptions.Timeout) or "timed out" in str(exc).lower()
-            reason = (f"no answer within the {timeout[1]:g} s read timeout" if timed_out
-                      else f"connection failed: {type(exc).__name__}")
-        finally:
-            tmp.unlink(missing_ok=True)  # after a success it was renamed already; after a failure nothing half-written stays
-        if attempt <= retries:
+    with contextlib.ExitStack() as stack:
+        if session is None:
+            session = stack.enter_context(requests.Session())
+        for attempt in range(1, retries + 2):
+            try:
+                written, code, notes = _fetch_body(session, url, tmp, timeout=timeout, end=end, deadline_s=deadline_s,
+                                                   max_bytes=max_bytes, max_redirects=max_redirects,
+                                                   progress=progress, desc=dest.name)
+                os.replace(tmp, dest)
+                note = "".join(f"; {n}" for n in notes)
+                return Fetch(key, url, "ok", f"downloaded in {attempt} attempt(s){note}", str(dest), written, attempt,
+                             code)
+            except _Failed as failed:
+                reason, code = failed.reason, failed.code or code
+                if not failed.retry:
+                    return Fetch(key, url, "failed", reason, attempts=attempt, http_status=code)
+                asked = failed.wait
+            except Exception as exc:  # noqa: BLE001 - whatever one URL does, the others go on
+                return Fetch(key, url, "failed", f"unexpected {type(exc).__name__}: {_short(exc)}", attempts=attempt,
+                             http_status=code)
+            finally:
+                tmp.unlink(missing_ok=True)  # after a success it was renamed already; after a failure nothing half-written stays
+            if attempt > retries:
+                break
+            wait = asked if asked is not None else min(backoff_s * 2 ** (attempt - 1), max_wait_s)
+            left = end - time.monotonic()
+            if asked is not None and asked > max_wait_s:
+                reason += f"; the server asks to wait {asked:g} s (Retry-After), more than max_wait_s={max_wait_s:g}"
+                break
+            if wait >= left:
+                reason += f"; the next try (after {wait:g} s) would pass the {deadline_s:g} s deadline"
+                break
             time.sleep(wait)
-    return Fetch(key, url, "failed", f"{reason} (gave up after {attempt} attempts)", attempts=attempt, http_status=code)
+    return Fetch(key, url, "failed", f"{reason} (gave up after {attempt} attempt(s))", attempts=attempt,
+                 http_status=code)
+
+
+def paper_files(papers: Sequence[Paper]) -> list[str]:
+    """The file name of each paper: :func:`safe_filename` of its key, with a short hash of the key added
+    where two keys would otherwise share a file (``a b`` and ``a_b``, or ``A`` and ``a`` on a
+    case-insensitive disk). The same key twice is a :class:`ValueError` naming both entries."""
+    first: dict[str, int] = {}
+    for i, paper in enumerate(papers):
+        if paper.key in first:
+            j = first[paper.key]
+            raise ValueError(f"paper key {paper.key!r} is used twice: entry {j} ({papers[j].source}) and "
+                             f"entry {i} ({paper.source}); each paper needs its own key")
+        first[paper.key] = i
+    names, taken = [], set()
+    for paper in papers:
+        name = safe_filename(paper.key)
+        salt = 0
+        while name.lower() in taken:
+            digest = hashlib.sha1(f"{paper.key}{salt or ''}".encode()).hexdigest()[:8]
+            name = safe_filename(f"{safe_filename(paper.key, '')[:90]}-{digest}")
+            salt += 1
+        taken.add(name.lower())
+        names.append(name)
+    return names
 
 
 def download(papers: Sequence[Paper], folder: str | Path, progress: bool = True, **kwargs) -> list[Fetch]:
-    """:func:`download_one` for every paper into ``folder/<key>.pdf``; one :class:`Fetch` each, in order."""
+    """:func:`download_one` for every paper into ``folder`` (file names from :func:`paper_files`); one
+    :class:`Fetch` each, in order."""
     import requests
     from tqdm.auto import tqdm
 
     folder = Path(folder)
+    names = paper_files(papers)
     out = []
     with requests.Session() as session:
-        bar = tqdm(papers, desc="papers", unit="pdf", disable=not progress)
-        for paper in bar:
+        bar = tqdm(list(zip(papers, names)), desc="papers", unit="pdf", disable=not progress)
+        for paper, name in bar:
             bar.set_postfix_str(paper.key)
-            out.append(download_one(paper.source, folder / safe_filename(paper.key), paper.key, session=session,
-                                    progress=progress, **kwargs))
+            out.append(download_one(paper.source, folder / name, paper.key, session=session, progress=progress,
+                                    **kwargs))
     return out
 
 
@@ -439,13 +633,19 @@ def read_paper(paper: Paper, path: str | Path) -> tuple[dict | None, str, str]:
 
 
 def collect(papers: Sequence[Paper], folder: str | Path, progress: bool = True, **download_kwargs) -> Corpus:
-    """Download, read, check and clean ``papers``; a paper that fails any step is reported, never trained on."""
+    """Download, read, check and clean ``papers``; a paper that fails any step is reported, never trained on.
+
+    Never raises for a bad URL or file; a paper list with the same key twice is a :class:`ValueError`
+    (:func:`paper_files`). ``download_kwargs`` go to :func:`download_one` (``deadline_s``, ``retries``, ...)."""
     fetches = download(papers, folder, progress=progress, **download_kwargs)
     kept, report = [], []
     for paper, fetch in zip(papers, fetches):
         entry = fetch.as_dict()
         if fetch.status in ("ok", "cached"):
-            record, status, reason = read_paper(paper, fetch.path)
+            try:
+                record, status, reason = read_paper(paper, fetch.path)
+            except Exception as exc:  # noqa: BLE001 - one paper that breaks the reader must not lose the others
+                record, status, reason = None, "unreadable", f"unexpected {type(exc).__name__}: {_short(exc)}"
             if record is None:
                 entry.update(status=status, reason=reason)
             else:
@@ -553,13 +753,14 @@ def continuation_rows(paper: Mapping, context: int = 2, min_words: int = 6, max_
                       max_rows: int | None = None) -> list[dict]:
     """Rows for one paper: the prompt is the title, the section heading and up to ``context``
     sentences; the answer is the sentence that follows in the paper. Answers shorter than
-    ``min_words`` or longer than ``max_words`` words are left out; ``max_rows`` spreads the kept
-    rows evenly over the paper."""
+    ``min_words`` or longer than ``max_words`` words are left out (a word is one with a visible
+    character: bidi marks or NUL alone are not words); ``max_rows`` spreads the kept rows evenly over
+    the paper. Each row passes :func:`gemma_helpers.chat.validate_rows`."""
     rows = []
     for heading, sentences in sections(paper["text"]):
         for i in range(1, len(sentences)):
             target = sentences[i]
-            if not min_words <= len(target.split()) <= max_words:
+            if not min_words <= sum(bool(visible(w)) for w in target.split()) <= max_words:  # invisible "words" not counted
                 continue
             prompt = PROMPT.format(title=paper["title"], section=heading or "(none)",
                                    context=" ".join(sentences[max(0, i - context): i]))
@@ -705,7 +906,9 @@ def sample_pdf(paper: Mapping, path: str | Path | None = None, **kwargs) -> byte
 
 
 # ---------------------------------------------------------------- a loopback HTTP server
-FAULTS = ("html", "truncate", "flaky", "429", "404", "500", "hang", "no_length")
+FAULTS = ("html", "truncate", "flaky", "429", "404", "500", "hang", "no_length", "gzip", "bad_gzip", "bad_length",
+          "trickle", "empty", "503_retry_after", "429_forever", "redirect", "redirect_loop", "redirect_forever",
+          "redirect_file")
 
 
 class LoopbackServer:
@@ -713,15 +916,24 @@ class LoopbackServer:
 
     ``html`` an HTML page with status 200, ``truncate`` half the bytes then a closed connection,
     ``flaky`` / ``429`` one 500 / 429 answer before the file, ``404`` / ``500`` always that status,
-    ``hang`` no answer for ``hang_s`` seconds, ``no_length`` the file without a Content-Length.
-    ``hits`` counts requests per name. Use as a context manager; ``url(name)`` gives the address."""
+    ``hang`` no answer for ``hang_s`` seconds, ``no_length`` the file without a Content-Length,
+    ``gzip`` the file gzip-encoded (``Content-Encoding: gzip``), ``bad_gzip`` the file declared gzip
+    but sent as it is, ``bad_length`` a ``Content-Length`` that is not a number, ``trickle`` one byte
+    every ``trickle_s`` seconds, ``empty`` a 200 with no body, ``503_retry_after`` two 503 answers
+    with ``Retry-After: 1`` before the file, ``429_forever`` always 429 with ``Retry-After: 3600``,
+    ``redirect`` a 301 to the file, ``redirect_loop`` two addresses redirecting to each other,
+    ``redirect_forever`` a new address every time, ``redirect_file`` a redirect to ``file:///etc/passwd``.
+    ``hits`` counts requests per name and ``times`` keeps when each came (``time.monotonic``).
+    Use as a context manager; ``url(name)`` gives the address."""
 
-    def __init__(self, files: Mapping[str, bytes], faults: Mapping[str, str] | None = None, hang_s: float = 30.0):
-        self.files, self.faults, self.hang_s = dict(files), dict(faults or {}), hang_s
+    def __init__(self, files: Mapping[str, bytes], faults: Mapping[str, str] | None = None, hang_s: float = 30.0,
+                 trickle_s: float = 2.0):
+        self.files, self.faults, self.hang_s, self.trickle_s = dict(files), dict(faults or {}), hang_s, trickle_s
         bad = {k: v for k, v in self.faults.items() if v not in FAULTS}
         if bad:
             raise ValueError(f"unknown faults {bad}; known: {FAULTS}")
         self.hits: Counter = Counter()
+        self.times: dict[str, list[float]] = {}
         self._server = None
 
     def url(self, name: str) -> str:
@@ -751,26 +963,60 @@ class LoopbackServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _redirect(self, location: str):
+                return self._send(302, b"", "text/html", 0, headers=[("Location", location)])
+
             def do_GET(self):
-                name = urllib.parse.unquote(self.path.lstrip("/"))
+                path, _, query = self.path.partition("?")
+                name = urllib.parse.unquote(path.lstrip("/"))
                 outer.hits[name] += 1
+                outer.times.setdefault(name, []).append(time.monotonic())
                 fault, data = outer.faults.get(name), outer.files.get(name)
+                hits, here = outer.hits[name], "/" + urllib.parse.quote(name)
                 page = b"<!DOCTYPE html><html><body><h1>Error</h1></body></html>"
                 try:
                     if fault == "hang":
                         time.sleep(outer.hang_s)
+                    if fault == "redirect" and not query:
+                        return self._send(301, b"", "text/html", 0, headers=[("Location", here + "?moved")])
+                    if fault == "redirect_loop":
+                        return self._redirect(here if query else here + "?again")
+                    if fault == "redirect_forever":
+                        return self._redirect(f"{here}?hop={hits}")
+                    if fault == "redirect_file":
+                        return self._redirect("file:///etc/passwd")
                     if data is None or fault == "404":
                         return self._send(404, page, "text/html", len(page))
-                    if fault == "500" or (fault == "flaky" and outer.hits[name] == 1):
+                    if fault == "500" or (fault == "flaky" and hits == 1):
                         return self._send(500, page, "text/html", len(page))
-                    if fault == "429" and outer.hits[name] == 1:
+                    if fault == "429" and hits == 1:
                         return self._send(429, page, "text/html", len(page), headers=[("Retry-After", "0")])
+                    if fault == "503_retry_after" and hits <= 2:
+                        return self._send(503, page, "text/html", len(page), headers=[("Retry-After", "1")])
+                    if fault == "429_forever":
+                        return self._send(429, page, "text/html", len(page), headers=[("Retry-After", "3600")])
                     if fault == "html":
                         return self._send(200, page, "text/html; charset=utf-8", len(page))
                     if fault == "truncate":
                         return self._send(200, data[: len(data) // 2], length=len(data), close=True)
                     if fault == "no_length":
                         return self._send(200, data, length=None)
+                    if fault == "empty":
+                        return self._send(200, b"", length=0)
+                    if fault == "gzip":
+                        packed = gzip.compress(data)
+                        return self._send(200, packed, length=len(packed), headers=[("Content-Encoding", "gzip")])
+                    if fault == "bad_gzip":
+                        return self._send(200, data, length=len(data), headers=[("Content-Encoding", "gzip")])
+                    if fault == "bad_length":
+                        return self._send(200, data, headers=[("Content-Length", "lots")])
+                    if fault == "trickle":
+                        self._send(200, b"", length=len(data), close=True)
+                        for i in range(len(data)):
+                            self.wfile.write(data[i: i + 1])
+                            self.wfile.flush()
+                            time.sleep(outer.trickle_s)
+                        return None
                     return self._send(200, data, length=len(data))
                 except (BrokenPipeError, ConnectionResetError):
                     pass
