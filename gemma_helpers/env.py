@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,3 +208,85 @@ def report(requirements: str | Path | None = None, show: bool = True) -> Report:
     if show:
         print(rep)
     return rep
+
+
+# ---- the Colab install (the setup cell calls colab_install; tests/test_install.py resolves the same calls)
+
+# Colab's own CUDA builds: pip must keep them, so the install runs under a constraint pinning each.
+KEEP = ("torch", "torchvision", "torchaudio")
+# llama-cpp-python builds llama.cpp from source; the series calls only its text model API, so the
+# multimodal library (mtmd / llava) and every binary are left out of the build.
+LLAMA_CMAKE_ARGS = ("-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
+                    "-DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF")
+
+
+def write_constraints(path: str | Path, versions: dict[str, str]) -> Path:
+    """A pip constraint file pinning each ``name`` to ``version`` (one ``name==version`` a line)."""
+    path = Path(path)
+    path.write_text("".join(f"{name}=={version}\n" for name, version in sorted(versions.items())), encoding="utf-8")
+    return path
+
+
+def kept_versions(names: tuple[str, ...] = KEEP) -> dict[str, str]:
+    """The installed version of each of ``names`` that is installed (Colab's torch, torchvision, torchaudio)."""
+    return {n: v for n in names if (v := installed_version(n)) is not None}
+
+
+def colab_pip_calls(repo: str | Path, constraints: str | Path) -> list[list[str]]:
+    """The pip calls (arguments after ``python -m pip``) that install the series on Colab, in order:
+    the pinned stack under the constraint that keeps Colab's torch, then this package without deps."""
+    repo = Path(repo)
+    return [["install", "-q", "-c", str(constraints), "-r", str(repo / "requirements-colab.txt")],
+            ["install", "-q", "--no-deps", "-e", str(repo)]]
+
+
+def colab_install(repo: str | Path) -> None:
+    """Install the series into Colab's Python, keeping its torch; skipped when already done here."""
+    import subprocess
+
+    repo = Path(repo)
+    done = repo / ".colab-installed"
+    if done.is_file():
+        return
+    constraints = write_constraints(repo / "colab-constraints.txt", kept_versions())
+    started = time.time()
+    print(f"installing requirements-colab.txt, keeping {constraints.read_text().split()} (a few minutes) ...", flush=True)
+    for args in colab_pip_calls(repo, constraints):
+        subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+    done.write_text(f"{time.time() - started:.0f} s\n")
+    print(f"installed in {time.time() - started:.0f} s")
+
+
+# What a notebook adds to the common install: import name -> (pip arguments, extra environment).
+EXTRAS = {
+    "llama_cpp": (lambda: [pin_line("llama-cpp-python")], {"CMAKE_ARGS": LLAMA_CMAKE_ARGS}),
+    "keras_hub": (lambda: ["--no-deps", "-r", str(REPO_ROOT / "requirements-keras.txt")], {}),
+}
+
+
+def pin_line(name: str, requirements: str | Path | None = None) -> str:
+    """``name==version`` as requirements-local.txt pins it."""
+    version = parse_pins(requirements or REPO_ROOT / "requirements-local.txt").get(normalise(name))
+    if version is None:
+        raise KeyError(f"{name} is not pinned in {requirements or 'requirements-local.txt'}")
+    return f"{name}=={version}"
+
+
+def ensure(module: str) -> None:
+    """Make the extra one notebook needs importable: on Colab, pip-install it (pinned); elsewhere, where
+    ``make setup`` installs everything, raise with the command that installs it."""
+    import subprocess
+
+    if importlib.util.find_spec(module) is not None:
+        return
+    if module not in EXTRAS:
+        raise KeyError(f"no install known for {module!r}; known: {sorted(EXTRAS)}")
+    args, extra_env = EXTRAS[module]
+    command = [sys.executable, "-m", "pip", "install", "-q", *args()]
+    if not in_colab():
+        raise ImportError(f"{module} is not installed; run `make setup` (or: {' '.join(command[2:])})")
+    started = time.time()
+    print(f"installing {module} for this notebook ...", flush=True)
+    subprocess.run(command, check=True, env={**os.environ, **extra_env})
+    importlib.invalidate_caches()
+    print(f"{module} installed in {time.time() - started:.0f} s")

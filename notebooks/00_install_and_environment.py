@@ -31,18 +31,35 @@
 # present, and falls back to transformers + peft otherwise.
 
 # %%
-# Setup. On Colab: clone the repository and run the pinned install; locally: nothing to do.
+# Setup: the same cell in every notebook (`make sync` writes it from gemma_helpers/setup_cell.py).
+# On Colab, paste this repository's git URL into REPO_URL (or set the environment variable
+# GEMMA_REPO_URL): the cell clones it and installs the pinned stack, keeping Colab's torch.
+# Anywhere else it only imports gemma_helpers and reports the environment.
+import os
 import subprocess
 import sys
+import time
 
-REPO_URL = "https://github.com/your-account/gemma-lora-notebooks"  # set this to where you cloned the series from
+T0 = time.time()
+REPO_URL = ""  # @param {type:"string"}
+REPO = "/content/gemma-lora-notebooks"
 if "google.colab" in sys.modules:
-    subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, "/content/gemma-lora-notebooks"], check=False)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/gemma-lora-notebooks/requirements-colab.txt"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", "/content/gemma-lora-notebooks"], check=True)
-    sys.path.insert(0, "/content/gemma-lora-notebooks")
+    REPO_URL = REPO_URL.strip() or os.environ.get("GEMMA_REPO_URL", "").strip()
+    HOW = "Set REPO_URL in this cell (or the environment variable GEMMA_REPO_URL) to this repository's git URL and run it again."
+    if not os.path.isdir(f"{REPO}/gemma_helpers"):
+        if not REPO_URL:
+            raise SystemExit(f"No repository URL. {HOW}")
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, REPO], capture_output=True, text=True)
+        if clone.returncode != 0:
+            raise SystemExit(f"git clone {REPO_URL} failed: {clone.stderr.strip()}\n{HOW}")
+    sys.path.insert(0, REPO)
+    from gemma_helpers import env
+
+    env.colab_install(REPO)
 
 import gemma_helpers as gh
+
+gh.report();
 
 # %% tags=["parameters"]
 REQUIREMENTS = None  # None: requirements-colab.txt on Colab, requirements-local.txt elsewhere

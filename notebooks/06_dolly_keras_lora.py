@@ -30,30 +30,44 @@
 # The notebook ends with these figures per stack in `outputs/results/06_dolly.json`.
 
 # %%
-# Setup. On Colab: clone the repository and run the pinned installs; locally: nothing to do.
+# Setup: the same cell in every notebook (`make sync` writes it from gemma_helpers/setup_cell.py).
+# On Colab, paste this repository's git URL into REPO_URL (or set the environment variable
+# GEMMA_REPO_URL): the cell clones it and installs the pinned stack, keeping Colab's torch.
+# Anywhere else it only imports gemma_helpers and reports the environment.
 import os
 import subprocess
 import sys
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "torch")  # before anything imports keras: no TensorFlow, no JAX
 T0 = time.time()
-REPO_URL = "https://github.com/your-account/gemma-lora-notebooks"  # set this to where you cloned the series from
+REPO_URL = ""  # @param {type:"string"}
+REPO = "/content/gemma-lora-notebooks"
 if "google.colab" in sys.modules:
-    repo = "/content/gemma-lora-notebooks"
-    subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, repo], check=False)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{repo}/requirements-colab.txt"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r", f"{repo}/requirements-keras.txt"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", repo], check=True)
-    sys.path.insert(0, repo)
+    REPO_URL = REPO_URL.strip() or os.environ.get("GEMMA_REPO_URL", "").strip()
+    HOW = "Set REPO_URL in this cell (or the environment variable GEMMA_REPO_URL) to this repository's git URL and run it again."
+    if not os.path.isdir(f"{REPO}/gemma_helpers"):
+        if not REPO_URL:
+            raise SystemExit(f"No repository URL. {HOW}")
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, REPO], capture_output=True, text=True)
+        if clone.returncode != 0:
+            raise SystemExit(f"git clone {REPO_URL} failed: {clone.stderr.strip()}\n{HOW}")
+    sys.path.insert(0, REPO)
+    from gemma_helpers import env
 
+    env.colab_install(REPO)
+
+import gemma_helpers as gh
+
+gh.report();
+
+# %%
 import gc
 from functools import partial
 
-import gemma_helpers as gh
 from gemma_helpers.data import dolly
 
-gh.report();
+os.environ.setdefault("KERAS_BACKEND", "torch")  # before anything imports keras: no TensorFlow, no JAX
+gh.env.ensure("keras_hub")  # the Keras stack (requirements-keras.txt, installed without deps on Colab)
 
 # %% tags=["parameters"]
 MODEL = None  # None: "gemma-3-1b-it" on a GPU, the embedded "gemma-3-270m" on CPU; both stacks load it
