@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 
 from .chat import END_OF_TURN, prompt_text
+from .models import check_ids, embedding_rows
 
 
 @contextmanager
@@ -36,6 +37,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
     import torch
 
     device = next(model.parameters()).device
+    rows = embedding_rows(model)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     outputs: list[str] = []
@@ -57,6 +59,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
                 batch = list(prompts[start : start + batch_size])
                 has_bos = all(p.startswith(tokenizer.bos_token) for p in batch)
                 enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not has_bos).to(device)
+                check_ids(enc["input_ids"].flatten().tolist(), rows, f"prompts {start} to {start + len(batch) - 1}")
                 started = time.perf_counter()
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                      **sampling)

@@ -211,25 +211,55 @@ def prepare_tokenizer(tokenizer, model=None) -> None:
         check_vocab(model, tokenizer)
 
 
-def check_vocab(model, tokenizer) -> None:
-    """Fail if any tokenizer id falls outside the embedding. The vocabulary is never resized
-    (the seeds resized 262144 -> 262145 and initialised a random row)."""
+def check_vocab(model, tokenizer) -> list[int]:
+    """The tokenizer ids that have no embedding row, checked; the vocabulary is never resized
+    (the seeds resized 262144 -> 262145 and initialised a random row).
+
+    Gemma 3 1B-it ships a 262,145-entry tokenizer (``<image_soft_token>`` at id 262144, kept from
+    the multimodal checkpoints) against 262,144 embedding rows. Such extra ids are accepted when
+    each is a special token (the chat template and ordinary text never produce one): they are never
+    generated, because the output head has one logit per embedding row, and never fed to the model,
+    because :func:`check_ids` rejects a training or prompt row that contains one. Any other token
+    past the embedding (a token added by hand) raises."""
     rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
+    extra = list(range(rows, len(tokenizer)))
+    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    plain = [f"{i} {tok!r}" for i, tok in zip(extra, tokenizer.convert_ids_to_tokens(extra)) if tok not in special]
+    if plain:
         raise ValueError(
-            f"tokenizer has {len(tokenizer)} tokens but the embedding has {rows} rows; refusing to resize "
-            "the vocabulary: use the tokenizer that belongs to this checkpoint"
+            f"tokenizer has {len(tokenizer)} tokens but the embedding has {rows} rows, and {', '.join(plain[:5])} "
+            "are not special tokens; refusing to resize the vocabulary: use the tokenizer that belongs to this checkpoint"
         )
+    return extra
 
 
-def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length: int = 1024, dtype=None):
+def check_ids(ids, rows: int, where: str) -> None:
+    """Raise when a token id has no embedding row (``rows``): ``where`` names the row or prompt.
+
+    Such an id comes from text that spells out one of the extra special tokens :func:`check_vocab`
+    accepted (``<image_soft_token>`` in Gemma 3 1B-it); fed to the model it would index past the
+    embedding (a device-side assert on CUDA)."""
+    bad = sorted({int(i) for i in ids if int(i) >= rows})
+    if bad:
+        raise ValueError(f"{where}: token ids {bad[:5]} have no embedding row (the embedding has {rows} rows); "
+                         "the text spells out a special token the model was not trained with")
+
+
+def embedding_rows(model) -> int:
+    return model.get_input_embeddings().weight.shape[0]
+
+
+def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length: int = 1024, dtype=None,
+               use_unsloth: bool | None = None):
     """``(model, tokenizer)`` for a registry name, hub id or local folder.
 
-    unsloth's ``FastModel`` when a CUDA GPU and unsloth are present; else transformers
-    (bitsandbytes NF4 when ``load_in_4bit``, which also works on a CPU, slowly). The training
-    dtype is bf16 where the GPU has it and float32 otherwise, never float16."""
+    unsloth's ``FastModel`` when a CUDA GPU and unsloth are present (``use_unsloth=False``: never);
+    else transformers (bitsandbytes NF4 when ``load_in_4bit``, which also works on a CPU, slowly).
+    The training dtype is bf16 where the GPU has it and float32 otherwise, never float16. unsloth
+    turns an explicit ``dtype=torch.float32`` into bfloat16 for Gemma 3 / 3n / 4, so a caller that
+    needs the dtype it asks for (a merge) passes ``use_unsloth=False``."""
     path, _ = resolve(name)
-    if env.unsloth_available():
+    if env.unsloth_available() if use_unsloth is None else use_unsloth:
         from unsloth import FastModel  # imported only with a GPU: it raises without one
 
         model, tokenizer = FastModel.from_pretrained(
