@@ -26,6 +26,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest tests
 	$(PY) -m pytest --nbmake --nbmake-timeout=$(NB_TIMEOUT) notebooks
+	$(PY) -m gemma_helpers rehearse notebooks
 
 unit: setup
 	$(PY) -m pytest tests

@@ -36,6 +36,9 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
 
     import torch
 
+    from .rehearsal import cut_tokens
+
+    max_new_tokens = cut_tokens(max_new_tokens)  # the GPU-profile rehearsal only: a few tokens
     device = next(model.parameters()).device
     rows = embedding_rows(model)
     side = tokenizer.padding_side
@@ -144,7 +147,9 @@ def answer_perplexity(model, tokenizer, rows: Sequence[dict], max_length: int | 
     import torch
 
     from .chat import IGNORE_INDEX, tokenize_rows
+    from .rehearsal import cut_items
 
+    rows = cut_items(rows)  # the GPU-profile rehearsal only: a few rows
     device = next(model.parameters()).device
     nll, count = 0.0, 0
     with _eval_mode(model), torch.inference_mode():
@@ -206,6 +211,9 @@ def answer_loss(model, examples: Sequence[dict]) -> float:
     answer tokens, so a long answer weighs by its length. Examples are run one at a time, unpadded."""
     import torch
 
+    from .rehearsal import cut_items
+
+    examples = cut_items(examples)  # the GPU-profile rehearsal only: a few rows
     device = next(model.parameters()).device
     total, count = 0.0, 0
     with _eval_mode(model), torch.inference_mode():
@@ -297,6 +305,9 @@ def mixed_accuracy(predictions: Sequence[str], references: Sequence[str], weight
 def mixed_accuracy_rows(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 48, **kwargs) -> dict:
     """:func:`mixed_accuracy` of the model's greedy answers (:func:`ask`) to ``rows`` (a user turn, then
     the reference answer as the assistant turn); every item also carries its ``paper`` when the row has one."""
+    from .rehearsal import cut_items
+
+    rows = cut_items(rows)  # the GPU-profile rehearsal only: a few rows
     predictions = ask(model, tokenizer, [r["messages"][0]["content"] for r in rows], max_new_tokens)
     out = mixed_accuracy(predictions, [r["messages"][-1]["content"] for r in rows], **kwargs)
     for item, row in zip(out["items"], rows):

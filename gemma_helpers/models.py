@@ -181,11 +181,22 @@ def resolve(name: str) -> tuple[str, ModelSpec | None]:
     spec = REGISTRY.get(name)
     if spec is None:
         return name, None
-    return (str(embedded_path()) if spec.source == "embedded" else spec.source), spec
+    if spec.source == "embedded":
+        return str(embedded_path()), spec
+    from . import rehearsal
+
+    if rehearsal.rehearsing():  # the GPU-profile rehearsal: a local random-weight stand-in of the architecture
+        return str(rehearsal.checkpoint(spec)), spec
+    return spec.source, spec
 
 
-def bnb_config(compute_dtype=None):
-    """4-bit NF4 with double quantisation (the seed recipes' setting)."""
+# Left in full precision by a 4-bit load: the output head, and Gemma 3n's AltUp (its prediction and
+# correction coefficients are clamped in place at every training step, which a packed 4-bit weight refuses)
+SKIP_4BIT = ("lm_head", r".*\.altup\..*")  # transformers matches these as regular expressions from the start
+
+
+def bnb_config(compute_dtype=None, skip_modules=None):
+    """4-bit NF4 with double quantisation (the seed recipes' setting); ``skip_modules`` stay unquantised."""
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -194,6 +205,7 @@ def bnb_config(compute_dtype=None):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype or torch.float32,
+        llm_int8_skip_modules=list(skip_modules) if skip_modules else None,
     )
 
 
@@ -258,7 +270,9 @@ def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length:
     The training dtype is bf16 where the GPU has it and float32 otherwise, never float16. unsloth
     turns an explicit ``dtype=torch.float32`` into bfloat16 for Gemma 3 / 3n / 4, so a caller that
     needs the dtype it asks for (a merge) passes ``use_unsloth=False``."""
-    path, _ = resolve(name)
+    path, spec = resolve(name)
+    _rehearsal_note(spec, f"FastModel.from_pretrained(model_name={spec.source if spec else name!r}, max_seq_length={max_seq_length}, "
+                          f"load_in_4bit={load_in_4bit}, dtype={dtype})", use_unsloth)
     if env.unsloth_available() if use_unsloth is None else use_unsloth:
         from unsloth import FastModel  # imported only with a GPU: it raises without one
 
@@ -273,7 +287,7 @@ def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length:
         dtype = dtype or env.train_dtype()
         kwargs = {"dtype": dtype, "use_safetensors": True}
         if load_in_4bit:
-            kwargs["quantization_config"] = bnb_config(dtype)
+            kwargs["quantization_config"] = bnb_config(dtype, SKIP_4BIT)
         if torch.cuda.is_available():
             kwargs["device_map"] = {"": 0}
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -283,6 +297,14 @@ def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length:
     tokenizer.model_max_length = max_seq_length
     prepare_tokenizer(tokenizer, model)
     return model, tokenizer
+
+
+def _rehearsal_note(spec: ModelSpec | None, call: str, use_unsloth: bool | None = None) -> None:
+    """In the rehearsal, name the unsloth call a GPU would make for a hub model here."""
+    from . import rehearsal
+
+    if rehearsal.rehearsing() and use_unsloth is not False and (spec is None or spec.source != "embedded"):
+        rehearsal.note(f"unsloth {call}")
 
 
 def keep_4bit_trainable(model) -> int:
@@ -309,6 +331,8 @@ def attach_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0,
     names (:data:`LANGUAGE_TARGETS`: the text layers of a multimodal model, vision left frozen)."""
     regex = isinstance(target_modules, str)
     target_modules = target_modules if regex else list(target_modules)
+    _rehearsal_note(None, ("FastVisionModel.get_peft_model(finetune_vision_layers=False, ...)" if regex else
+                           f"FastModel.get_peft_model(r={r}, lora_alpha={alpha}, target_modules={target_modules})"))
     if env.unsloth_available() and regex:  # a vision model loaded by load_vision_model
         from unsloth import FastVisionModel
 
@@ -394,7 +418,9 @@ def load_vision_model(name: str = TINY_VISION, load_in_4bit: bool = True, max_se
     name / hub id (``gemma-4-e4b-it``, ``gemma-3n-e4b-it``), through unsloth's vision loader on a GPU."""
     if name == TINY_VISION:
         return tiny_vision_model()
-    path, _ = resolve(name)
+    path, spec = resolve(name)
+    _rehearsal_note(spec, f"FastVisionModel.from_pretrained({spec.source if spec else name!r}, load_in_4bit={load_in_4bit}, "
+                          f"max_seq_length={max_seq_length}, use_gradient_checkpointing='unsloth')")
     if env.unsloth_available():
         from unsloth import FastVisionModel  # imported only with a GPU: it raises without one
 

@@ -295,6 +295,9 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
+    from .rehearsal import cut_items, cut_steps
+
+    spec, eval_rows = cut_steps(spec), cut_items(eval_rows)  # the GPU-profile rehearsal only: a few steps and rows
     output_dir = Path(output_dir)
     last = get_last_checkpoint(str(output_dir)) if resume and output_dir.exists() else None
     if not resume and output_dir.exists():
