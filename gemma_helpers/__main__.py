@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         from .rehearsal import run_notebooks
 
         report = run_notebooks(args.folder, tuple(args.only))
-        return 0 if all(e["status"] == "ok" for e in report["notebooks"]) else 1
+        return 0 if all(e["status"] != "error" for e in report["notebooks"]) else 1
     elif args.cmd == "sync":
         sync(args.folder)
     else:

@@ -354,7 +354,7 @@ def lora_to_gguf(adapter_dir: str | Path, out_path: str | Path | None = None) ->
     ``load_gguf(base_gguf, lora_path=...)``, where the base GGUF holds the weights the adapter was
     trained against."""
     import gguf
-    from safetensors.numpy import load_file
+    from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
     config = check_adapter(adapter_dir)
@@ -365,7 +365,8 @@ def lora_to_gguf(adapter_dir: str | Path, out_path: str | Path | None = None) ->
     if base.get("model_type") not in ("gemma3_text", "gemma3"):
         raise GGUFError(f"{adapter_dir}: base model type {base.get('model_type')!r}; LoRA GGUF export supports Gemma 3")
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, base["num_hidden_layers"])
-    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    # through torch: numpy has no bfloat16, the dtype of an adapter trained in bf16 on a GPU
+    weights = {k: v.float().numpy() for k, v in load_file(str(adapter_dir / "adapter_model.safetensors")).items()}
     final = Path(out_path) if out_path else adapter_dir.parent / "gguf" / f"{adapter_dir.name}-lora-f32.gguf"
     tmp = _atomic_tmp(final)
     writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GEMMA3])

@@ -103,3 +103,16 @@ def test_benchmark_inputs_follow_the_model_onto_its_device(gemma3_1b_it_layout):
     model = model.to("meta")  # a device other than the CPU the ids are made on
     ids = bench._ids(model, [2, 3, 4])
     assert ids.device.type == "meta" and ids.shape == (1, 3)
+
+
+def test_a_bfloat16_adapter_exports_as_a_lora_gguf(tiny_adapter, tmp_path):
+    """An adapter trained in bf16 on a GPU is saved in bf16, which numpy cannot read."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    adapter = shutil.copytree(tiny_adapter, tmp_path / "adapter")
+    weights = adapter / "adapter_model.safetensors"
+    save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(weights)).items()}, str(weights))
+    out = export.lora_to_gguf(adapter, tmp_path / "lora.gguf")
+    assert export.check_gguf(out) == out
