@@ -35,6 +35,7 @@ demo: demo-setup
 test: setup
 	$(PY) -m pytest tests
 	$(PY) -m pytest --nbmake --nbmake-timeout=$(NB_TIMEOUT) notebooks
+	$(PY) -m gemma_helpers rehearse notebooks
 
 unit: setup
 	$(PY) -m pytest tests

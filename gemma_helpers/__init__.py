@@ -2,9 +2,9 @@
 
 A notebook does ``import gemma_helpers as gh`` and calls ``gh.load_model(...)``,
 ``gh.train(...)``, ``gh.merge(...)``; the modules are rooms with one job each:
-env, models, chat, train, evaluate, export, bench, plots, results, recipes.
+env, models, chat, train, evaluate, export, bench, plots, results, recipes, rehearsal.
 """
-from . import bench, chat, env, evaluate, export, models, plots, recipes, results
+from . import bench, chat, env, evaluate, export, models, plots, recipes, rehearsal, results
 from .chat import DataError, qa_rows, tokenize_rows, validate_rows
 from .env import profile, report
 from .evaluate import ask, complete, perplexity
@@ -41,6 +41,7 @@ __all__ = [
     "qa_rows",
     "quantize",
     "recipes",
+    "rehearsal",
     "report",
     "results",
     "to_gguf",

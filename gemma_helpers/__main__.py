@@ -3,7 +3,8 @@ headless (outputs go to ``outputs/notebooks/``, the committed file is left untou
 prints its results table; ``python -m gemma_helpers sync DIR`` rewrites each ``.ipynb`` from
 its jupytext ``py:percent`` pair, without outputs, after stamping the setup cell template
 (:mod:`gemma_helpers.setup_cell`) into each ``.py``; ``python -m gemma_helpers env`` prints the
-environment report."""
+environment report; ``python -m gemma_helpers rehearse DIR`` runs every notebook's GPU profile on CPU
+stand-ins (:mod:`gemma_helpers.rehearsal`) and writes ``outputs/results/rehearsal.json``."""
 from __future__ import annotations
 
 import argparse
@@ -68,11 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("sync")
     s.add_argument("folder", type=Path)
     sub.add_parser("env")
+    r = sub.add_parser("rehearse", help="every notebook's GPU profile on CPU stand-ins (gemma_helpers.rehearsal)")
+    r.add_argument("folder", type=Path)
+    r.add_argument("--only", nargs="*", default=(), help="notebook numbers, e.g. 03 05")
     args = parser.parse_args(argv)
     if args.cmd == "run":
         run_notebook(args.notebook)
         if args.results:
             print(results.summary_table(results.load(args.results)))
+    elif args.cmd == "rehearse":
+        from .rehearsal import run_notebooks
+
+        report = run_notebooks(args.folder, tuple(args.only))
+        return 0 if all(e["status"] != "error" for e in report["notebooks"]) else 1
     elif args.cmd == "sync":
         sync(args.folder)
     else:

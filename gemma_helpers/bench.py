@@ -304,6 +304,14 @@ def _nll(logits, target: int) -> float:
     return float(top + math.log(np.exp(logits - top).sum()) - logits[target])
 
 
+def _ids(model, ids) -> "torch.Tensor":
+    """``ids`` as a batch of one on the device of the model's first weight (its embedding): a merged
+    float model loaded on a GPU has no accelerate hooks to move CPU inputs for it."""
+    import torch
+
+    return torch.tensor([list(ids)], device=next(model.parameters()).device)
+
+
 def _measure_transformers(stage: Stage, work: Workload) -> dict:
     import torch
 
@@ -318,8 +326,8 @@ def _measure_transformers(stage: Stage, work: Workload) -> dict:
     model.eval()
     load_s = time.perf_counter() - started
     with torch.inference_mode():
-        model(input_ids=torch.tensor([work.prompt_ids[:8]]))  # warm-up, as for llama.cpp
-        ids = torch.tensor([work.prompt_ids])
+        model(input_ids=_ids(model, work.prompt_ids[:8]))  # warm-up, as for llama.cpp
+        ids = _ids(model, work.prompt_ids)
         started = time.perf_counter()
         out = model(input_ids=ids, use_cache=True)
         prefill = time.perf_counter() - started
@@ -331,8 +339,9 @@ def _measure_transformers(stage: Stage, work: Workload) -> dict:
             out = model(input_ids=token, past_key_values=cache, use_cache=True)
             cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
         decode = time.perf_counter() - started
-        logits = model(input_ids=torch.tensor([work.text_ids])).logits[0].float()
-        nll = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(work.text_ids[1:]))
+        text = _ids(model, work.text_ids)
+        logits = model(input_ids=text).logits[0].float()
+        nll = torch.nn.functional.cross_entropy(logits[:-1], text[0, 1:])
     answers = evaluate.ask(model, tokenizer, work.questions, work.max_new_tokens) if work.questions else []
     return {"load_s": load_s, "prompt_tps": len(work.prompt_ids) / prefill, "ttft_s": ttft,
             "gen_tps": (work.gen_tokens - 1) / decode, "perplexity": math.exp(nll.item()), "answers": answers}

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 
 from .chat import END_OF_TURN, prompt_text
+from .models import check_ids, embedding_rows
 
 
 @contextmanager
@@ -35,7 +36,11 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
 
     import torch
 
+    from .rehearsal import cut_tokens
+
+    max_new_tokens = cut_tokens(max_new_tokens)  # the GPU-profile rehearsal only: a few tokens
     device = next(model.parameters()).device
+    rows = embedding_rows(model)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     outputs: list[str] = []
@@ -57,6 +62,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
                 batch = list(prompts[start : start + batch_size])
                 has_bos = all(p.startswith(tokenizer.bos_token) for p in batch)
                 enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not has_bos).to(device)
+                check_ids(enc["input_ids"].flatten().tolist(), rows, f"prompts {start} to {start + len(batch) - 1}")
                 started = time.perf_counter()
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                      **sampling)
@@ -141,7 +147,9 @@ def answer_perplexity(model, tokenizer, rows: Sequence[dict], max_length: int | 
     import torch
 
     from .chat import IGNORE_INDEX, tokenize_rows
+    from .rehearsal import cut_items
 
+    rows = cut_items(rows)  # the GPU-profile rehearsal only: a few rows
     device = next(model.parameters()).device
     nll, count = 0.0, 0
     with _eval_mode(model), torch.inference_mode():
@@ -203,6 +211,9 @@ def answer_loss(model, examples: Sequence[dict]) -> float:
     answer tokens, so a long answer weighs by its length. Examples are run one at a time, unpadded."""
     import torch
 
+    from .rehearsal import cut_items
+
+    examples = cut_items(examples)  # the GPU-profile rehearsal only: a few rows
     device = next(model.parameters()).device
     total, count = 0.0, 0
     with _eval_mode(model), torch.inference_mode():
@@ -294,6 +305,9 @@ def mixed_accuracy(predictions: Sequence[str], references: Sequence[str], weight
 def mixed_accuracy_rows(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 48, **kwargs) -> dict:
     """:func:`mixed_accuracy` of the model's greedy answers (:func:`ask`) to ``rows`` (a user turn, then
     the reference answer as the assistant turn); every item also carries its ``paper`` when the row has one."""
+    from .rehearsal import cut_items
+
+    rows = cut_items(rows)  # the GPU-profile rehearsal only: a few rows
     predictions = ask(model, tokenizer, [r["messages"][0]["content"] for r in rows], max_new_tokens)
     out = mixed_accuracy(predictions, [r["messages"][-1]["content"] for r in rows], **kwargs)
     for item, row in zip(out["items"], rows):

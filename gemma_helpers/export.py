@@ -57,7 +57,10 @@ def _meta(adapter_dir: Path) -> dict:
 
 def _trained_base(adapter_dir: Path):
     """``(config, meta, base, tokenizer)``: the base exactly as the adapter saw it, in float32 (a 4-bit
-    base reloaded in 4-bit and dequantised: the NF4 values, not the original weights)."""
+    base reloaded in 4-bit and dequantised: the NF4 values, not the original weights).
+
+    Loaded with plain transformers, never unsloth: unsloth's loader turns an explicit float32 into
+    bfloat16 for Gemma 3 / 3n / 4, and a merge must get the dtype it asks for."""
     import torch
 
     from .models import load_model
@@ -65,10 +68,19 @@ def _trained_base(adapter_dir: Path):
     config = check_adapter(adapter_dir)
     meta = _meta(adapter_dir)
     four_bit = bool(meta.get("load_in_4bit", False))
-    base, tokenizer = load_model(config["base_model_name_or_path"], load_in_4bit=four_bit, dtype=torch.float32)
+    base, tokenizer = load_model(config["base_model_name_or_path"], load_in_4bit=four_bit, dtype=torch.float32,
+                                 use_unsloth=False)
     if four_bit:
         base = base.dequantize()  # the exact NF4 values the adapter saw, now as float32
+    _check_dtype(base, torch.float32, f"the base of {adapter_dir}")
     return config, meta, base, tokenizer
+
+
+def _check_dtype(model, dtype, what: str) -> None:
+    """Raise when any floating-point weight of ``model`` is not ``dtype``."""
+    found = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if found != {dtype}:
+        raise RuntimeError(f"{what} was asked for in {dtype} and came in {sorted(map(str, found))}")
 
 
 def _save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
@@ -106,11 +118,28 @@ def merge(adapter_dir: str | Path, out_dir: str | Path | None = None, dtype=None
     rows_before = base.get_input_embeddings().weight.shape[0]
     model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     model = model.to(dtype)
+    _check_dtype(model, dtype, f"the model merged from {adapter_dir}")
     if model.get_input_embeddings().weight.shape[0] != rows_before:
         raise RuntimeError("the vocabulary changed size during the merge; refusing to save")
     four_bit = bool(meta.get("load_in_4bit", False))
     return _save_model(model, tokenizer, out_dir, {"merged_from": str(adapter_dir), "base": config["base_model_name_or_path"],
                                                   "dequantized_4bit_base": four_bit, "dtype": str(dtype)})
+
+
+def merge_16bit(model, tokenizer, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """A model too large to merge in float32 on a T4 (Gemma 3n E4B): unsloth's ``save_pretrained_merged``
+    (``merged_16bit``, shard by shard) on a GPU; elsewhere (the GPU-profile rehearsal) :func:`merge`
+    of ``adapter_dir`` in bfloat16."""
+    import torch
+
+    from . import env, rehearsal
+
+    out_dir = Path(out_dir)
+    if env.unsloth_available():
+        model.save_pretrained_merged(str(out_dir), tokenizer, save_method="merged_16bit")
+        return out_dir
+    rehearsal.note(f"unsloth save_pretrained_merged({str(out_dir)!r}, tokenizer, save_method='merged_16bit')")
+    return merge(adapter_dir, out_dir, dtype=torch.bfloat16)
 
 
 def trained_base(adapter_dir: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -195,8 +224,6 @@ def _converter_view(model_dir: Path, scratch: Path) -> Path:
     """``model_dir`` as llama.cpp's converter needs to see it: a Gemma 3 folder without ``tokenizer.model``
     (transformers 5 saves none) gets one, rebuilt from the embedded GGUF's vocabulary, in a scratch
     folder of links, so the model folder itself is left as it was."""
-    from .models import assembled_gguf, cache_root, sentencepiece_files
-
     if (model_dir / "tokenizer.model").is_file():
         return model_dir
     config = json.loads((model_dir / "config.json").read_text())
@@ -205,10 +232,42 @@ def _converter_view(model_dir: Path, scratch: Path) -> Path:
         raise GGUFError(f"{model_dir} has no tokenizer.model and a vocabulary of {vocab}, not Gemma 3's 262144")
     view = scratch / model_dir.name  # the converter names the model after its folder
     view.mkdir(parents=True)
-    for item in model_dir.iterdir():
+    for item in [*model_dir.iterdir(), *_sentencepiece_model(model_dir, scratch)]:
         (view / item.name).symlink_to(item.resolve())
-    sentencepiece_files(assembled_gguf(cache_root() / "gguf"), view)
     return view
+
+
+def _base_config(name: str) -> dict:
+    """The config of a registry name, local folder or hub id, as a dict (a hub id through the hub
+    cache, as every ``from_pretrained`` reads it; offline with ``HF_HUB_OFFLINE=1`` once cached)."""
+    from transformers import AutoConfig
+
+    from .models import resolve
+
+    path, _ = resolve(name)
+    return AutoConfig.from_pretrained(path).to_dict()
+
+
+def _sentencepiece_model(model_dir: Path, scratch: Path) -> list[Path]:
+    """``tokenizer.model`` for a Gemma 3 folder saved without one: the base checkpoint's own file (a
+    local folder, or a hub id through the hub cache) when the folder names its base, else rebuilt from
+    the embedded GGUF's vocabulary (every Gemma 3 size shares it), which needs the embedded package."""
+    from .models import EMBEDDED, assembled_gguf, cache_root, resolve, sentencepiece_files
+
+    base = _meta(model_dir).get("base")
+    if base and base != EMBEDDED:
+        path, _ = resolve(base)
+        if (Path(path) / "tokenizer.model").is_file():
+            return [Path(path) / "tokenizer.model"]
+        if not Path(path).exists():  # a hub id
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError
+
+            try:
+                return [Path(hf_hub_download(path, "tokenizer.model"))]
+            except EntryNotFoundError:
+                pass
+    return sentencepiece_files(assembled_gguf(cache_root() / "gguf"), scratch / "sentencepiece")
 
 
 def to_gguf(model_dir: str | Path, outtype: str = "f16", out_dir: str | Path | None = None) -> Path:
@@ -312,21 +371,19 @@ def lora_to_gguf(adapter_dir: str | Path, out_path: str | Path | None = None) ->
     ``load_gguf(base_gguf, lora_path=...)``, where the base GGUF holds the weights the adapter was
     trained against."""
     import gguf
-    from safetensors.numpy import load_file
+    from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
     config = check_adapter(adapter_dir)
     unsupported = [k for k in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save") if config.get(k)]
     if unsupported:
         raise GGUFError(f"{adapter_dir}: {', '.join(unsupported)} set; llama.cpp LoRA GGUF takes plain LoRA only")
-    from .models import resolve
-
-    base_dir, _ = resolve(config["base_model_name_or_path"])
-    base = json.loads((Path(base_dir) / "config.json").read_text())
+    base = _base_config(config["base_model_name_or_path"])
     if base.get("model_type") not in ("gemma3_text", "gemma3"):
         raise GGUFError(f"{adapter_dir}: base model type {base.get('model_type')!r}; LoRA GGUF export supports Gemma 3")
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, base["num_hidden_layers"])
-    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    # through torch: numpy has no bfloat16, the dtype of an adapter trained in bf16 on a GPU
+    weights = {k: v.float().numpy() for k, v in load_file(str(adapter_dir / "adapter_model.safetensors")).items()}
     final = Path(out_path) if out_path else adapter_dir.parent / "gguf" / f"{adapter_dir.name}-lora-f32.gguf"
     tmp = _atomic_tmp(final)
     writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GEMMA3])

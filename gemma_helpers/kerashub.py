@@ -46,6 +46,17 @@ def preprocessor_problem(preset: str) -> str | None:
     return None
 
 
+def preset(model_name: str) -> str:
+    """KerasHub's preset for a registry name, hub id or folder: a local folder as it is (the embedded
+    model, a rehearsal stand-in), a hub id as ``hf://<id>``."""
+    from pathlib import Path
+
+    from .models import resolve
+
+    path, _ = resolve(model_name)
+    return path if Path(path).is_dir() else "hf://" + path
+
+
 def load_causal_lm(preset: str):
     """``Gemma3CausalLM`` (no preprocessor) from a local transformers folder or an ``hf://`` preset."""
     _, keras_hub = import_keras()
@@ -99,8 +110,10 @@ def fit(lm, examples: Sequence[dict], epochs: int = 1, batch_size: int = 1, verb
     """``lm.fit`` on whole sequences, as the KerasHub tutorial trains (its preprocessor's
     ``sample_weight`` is the padding mask: instruction and response tokens alike); returns the
     loss per optimizer step, recovered from Keras's running epoch mean."""
+    from .rehearsal import cut_rows
+
     keras, _ = import_keras()
-    ids, mask, _ = pad(examples)
+    ids, mask, _ = pad(cut_rows(examples, batch_size))  # the GPU-profile rehearsal only: a few steps
     steps: list[dict] = []
 
     class PerStep(keras.callbacks.Callback):
@@ -125,9 +138,11 @@ def answer_loss(lm, examples: Sequence[dict]) -> float:
     transformers model."""
     import torch
 
+    from .rehearsal import cut_items
+
     total, count = 0.0, 0
     with torch.no_grad():
-        for ex in examples:
+        for ex in cut_items(examples):  # the GPU-profile rehearsal only: a few rows
             ids = torch.tensor([ex["input_ids"]], dtype=torch.int32)
             logits = lm({"token_ids": ids, "padding_mask": torch.ones_like(ids, dtype=torch.bool)})
             labels = torch.tensor(ex["labels"][1:])
@@ -147,6 +162,9 @@ def generate(lm, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, sa
     import numpy as np
     import torch
 
+    from .rehearsal import cut_tokens
+
+    max_new_tokens = cut_tokens(max_new_tokens)  # the GPU-profile rehearsal only: a few tokens
     keras, keras_hub = import_keras()
     lm.sampler = keras_hub.samplers.get(sampler) if isinstance(sampler, str) else sampler
     stops = [i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")) if i is not None]

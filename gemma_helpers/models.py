@@ -181,11 +181,22 @@ def resolve(name: str) -> tuple[str, ModelSpec | None]:
     spec = REGISTRY.get(name)
     if spec is None:
         return name, None
-    return (str(embedded_path()) if spec.source == "embedded" else spec.source), spec
+    if spec.source == "embedded":
+        return str(embedded_path()), spec
+    from . import rehearsal
+
+    if rehearsal.rehearsing():  # the GPU-profile rehearsal: a local random-weight stand-in of the architecture
+        return str(rehearsal.checkpoint(spec)), spec
+    return spec.source, spec
 
 
-def bnb_config(compute_dtype=None):
-    """4-bit NF4 with double quantisation (the seed recipes' setting)."""
+# Left in full precision by a 4-bit load: the output head, and Gemma 3n's AltUp (its prediction and
+# correction coefficients are clamped in place at every training step, which a packed 4-bit weight refuses)
+SKIP_4BIT = ("lm_head", r".*\.altup\..*")  # transformers matches these as regular expressions from the start
+
+
+def bnb_config(compute_dtype=None, skip_modules=None):
+    """4-bit NF4 with double quantisation (the seed recipes' setting); ``skip_modules`` stay unquantised."""
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -194,6 +205,7 @@ def bnb_config(compute_dtype=None):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype or torch.float32,
+        llm_int8_skip_modules=list(skip_modules) if skip_modules else None,
     )
 
 
@@ -211,25 +223,57 @@ def prepare_tokenizer(tokenizer, model=None) -> None:
         check_vocab(model, tokenizer)
 
 
-def check_vocab(model, tokenizer) -> None:
-    """Fail if any tokenizer id falls outside the embedding. The vocabulary is never resized
-    (the seeds resized 262144 -> 262145 and initialised a random row)."""
+def check_vocab(model, tokenizer) -> list[int]:
+    """The tokenizer ids that have no embedding row, checked; the vocabulary is never resized
+    (the seeds resized 262144 -> 262145 and initialised a random row).
+
+    Gemma 3 1B-it ships a 262,145-entry tokenizer (``<image_soft_token>`` at id 262144, kept from
+    the multimodal checkpoints) against 262,144 embedding rows. Such extra ids are accepted when
+    each is a special token (the chat template and ordinary text never produce one): they are never
+    generated, because the output head has one logit per embedding row, and never fed to the model,
+    because :func:`check_ids` rejects a training or prompt row that contains one. Any other token
+    past the embedding (a token added by hand) raises."""
     rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
+    extra = list(range(rows, len(tokenizer)))
+    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    plain = [f"{i} {tok!r}" for i, tok in zip(extra, tokenizer.convert_ids_to_tokens(extra)) if tok not in special]
+    if plain:
         raise ValueError(
-            f"tokenizer has {len(tokenizer)} tokens but the embedding has {rows} rows; refusing to resize "
-            "the vocabulary: use the tokenizer that belongs to this checkpoint"
+            f"tokenizer has {len(tokenizer)} tokens but the embedding has {rows} rows, and {', '.join(plain[:5])} "
+            "are not special tokens; refusing to resize the vocabulary: use the tokenizer that belongs to this checkpoint"
         )
+    return extra
 
 
-def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length: int = 1024, dtype=None):
+def check_ids(ids, rows: int, where: str) -> None:
+    """Raise when a token id has no embedding row (``rows``): ``where`` names the row or prompt.
+
+    Such an id comes from text that spells out one of the extra special tokens :func:`check_vocab`
+    accepted (``<image_soft_token>`` in Gemma 3 1B-it); fed to the model it would index past the
+    embedding (a device-side assert on CUDA)."""
+    bad = sorted({int(i) for i in ids if int(i) >= rows})
+    if bad:
+        raise ValueError(f"{where}: token ids {bad[:5]} have no embedding row (the embedding has {rows} rows); "
+                         "the text spells out a special token the model was not trained with")
+
+
+def embedding_rows(model) -> int:
+    return model.get_input_embeddings().weight.shape[0]
+
+
+def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length: int = 1024, dtype=None,
+               use_unsloth: bool | None = None):
     """``(model, tokenizer)`` for a registry name, hub id or local folder.
 
-    unsloth's ``FastModel`` when a CUDA GPU and unsloth are present; else transformers
-    (bitsandbytes NF4 when ``load_in_4bit``, which also works on a CPU, slowly). The training
-    dtype is bf16 where the GPU has it and float32 otherwise, never float16."""
-    path, _ = resolve(name)
-    if env.unsloth_available():
+    unsloth's ``FastModel`` when a CUDA GPU and unsloth are present (``use_unsloth=False``: never);
+    else transformers (bitsandbytes NF4 when ``load_in_4bit``, which also works on a CPU, slowly).
+    The training dtype is bf16 where the GPU has it and float32 otherwise, never float16. unsloth
+    turns an explicit ``dtype=torch.float32`` into bfloat16 for Gemma 3 / 3n / 4, so a caller that
+    needs the dtype it asks for (a merge) passes ``use_unsloth=False``."""
+    path, spec = resolve(name)
+    _rehearsal_note(spec, f"FastModel.from_pretrained(model_name={spec.source if spec else name!r}, max_seq_length={max_seq_length}, "
+                          f"load_in_4bit={load_in_4bit}, dtype={dtype})", use_unsloth)
+    if env.unsloth_available() if use_unsloth is None else use_unsloth:
         from unsloth import FastModel  # imported only with a GPU: it raises without one
 
         model, tokenizer = FastModel.from_pretrained(
@@ -243,7 +287,7 @@ def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length:
         dtype = dtype or env.train_dtype()
         kwargs = {"dtype": dtype, "use_safetensors": True}
         if load_in_4bit:
-            kwargs["quantization_config"] = bnb_config(dtype)
+            kwargs["quantization_config"] = bnb_config(dtype, SKIP_4BIT)
         if torch.cuda.is_available():
             kwargs["device_map"] = {"": 0}
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -253,6 +297,14 @@ def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length:
     tokenizer.model_max_length = max_seq_length
     prepare_tokenizer(tokenizer, model)
     return model, tokenizer
+
+
+def _rehearsal_note(spec: ModelSpec | None, call: str, use_unsloth: bool | None = None) -> None:
+    """In the rehearsal, name the unsloth call a GPU would make for a hub model here."""
+    from . import rehearsal
+
+    if rehearsal.rehearsing() and use_unsloth is not False and (spec is None or spec.source != "embedded"):
+        rehearsal.note(f"unsloth {call}")
 
 
 def keep_4bit_trainable(model) -> int:
@@ -279,6 +331,8 @@ def attach_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0,
     names (:data:`LANGUAGE_TARGETS`: the text layers of a multimodal model, vision left frozen)."""
     regex = isinstance(target_modules, str)
     target_modules = target_modules if regex else list(target_modules)
+    _rehearsal_note(None, ("FastVisionModel.get_peft_model(finetune_vision_layers=False, ...)" if regex else
+                           f"FastModel.get_peft_model(r={r}, lora_alpha={alpha}, target_modules={target_modules})"))
     if env.unsloth_available() and regex:  # a vision model loaded by load_vision_model
         from unsloth import FastVisionModel
 
@@ -364,7 +418,9 @@ def load_vision_model(name: str = TINY_VISION, load_in_4bit: bool = True, max_se
     name / hub id (``gemma-4-e4b-it``, ``gemma-3n-e4b-it``), through unsloth's vision loader on a GPU."""
     if name == TINY_VISION:
         return tiny_vision_model()
-    path, _ = resolve(name)
+    path, spec = resolve(name)
+    _rehearsal_note(spec, f"FastVisionModel.from_pretrained({spec.source if spec else name!r}, load_in_4bit={load_in_4bit}, "
+                          f"max_seq_length={max_seq_length}, use_gradient_checkpointing='unsloth')")
     if env.unsloth_available():
         from unsloth import FastVisionModel  # imported only with a GPU: it raises without one
 

@@ -1,6 +1,7 @@
 """Every chart: one function per chart, each saving a PNG under ``charts/`` and returning its path."""
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def loss_curves(histories: Mapping[str, Sequence[dict]], name: str, title: str =
 
 def grouped_bars(groups: Mapping[str, Mapping[str, float]], name: str, title: str, ylabel: str,
                  charts_dir: str | Path | None = None, ylim: tuple[float, float] | None = None) -> Path:
-    """``{series: {metric: value}}`` as grouped bars, value printed on each bar."""
+    """``{series: {metric: value}}`` as grouped bars, value printed on each bar; a value of None (a
+    figure that does not exist, such as the retention of controls the model never knew) has no bar."""
     plt = _plt()
     series = list(groups)
     metrics = list(next(iter(groups.values())))
@@ -57,8 +59,8 @@ def grouped_bars(groups: Mapping[str, Mapping[str, float]], name: str, title: st
     for i, s in enumerate(series):
         xs = [j + i * width for j in range(len(metrics))]
         values = [groups[s][m] for m in metrics]
-        bars = ax.bar(xs, values, width, label=s)
-        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=8)
+        bars = ax.bar(xs, [math.nan if v is None else v for v in values], width, label=s)
+        ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.2f}" for v in values], fontsize=8)
     ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(metrics))], metrics)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

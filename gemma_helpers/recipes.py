@@ -51,12 +51,21 @@ def xylandia_retention(model, tokenizer, data: dict, output_dir: str | Path, lea
                  stop_when=validation_reached, stop_every=stop_every)
 
 
+def xylandia_model() -> str:
+    """Notebook 03's model for the current profile: Gemma 3 1B-it on a GPU (the seed's), else the embedded 270M."""
+    from .env import profile
+    from .models import EMBEDDED
+
+    return "gemma-3-1b-it" if profile() == "gpu" else EMBEDDED
+
+
 def xylandia_adapter(output_dir: str | Path | None = None, model_name: str | None = None,
                      load_in_4bit: bool = True) -> Path:
     """The retention-aware Xylandia adapter: notebook 03's when it is there and complete, else
-    trained now (on the embedded model unless ``model_name`` says otherwise) into the same place."""
+    trained now (on notebook 03's model for the profile, :func:`xylandia_model`, unless ``model_name``
+    says otherwise) into the same place. The embedded model is loaded only when it is the one asked for."""
     from .export import AdapterError, check_adapter
-    from .models import EMBEDDED, load_model
+    from .models import load_model
 
     run_dir = Path(output_dir or XYLANDIA_OUTPUT) / "retention"
     try:
@@ -64,5 +73,5 @@ def xylandia_adapter(output_dir: str | Path | None = None, model_name: str | Non
         return run_dir / "adapter"
     except AdapterError as missing:
         print(f"{missing}: training it with notebook 03's retention-aware recipe")
-    model, tokenizer = load_model(model_name or EMBEDDED, load_in_4bit=load_in_4bit)
+    model, tokenizer = load_model(model_name or xylandia_model(), load_in_4bit=load_in_4bit)
     return xylandia_retention(model, tokenizer, xylandia_data(), run_dir).adapter_dir

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import env
 from .chat import tokenize_rows
-from .models import attach_lora
+from .models import attach_lora, check_ids, embedding_rows
 
 ADAPTER_META = "gemma_helpers.json"  # written beside each adapter: what merge() needs to rebuild its base
 
@@ -297,6 +297,9 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
+    from .rehearsal import cut_items, cut_steps
+
+    spec, eval_rows = cut_steps(spec), cut_items(eval_rows)  # the GPU-profile rehearsal only: a few steps and rows
     output_dir = Path(output_dir)
     last = get_last_checkpoint(str(output_dir)) if resume and output_dir.exists() else None
     if not resume:
@@ -310,9 +313,15 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
         model = attach_lora(model, r=spec.r, alpha=spec.alpha, dropout=spec.dropout,
                             target_modules=spec.target_modules, seed=spec.seed)
 
+    rows_in_embedding = embedding_rows(model)
+
     def as_dataset(items):  # tokenized with answer-only labels; raw for a collator (it loads the images)
-        return Dataset.from_list(tokenize_rows(tokenizer, items, spec.max_seq_length) if data_collator is None
-                                 else list(items))
+        if data_collator is not None:
+            return Dataset.from_list(list(items))
+        examples = tokenize_rows(tokenizer, items, spec.max_seq_length)
+        for i, example in enumerate(examples):
+            check_ids(example["input_ids"], rows_in_embedding, f"row {i}")
+        return Dataset.from_list(examples)
 
     dataset = as_dataset(rows)
     evaluate = bool(eval_rows)

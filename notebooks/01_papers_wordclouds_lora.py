@@ -134,7 +134,7 @@ if cpu:
         gp.Paper("mislabelled", "Efficient Attention for Long Documents", "ai", url=server.url("mislabelled")),
     ]
 else:
-    paper_list = list(gp.ARXIV_PAPERS)
+    paper_list = gp.arxiv_papers()
 for p in paper_list:
     print(f"{p.field:<11} {p.key:<28} {p.source}")
 
@@ -329,4 +329,4 @@ path = gh.results.save("01_papers", results)
 print(gh.results.table({stage: {**{f"{k} acc": v for k, v in accuracy[stage].items()},
                                 "val loss": results[f"val_loss_{stage}"]} for stage in ("baseline", "tuned")}))
 print(f"whole notebook: {results['runtime_s']:.0f} s | written to {path}")
-assert val_loss_tuned < val_loss_baseline, "the validation loss did not fall below the baseline's"
+gh.results.expect(val_loss_tuned < val_loss_baseline, "the validation loss did not fall below the baseline's")

@@ -73,6 +73,21 @@ HOLDOUT = None  # held-out conversations for perplexity; None: 200 on a GPU, 6 o
 SEED = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ("gate_proj", "up_proj", "down_proj"),
         "learning_rate": 2e-5, "lr_scheduler": "linear", "epochs": 1, "batch_size": 2, "grad_accum": 4,
         "warmup_steps": 10, "weight_decay": 0.01, "optim": "adamw_8bit", "seed": 3407, "max_seq_length": 4000}
+# GPU profile (a T4, 15 GB): the seed's batch 2 x 4000 tokens does not fit. Estimate for Gemma 3n E4B's
+# text stack (Gemma3nTextConfig: 35 layers, hidden 2048, 4 AltUp streams, MLP 16384, vocabulary 262,400),
+# 4 bytes per float32 activation (unsloth trains Gemma 3n in float32 on a T4: no bf16):
+#   weights: 3.94e9 linear parameters in NF4 (~0.52 byte each) = 2.0 GB, plus 2.90e9 embedding parameters
+#     (embed_tokens 262400 x 2048, per-layer embeddings 262144 x 8960) that bitsandbytes does not quantise:
+#     5.8 GB in 16-bit, 11.6 GB if held in float32;
+#   logits and their gradient: 2 x batch x tokens x 262400 x 4 B = 16.8 GB at 2 x 4000 (the seed) alone;
+#   checkpointed layer inputs: 35 x 4 streams x batch x tokens x 2048 x 4 B = 9.2 GB at 2 x 4000;
+#   one layer recomputed (MLP 16384 wide, ~4 tensors): batch x tokens x 16384 x 16 B = 2.1 GB at 2 x 4000.
+# At 1 x 1024 (below): logits 2.1 GB + checkpoints 1.2 GB + one layer 0.3 GB + LoRA with AdamW 0.3 GB
+#   + weights 7.8 GB (16-bit embeddings) = ~11.7 GB, under 15 GB; with float32 embeddings it would be
+#   ~17.5 GB, which does not fit: that case is not measured (no GPU was at hand), so watch the memory
+#   table of section 4 on the first run. Gradient accumulation 8 keeps the seed's 8 conversations per
+#   step; rows longer than 1024 tokens are cut (section 2 prints the lengths).
+T4 = {"batch_size": 1, "grad_accum": 8, "max_seq_length": 1024}
 # CPU profile (2 cores, a few minutes): the seed runs 738 steps of 8 conversations at lr 2e-5; here
 # 5 steps of 2 x 2 conversations (20 of the 64 training rows) fit the time, and in 5 steps 2e-5
 # barely moves the weights, so the rate is 5e-4 with no warm-up (linear decay to 0); adamw_torch
@@ -90,7 +105,7 @@ MODEL = MODEL or (gh.EMBEDDED if cpu else "gemma-3n-e4b-it")
 DATA = DATA or ("data/persian_chat.jsonl" if cpu else "mshojaei77/persian-gk")
 HOLDOUT = HOLDOUT or (6 if cpu else 200)
 MAX_NEW_TOKENS = MAX_NEW_TOKENS or (16 if cpu else 128)
-spec = gh.TrainSpec(**{**SEED, **(CPU if cpu else {})}, save_steps=1000)
+spec = gh.TrainSpec(**{**SEED, **(CPU if cpu else T4)}, save_steps=1000)
 root = gh.env.REPO_ROOT
 out = root / OUTPUT
 print(f"model {MODEL} | data {DATA} | {'CPU profile' if cpu else 'GPU profile'}")
@@ -109,9 +124,7 @@ print(spec)
 if DATA.endswith(".jsonl"):
     raw = gh.chat.read_jsonl(root / DATA)
 else:
-    from datasets import load_dataset
-
-    raw = list(load_dataset(DATA, split="train"))
+    raw = list(gh.rehearsal.load_hub_dataset(DATA, split="train"))  # datasets.load_dataset(DATA, split="train")
 rows, cleaning = gh.chat.clean_conversations(raw)
 print(cleaning)
 for d in cleaning.dropped[:20]:
@@ -236,8 +249,7 @@ for q, a in zip(questions, batch4["answers"]):
 if cpu:
     merged_dir = gh.merge(run.adapter_dir, out / "merged")
 else:  # E4B dequantised to float32 does not fit a T4 or Colab's RAM: unsloth merges in 16-bit, shard by shard
-    merged_dir = out / "merged"
-    run.model.save_pretrained_merged(str(merged_dir), tok, save_method="merged_16bit")
+    merged_dir = gh.export.merge_16bit(run.model, tok, run.adapter_dir, out / "merged")  # save_pretrained_merged
 merged, merged_tok = gh.load_model(str(merged_dir), load_in_4bit=not cpu)
 adapter_answers = gh.ask(run.model, tok, questions, max_new_tokens=MAX_NEW_TOKENS)
 merged_answers = gh.ask(merged, merged_tok, questions, max_new_tokens=MAX_NEW_TOKENS)
@@ -278,4 +290,4 @@ path = gh.results.save("02_persian", results)
 print(gh.results.table({"held-out answer perplexity": {"before": ppl_before, "after": ppl_after, "merged": ppl_merged},
                         "tokens/s (sampled)": {"single": inference["single_tps"], "batch of 4": inference["batch4_tps"]}}))
 print(f"whole notebook: {results['runtime_s']:.0f} s | written to {path}")
-assert ppl_after < ppl_before, "held-out perplexity did not drop"
+gh.results.expect(ppl_after < ppl_before, "held-out perplexity did not drop")

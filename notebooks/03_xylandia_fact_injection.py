@@ -82,7 +82,7 @@ RA_REPLAY_REPEATS = 2  # general-text paragraphs mixed into the training set, ea
 OUTPUT = "outputs/03_xylandia"
 
 # %%
-MODEL = MODEL or ("gemma-3-1b-it" if gh.profile() == "gpu" else gh.EMBEDDED)
+MODEL = MODEL or gh.recipes.xylandia_model()
 root = gh.env.REPO_ROOT
 data = json.loads((root / DATA).read_text())
 out = root / OUTPUT
@@ -126,7 +126,7 @@ print(f"control facts the base model knows: {n_known}/{len(controls)}")
 for (prefix, word), text, ok in zip(controls, before["heldout"]["completions"], before["heldout"]["control_ok"]):
     print(f"  {'ok ' if ok else '-- '} {prefix} -> {text!r}")
 print("a held-out answer before training:", repr(before["heldout"]["answers"][0]))
-assert n_known >= 5, "fewer than 5 control facts are known to the base model: add more to the data file"
+gh.results.expect(n_known >= 5, "fewer than 5 control facts are known to the base model: add more to the data file")
 
 
 # %%

@@ -190,7 +190,7 @@ try:
     from gemma_helpers import kerashub
 
     keras, keras_hub = kerashub.import_keras()
-    preset = str(gh.models.embedded_path()) if MODEL == gh.EMBEDDED else "hf://" + gh.REGISTRY[MODEL].source
+    preset = kerashub.preset(MODEL)  # a local folder (the embedded model), else "hf://<hub id>"
     problem = kerashub.preprocessor_problem(preset)
     print("KerasHub's own preprocessor:", problem or "available")
     lm = kerashub.load_causal_lm(preset)
@@ -274,7 +274,7 @@ for name, (b, a) in measured.items():
 results["runtime_s"] = time.time() - T0
 path = gh.results.save("06_dolly", results)
 for name, r in stacks.items():
-    assert r["heldout_loss_after"] < r["heldout_loss_before"], f"{name}: held-out loss did not fall"
+    gh.results.expect(r["heldout_loss_after"] < r["heldout_loss_before"], f"{name}: held-out loss did not fall")
 print(gh.results.summary_table(results))
 print("keras:", results["keras"].get("error") or f"ran on the {results['keras']['backend']} backend; "
       f"its own preprocessor: {results['keras']['keras_preprocessor_problem'] or 'available'}")

@@ -37,6 +37,15 @@ def tokenizer(embedded_dir):
     return tok
 
 
+@pytest.fixture(scope="session")
+def gemma3_1b_it_layout(tmp_path_factory, embedded_dir):
+    """A random-weight, 64-wide Gemma3ForCausalLM with 262,144 embedding rows and Gemma 3 1B-it's
+    tokenizer: the embedded Gemma 3 tokenizer plus ``<image_soft_token>`` at id 262144."""
+    from gemma_helpers import rehearsal
+
+    return rehearsal.gemma3_text_checkpoint(tmp_path_factory.mktemp("standin") / "gemma-3-1b-it")
+
+
 @pytest.fixture()
 def base_model(embedded_dir):
     """A fresh float32 copy of the embedded model (a second or two to load)."""

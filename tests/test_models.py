@@ -1,7 +1,11 @@
+import json
+import math
+
 import pytest
 
 import gemma_helpers as gh
-from gemma_helpers import models
+from gemma_helpers import evaluate, models
+from gemma_helpers.chat import prompt_text
 
 
 def test_registry_has_embedded_default_and_colab_targets():
@@ -90,3 +94,29 @@ def test_a_4bit_lora_still_gets_gradients_after_an_evaluation(embedded_dir):
     with torch.inference_mode():
         model(**enc)
     assert before > 0 and grad_sum() > 0.5 * before
+
+
+def test_a_1b_it_tokenizer_one_entry_past_the_embedding_trains_and_generates(gemma3_1b_it_layout, tmp_path):
+    model, tok = gh.load_model(str(gemma3_1b_it_layout))
+    assert len(tok) == 262145 and tok.convert_tokens_to_ids("<image_soft_token>") == 262144
+    assert model.get_input_embeddings().weight.shape[0] == 262144
+    assert models.check_vocab(model, tok) == [262144]
+    spec = gh.TrainSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj"), max_steps=1, batch_size=2, save_steps=100)
+    result = gh.train(model, tok, gh.qa_rows([("What is the capital of Xylandia?", "Crystalburg.")] * 2), spec, tmp_path)
+    assert result.global_step == 1 and math.isfinite(result.history[0]["loss"])
+    answers, stats = evaluate.generate(result.model, tok, [prompt_text(tok, "Hello?")], max_new_tokens=4,
+                                 return_stats=True)
+    assert stats["generated_tokens"] >= 1 and isinstance(answers[0], str)
+    # the vocabulary was not resized: not by loading, training, nor by the saved adapter
+    assert result.model.get_input_embeddings().weight.shape[0] == 262144
+    assert "embed_tokens" not in json.dumps(json.loads((result.adapter_dir / "adapter_config.json").read_text()))
+
+
+def test_a_row_that_spells_out_the_extra_token_is_refused_by_name(gemma3_1b_it_layout, tmp_path):
+    model, tok = gh.load_model(str(gemma3_1b_it_layout))
+    rows = gh.qa_rows([("What is the capital?", "Crystalburg."), ("Show <image_soft_token> here", "No.")])
+    spec = gh.TrainSpec(r=4, alpha=8, target_modules=("q_proj",), max_steps=1, batch_size=2, save_steps=100)
+    with pytest.raises(ValueError, match=r"row 1: token ids \[262144\] have no embedding row"):
+        gh.train(model, tok, rows, spec, tmp_path)
+    with pytest.raises(ValueError, match="prompts 0 to 0: token ids"):
+        evaluate.generate(model, tok, [prompt_text(tok, "<image_soft_token>")], max_new_tokens=2)

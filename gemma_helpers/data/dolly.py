@@ -51,10 +51,10 @@ def read_jsonl(path: str | Path, report=print) -> list[dict]:
 
 def from_hub(limit: int | None = None) -> list[dict]:
     """databricks-dolly-15k from the hub (Colab; CI is offline and uses the bundled sample)."""
-    from datasets import load_dataset
+    from ..rehearsal import load_hub_dataset
 
     split = "train" if limit is None else f"train[:{limit}]"
-    ds = load_dataset(HUB_ID, split=split)
+    ds = load_hub_dataset(HUB_ID, split=split)
     rows = []
     for i, row in enumerate(ds):
         problem = check_row(row, f"{HUB_ID} row {i}")

@@ -97,6 +97,14 @@ ARXIV_PAPERS = (
 )
 
 
+def arxiv_papers() -> list[Paper]:
+    """:data:`ARXIV_PAPERS`, the GPU profile's download list; in the GPU-profile rehearsal the same
+    papers served by the loopback server (:func:`gemma_helpers.rehearsal.arxiv_papers`)."""
+    from .. import rehearsal
+
+    return rehearsal.arxiv_papers(ARXIV_PAPERS) if rehearsal.rehearsing() else list(ARXIV_PAPERS)
+
+
 # ---------------------------------------------------------------- download
 class PDFError(ValueError):
     """A file that cannot be used as a paper; the message names the file and the reason."""

@@ -1,0 +1,52 @@
+"""The GPU-profile rehearsal's switch and stand-ins (the runner itself runs in `make test`)."""
+import pytest
+
+import gemma_helpers as gh
+from gemma_helpers import rehearsal
+from gemma_helpers.data import dolly
+
+
+@pytest.fixture()
+def rehearsing(monkeypatch, tmp_path):
+    monkeypatch.setenv("GEMMA_REHEARSAL", "1")
+    monkeypatch.setenv("GEMMA_HELPERS_CACHE", str(tmp_path / "cache"))
+
+
+def test_without_the_switch_nothing_is_cut_or_replaced(monkeypatch):
+    monkeypatch.delenv("GEMMA_REHEARSAL", raising=False)
+    spec = gh.TrainSpec(max_steps=738, optim="adamw_8bit")
+    assert rehearsal.cut_steps(spec) == spec and rehearsal.cut_tokens(128) == 128
+    assert gh.models.resolve("gemma-3-1b-it")[0] == "unsloth/gemma-3-1b-it"
+    with pytest.raises(AssertionError, match="did not drop"):
+        gh.results.expect(False, "held-out perplexity did not drop")
+
+
+def test_the_switch_cuts_steps_and_replaces_cuda_only_optimisers(rehearsing, capsys):
+    spec = rehearsal.cut_steps(gh.TrainSpec(epochs=3, optim="paged_adamw_8bit", eval_steps=5))
+    assert (spec.max_steps, spec.optim, spec.eval_steps) == (rehearsal.STEPS, "adamw_torch", 1)
+    assert rehearsal.cut_tokens(128) == rehearsal.NEW_TOKENS
+    gh.results.expect(False, "held-out perplexity did not drop")  # reported, not raised
+    said = capsys.readouterr().out
+    assert "rehearsal: would call bitsandbytes optim='paged_adamw_8bit'" in said
+    assert "outcome check not applied (random-weight stand-in): held-out perplexity did not drop" in said
+
+
+def test_hub_datasets_stand_in_with_their_own_schema_through_load_dataset(rehearsing):
+    raw = list(rehearsal.load_hub_dataset("mshojaei77/persian-gk"))
+    rows, report = gh.chat.clean_conversations(raw)
+    assert len(rows) > 200  # the GPU profile holds 200 out
+    assert all(set(m) == {"role", "content"} for r in rows for m in r["messages"])
+    free = dolly.context_free(dolly.from_hub())
+    assert len(free) >= 1100  # the GPU profile's 1,000 training + 100 held-out rows
+    with pytest.raises(ValueError, match="no rehearsal stand-in for the dataset some/other"):
+        rehearsal.load_hub_dataset("some/other")
+
+
+def test_arxiv_stand_ins_download_and_pass_the_title_check(rehearsing, tmp_path):
+    from gemma_helpers.data import papers as gp
+
+    papers = gp.arxiv_papers()
+    assert [p.key for p in papers] == [p.key for p in gp.ARXIV_PAPERS]
+    assert all(p.source.startswith("http://127.0.0.1:") for p in papers)
+    corpus = gp.collect(papers[:3], tmp_path / "pdf", progress=False)
+    assert [r["status"] for r in corpus.report] == ["ok"] * 3, corpus.report
