@@ -2,7 +2,8 @@
 headless (outputs go to ``outputs/notebooks/``, the committed file is left untouched) and
 prints its results table; ``python -m gemma_helpers sync DIR`` rewrites each ``.ipynb`` from
 its jupytext ``py:percent`` pair, without outputs; ``python -m gemma_helpers env`` prints the
-environment report."""
+environment report; ``python -m gemma_helpers serve FILE [--port N]`` serves a GGUF file
+behind llama-cpp-python's OpenAI-compatible server on 127.0.0.1 until Ctrl-C."""
 from __future__ import annotations
 
 import argparse
@@ -61,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("sync")
     s.add_argument("folder", type=Path)
     sub.add_parser("env")
+    srv = sub.add_parser("serve")
+    srv.add_argument("gguf", type=Path)
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--n-ctx", type=int, default=2048)
     args = parser.parse_args(argv)
     if args.cmd == "run":
         run_notebook(args.notebook)
@@ -68,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
             print(results.summary_table(results.load(args.results)))
     elif args.cmd == "sync":
         sync(args.folder)
+    elif args.cmd == "serve":
+        from .serve import serve
+
+        with serve(args.gguf, port=args.port, n_ctx=args.n_ctx) as server:
+            print(f"serving {server.model_name} at {server.base_url} (OpenAI API); Ctrl-C stops it", flush=True)
+            try:
+                server.process.wait()
+            except KeyboardInterrupt:
+                pass
     else:
         env.report()
     return 0

@@ -91,6 +91,24 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.environ)
 
 
+def in_ci() -> bool:
+    """A CI run or a headless test: ``CI`` or ``NBMAKE`` set, or inside pytest (nbmake's kernels inherit
+    ``PYTEST_CURRENT_TEST``)."""
+    return any(os.environ.get(k) for k in ("CI", "NBMAKE", "PYTEST_CURRENT_TEST"))
+
+
+def watched() -> bool:
+    """Whether a person is watching this run: an interactive Colab or Jupyter session that is not CI
+    (streamed answers are on then, and only then, by default)."""
+    if in_ci():
+        return False
+    if in_colab():
+        return True
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
+
 def profile() -> str:
     """``gpu`` when a CUDA GPU is present, else ``cpu``; ``GEMMA_PROFILE`` overrides."""
     forced = os.environ.get("GEMMA_PROFILE", "").strip().lower()
