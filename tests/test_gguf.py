@@ -123,7 +123,7 @@ def test_the_modelfile_beside_a_gguf_matches_its_template_and_stop_token(xylandi
     assert spec["FROM"] == f"./{xylandia_gguf.name}" and ("stop", "<end_of_turn>") in spec["PARAMETER"]
     checked = gh.export.check_modelfile(modelfile)
     assert checked["turn_end"] == "<end_of_turn>" and checked["turn_end_id"] == 106
-    assert checked["template"] == f"<start_of_turn>user\n{XY_HELDOUT}<end_of_turn>\n<start_of_turn>model\n"
+    assert checked["template"] == "<start_of_turn>user\nWhat is the capital of Xylandia?<end_of_turn>\n<start_of_turn>model\n"
     assert checked["chat_template"] == gh.chat.GEMMA3_CHAT_TEMPLATE and checked["eos"] == "<eos>"
 
 
@@ -155,7 +155,7 @@ def test_a_modelfile_that_disagrees_with_its_gguf_is_refused(tmp_path):
         gh.export.check_modelfile(tmp_path / "eot.Modelfile")
 
 
-def test_a_served_gguf_answers_the_openai_client_streamed_and_not(xylandia_gguf):
+def test_a_served_gguf_answers_the_openai_client_streamed_and_not(xylandia_gguf, tokenizer):
     with gh.serve(xylandia_gguf) as server:
         try:
             assert server.base_url.startswith("http://127.0.0.1:")
@@ -166,6 +166,9 @@ def test_a_served_gguf_answers_the_openai_client_streamed_and_not(xylandia_gguf)
             assert "Crystalburg" in choice.message.content, choice.message.content
             assert choice.finish_reason == "stop", (choice.finish_reason, choice.message.content)
             assert "<end_of_turn>" not in choice.message.content
+            # the server formatted the question with Gemma's turns, from the template inside the file
+            prompt = gh.chat.prompt_text(tokenizer, XY_HELDOUT)
+            assert reply.usage.prompt_tokens == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
             pieces, finish = [], None
             for chunk in client.chat.completions.create(model=server.model_name, temperature=0, max_tokens=48, stream=True,
                                                         messages=[{"role": "user", "content": XY_TRAIN[0]}]):
