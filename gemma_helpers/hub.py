@@ -100,10 +100,11 @@ def write_card(folder: str | Path, title: str | None = None, notebook: str | Non
     if isinstance(results, str):
         results = load(results)
     four_bit = bool(run.get("load_in_4bit", meta.get("load_in_4bit", False)))
-    lines = ["---", f"base_model: {base}", *(["library_name: peft"] if adapter else []),
+    lines = ["---", *([f"base_model: {base}"] if base else []), *(["library_name: peft"] if adapter else []),
              "pipeline_tag: text-generation", "tags:", "- gemma", "- lora", f"- {REPO}", "---", "",
              f"# {title or folder.parent.name + ('/' + folder.name)}", ""]
     what = "A LoRA adapter for" if adapter else "A full model: a LoRA adapter merged into"
+    base = base or "a model built in memory (no hub id)"
     by = f", trained by notebook `{notebook}` of {REPO}" if notebook else f", trained with {REPO}"
     lines += [f"{what} [`{base}`](https://huggingface.co/{base}){by}.", ""]
     loaded = "in 4-bit NF4 (bitsandbytes, double quantisation)" if four_bit else "in full precision"

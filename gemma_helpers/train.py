@@ -422,7 +422,8 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
 
     adapter_dir = output_dir / "adapter"
     for config in trainer.model.peft_config.values():  # the hub id, not this machine's cache folder
-        config.base_model_name_or_path = hub_id(config.base_model_name_or_path or "")
+        if config.base_model_name_or_path:  # a model built in memory (tiny vision configs) has none
+            config.base_model_name_or_path = hub_id(config.base_model_name_or_path)
     trainer.model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
     # what merge() needs to rebuild the exact base the adapter was trained on, and what the card says
