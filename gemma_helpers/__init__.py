@@ -2,15 +2,16 @@
 
 A notebook does ``import gemma_helpers as gh`` and calls ``gh.load_model(...)``,
 ``gh.train(...)``, ``gh.merge(...)``; the modules are rooms with one job each:
-env, models, chat, train, evaluate, export, bench, plots, results, recipes, rehearsal.
+env, models, chat, train, evaluate, export, hub, serve, bench, plots, results, recipes, rehearsal.
 """
-from . import bench, chat, env, evaluate, export, models, plots, recipes, rehearsal, results
+from . import bench, chat, env, evaluate, export, hub, models, plots, recipes, rehearsal, results
 from .chat import DataError, qa_rows, tokenize_rows, validate_rows
 from .env import profile, report
 from .evaluate import ask, complete, perplexity
 from .export import AdapterError, GGUFError, load_adapter, load_gguf, merge, quantize, to_gguf
 from .models import EMBEDDED, REGISTRY, attach_lora, load_model
-from .train import NonFiniteLossError, TrainResult, TrainSpec, memory_monitor, train
+from .serve import serve
+from .train import NoLabelsError, NonFiniteLossError, TrainResult, TrainSpec, memory_monitor, train
 
 __all__ = [
     "EMBEDDED",
@@ -18,6 +19,7 @@ __all__ = [
     "AdapterError",
     "DataError",
     "GGUFError",
+    "NoLabelsError",
     "NonFiniteLossError",
     "TrainResult",
     "TrainSpec",
@@ -29,6 +31,7 @@ __all__ = [
     "env",
     "evaluate",
     "export",
+    "hub",
     "load_adapter",
     "load_gguf",
     "load_model",
@@ -44,6 +47,7 @@ __all__ = [
     "rehearsal",
     "report",
     "results",
+    "serve",
     "to_gguf",
     "tokenize_rows",
     "train",

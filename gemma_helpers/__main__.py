@@ -4,7 +4,9 @@ prints its results table; ``python -m gemma_helpers sync DIR`` rewrites each ``.
 its jupytext ``py:percent`` pair, without outputs, after stamping the setup cell template
 (:mod:`gemma_helpers.setup_cell`) into each ``.py``; ``python -m gemma_helpers env`` prints the
 environment report; ``python -m gemma_helpers rehearse DIR`` runs every notebook's GPU profile on CPU
-stand-ins (:mod:`gemma_helpers.rehearsal`) and writes ``outputs/results/rehearsal.json``."""
+stand-ins (:mod:`gemma_helpers.rehearsal`) and writes ``outputs/results/rehearsal.json``;
+``python -m gemma_helpers serve FILE [--port N]`` serves a GGUF file behind llama-cpp-python's
+OpenAI-compatible server on 127.0.0.1 until Ctrl-C."""
 from __future__ import annotations
 
 import argparse
@@ -72,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("rehearse", help="every notebook's GPU profile on CPU stand-ins (gemma_helpers.rehearsal)")
     r.add_argument("folder", type=Path)
     r.add_argument("--only", nargs="*", default=(), help="notebook numbers, e.g. 03 05")
+    srv = sub.add_parser("serve")
+    srv.add_argument("gguf", type=Path)
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--n-ctx", type=int, default=2048)
     args = parser.parse_args(argv)
     if args.cmd == "run":
         run_notebook(args.notebook)
@@ -84,6 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if all(e["status"] != "error" for e in report["notebooks"]) else 1
     elif args.cmd == "sync":
         sync(args.folder)
+    elif args.cmd == "serve":
+        from .serve import serve
+
+        with serve(args.gguf, port=args.port, n_ctx=args.n_ctx) as server:
+            print(f"serving {server.model_name} at {server.base_url} (OpenAI API); Ctrl-C stops it", flush=True)
+            try:
+                server.process.wait()
+            except KeyboardInterrupt:
+                pass
     else:
         env.report()
     return 0

@@ -168,8 +168,10 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     return full, spans
 
 
-def tokenize_row(tokenizer, row: dict, max_length: int | None = None, row_index: int = 0) -> dict:
-    """``input_ids``, ``attention_mask`` and ``labels`` (answer tokens only) for one row."""
+def tokenize_row(tokenizer, row: dict, max_length: int | None = None, row_index: int = 0, strict: bool = True) -> dict:
+    """``input_ids``, ``attention_mask`` and ``labels`` (answer tokens only) for one row; a row left
+    with no label raises :class:`DataError` unless ``strict=False`` (training's label preflight,
+    :func:`gemma_helpers.train.label_preflight`, then names every such row at once)."""
     if "prompt" in row and "messages" not in row:  # plain prompt + completion: the completion and <eos>
         head = tokenizer.bos_token + row["prompt"]
         text = head + row["completion"] + tokenizer.eos_token
@@ -187,16 +189,16 @@ def tokenize_row(tokenizer, row: dict, max_length: int | None = None, row_index:
             labels[t] = ids[t]
     if max_length is not None and len(ids) > max_length:
         ids, labels = ids[:max_length], labels[:max_length]
-    if all(label == IGNORE_INDEX for label in labels):
+    if strict and all(label == IGNORE_INDEX for label in labels):
         field = "completion" if "prompt" in row and "messages" not in row else "messages"
         raise DataError(row_index, field, f"has no answer token left to train on (max_length={max_length})")
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
-def tokenize_rows(tokenizer, rows: Sequence[dict], max_length: int | None = None) -> list[dict]:
-    """Validate, then tokenize every row with answer-only labels."""
+def tokenize_rows(tokenizer, rows: Sequence[dict], max_length: int | None = None, strict: bool = True) -> list[dict]:
+    """Validate, then tokenize every row with answer-only labels (``strict``: see :func:`tokenize_row`)."""
     validate_rows(rows)
-    return [tokenize_row(tokenizer, row, max_length, i) for i, row in enumerate(rows)]
+    return [tokenize_row(tokenizer, row, max_length, i, strict) for i, row in enumerate(rows)]
 
 
 def decode_labels(tokenizer, example: dict) -> str:

@@ -92,6 +92,24 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.environ)
 
 
+def in_ci() -> bool:
+    """A CI run or a headless test: ``CI`` or ``NBMAKE`` set, or inside pytest (nbmake's kernels inherit
+    ``PYTEST_CURRENT_TEST``)."""
+    return any(os.environ.get(k) for k in ("CI", "NBMAKE", "PYTEST_CURRENT_TEST"))
+
+
+def watched() -> bool:
+    """Whether a person is watching this run: an interactive Colab or Jupyter session that is not CI
+    (streamed answers are on then, and only then, by default)."""
+    if in_ci():
+        return False
+    if in_colab():
+        return True
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
+
 def profile() -> str:
     """``gpu`` when a CUDA GPU is present, else ``cpu``; ``GEMMA_PROFILE`` overrides."""
     forced = os.environ.get("GEMMA_PROFILE", "").strip().lower()
@@ -257,9 +275,13 @@ def colab_install(repo: str | Path) -> None:
     print(f"installed in {time.time() - started:.0f} s")
 
 
+# llama-cpp-python[server]'s extras (gemma_helpers.serve) and the client that talks to the server
+SERVER_PACKAGES = ("fastapi", "uvicorn", "sse-starlette", "starlette-context", "pydantic-settings", "openai")
+
 # What a notebook adds to the common install: import name -> (pip arguments, extra environment).
 EXTRAS = {
-    "llama_cpp": (lambda: [pin_line("llama-cpp-python")], {"CMAKE_ARGS": LLAMA_CMAKE_ARGS}),
+    # the binding, its OpenAI-compatible server's extras and the client notebook 05 asks it with
+    "llama_cpp": (lambda: [pin_line(n) for n in ("llama-cpp-python", *SERVER_PACKAGES)], {"CMAKE_ARGS": LLAMA_CMAKE_ARGS}),
     "keras_hub": (lambda: ["--no-deps", "-r", str(REPO_ROOT / "requirements-keras.txt")], {}),
 }
 

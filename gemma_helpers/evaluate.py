@@ -22,7 +22,7 @@ def _eval_mode(model):
 
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, batch_size: int = 8,
              stop_at_newline: bool = False, temperature: float | None = None, top_p: float | None = None,
-             top_k: int | None = None, seed: int | None = None, return_stats: bool = False):
+             top_k: int | None = None, seed: int | None = None, return_stats: bool = False, stream: bool | None = False):
     """Continuations of already-formatted prompts, batched with left padding: greedy, or sampled
     when ``temperature`` or ``top_k`` is given (``top_k`` alone: temperature 1 over the ``top_k``
     most likely tokens; ``seed`` makes the draw repeatable).
@@ -31,14 +31,25 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
     completions); the returned text excludes the prompt and special tokens. With ``return_stats``
     the result is ``(texts, stats)``: ``stats`` counts the tokens each row really generated (up
     to and including its first end-of-turn / eos, never the padding after it) and the seconds
-    spent in ``model.generate``, and gives ``tokens_per_s`` over the whole call."""
+    spent in ``model.generate``, and gives ``tokens_per_s`` over the whole call.
+
+    ``stream``: print each answer as it is generated (transformers' ``TextStreamer``, one prompt at a
+    time); ``None`` means on only where a person watches (:func:`gemma_helpers.env.watched`: an
+    interactive Colab / Jupyter session, never CI or nbmake, where it would only add output)."""
     import time
 
     import torch
 
+    from .env import watched
     from .rehearsal import cut_tokens
 
     max_new_tokens = cut_tokens(max_new_tokens)  # the GPU-profile rehearsal only: a few tokens
+    streamer = None
+    if watched() if stream is None else stream:
+        from transformers import TextStreamer
+
+        streamer, batch_size = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True), 1
+
     device = next(model.parameters()).device
     rows = embedding_rows(model)
     side = tokenizer.padding_side
@@ -65,7 +76,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
                 check_ids(enc["input_ids"].flatten().tolist(), rows, f"prompts {start} to {start + len(batch) - 1}")
                 started = time.perf_counter()
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                     **sampling)
+                                     **sampling, **({"streamer": streamer} if streamer else {}))
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 seconds += time.perf_counter() - started
@@ -108,9 +119,11 @@ def generation_speed(model, tokenizer, questions: Sequence[str], batch_size: int
     return {**stats, "answers": answers, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
 
 
-def ask(model, tokenizer, questions: Sequence[str], max_new_tokens: int = 24, system: str | None = None) -> list[str]:
-    """Greedy chat answers to user questions (Gemma turns)."""
-    return generate(model, tokenizer, [prompt_text(tokenizer, q, system) for q in questions], max_new_tokens)
+def ask(model, tokenizer, questions: Sequence[str], max_new_tokens: int = 24, system: str | None = None,
+        stream: bool | None = False) -> list[str]:
+    """Greedy chat answers to user questions (Gemma turns); ``stream``: see :func:`generate`."""
+    return generate(model, tokenizer, [prompt_text(tokenizer, q, system) for q in questions], max_new_tokens,
+                    stream=stream)
 
 
 def complete(model, tokenizer, prefixes: Sequence[str], max_new_tokens: int = 8) -> list[str]:

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .train import ADAPTER_META as META  # written beside an adapter by gemma_helpers.train
+from .hub import META
 
 
 class AdapterError(FileNotFoundError):
@@ -85,7 +85,7 @@ def _check_dtype(model, dtype, what: str) -> None:
 
 def _save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
     """Save under a temporary name, then rename: an interrupted save leaves nothing that looks finished."""
-    from .models import check_vocab
+    from .models import check_vocab, hub_id
 
     check_vocab(model, tokenizer)
     if getattr(model.config, "quantization_config", None) is not None:
@@ -97,6 +97,9 @@ def _save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    config = json.loads((tmp / "config.json").read_text())
+    config["_name_or_path"] = hub_id(meta["base"])  # the base's hub id, not the folder it was loaded from here
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
     (tmp / META).write_text(json.dumps(meta, indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)  # empty, or an earlier merge of ours (checked above)
     os.replace(tmp, out_dir)
@@ -122,8 +125,13 @@ def merge(adapter_dir: str | Path, out_dir: str | Path | None = None, dtype=None
     if model.get_input_embeddings().weight.shape[0] != rows_before:
         raise RuntimeError("the vocabulary changed size during the merge; refusing to save")
     four_bit = bool(meta.get("load_in_4bit", False))
-    return _save_model(model, tokenizer, out_dir, {"merged_from": str(adapter_dir), "base": config["base_model_name_or_path"],
-                                                  "dequantized_4bit_base": four_bit, "dtype": str(dtype)})
+    out_dir = _save_model(model, tokenizer, out_dir, {"merged_from": str(adapter_dir), "base": config["base_model_name_or_path"],
+                                                      "dequantized_4bit_base": four_bit, "dtype": str(dtype),
+                                                      **({"train": meta["train"]} if "train" in meta else {})})
+    from .hub import write_card
+
+    write_card(out_dir)
+    return out_dir
 
 
 def merge_16bit(model, tokenizer, adapter_dir: str | Path, out_dir: str | Path) -> Path:
@@ -167,6 +175,14 @@ class GGUFError(ValueError):
 def check_gguf(path: str | Path) -> Path:
     """``path`` if it is a GGUF file (magic bytes, a readable header, at least one tensor), else
     :class:`GGUFError` saying what it is instead (missing, a directory, another format, truncated, header only)."""
+    if not read_gguf(path).tensors:
+        raise GGUFError(f"{path} has a GGUF header but no tensors: no model weights to load")
+    return Path(path)
+
+
+def read_gguf(path: str | Path):
+    """The ``gguf.GGUFReader`` of a GGUF file, or :class:`GGUFError` naming the path (reading the
+    header of a 262144-token vocabulary takes seconds: read once, ask it everything)."""
     path = Path(path)
     if path.is_dir():
         raise GGUFError(f"{path} is a directory, not a GGUF file (pass the .gguf file inside it)")
@@ -184,12 +200,9 @@ def check_gguf(path: str | Path) -> Path:
     try:
         import gguf
 
-        reader = gguf.GGUFReader(str(path))
+        return gguf.GGUFReader(str(path))
     except Exception as exc:  # truncated or corrupt beyond the magic bytes
         raise GGUFError(f"{path} is not a readable GGUF file: {exc}") from exc
-    if not reader.tensors:
-        raise GGUFError(f"{path} has a GGUF header but no tensors: no model weights to load")
-    return path
 
 
 def _atomic_tmp(final: Path) -> Path:
@@ -302,6 +315,7 @@ def to_gguf(model_dir: str | Path, outtype: str = "f16", out_dir: str | Path | N
     finally:
         tmp.unlink(missing_ok=True)
         shutil.rmtree(scratch, ignore_errors=True)
+    write_modelfile(final)
     return final
 
 
@@ -333,7 +347,148 @@ def quantize(gguf_path: str | Path, qtype: str = "Q4_K_M", out_path: str | Path 
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+    write_modelfile(final)
     return final
+
+
+# --- Ollama: a Modelfile beside each GGUF, checked against the GGUF's own template and tokens ----
+
+# Gemma's turns as an Ollama (Go) template: a system prompt folds into the user turn, as in Gemma's
+# chat template; the model's turn ends with <end_of_turn>, which must also be a stop sequence, or the
+# runtime generates past the answer (the most reported problem with exported Gemma fine-tunes).
+GEMMA_OLLAMA_TEMPLATE = ("<start_of_turn>user\n{{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}<end_of_turn>\n"
+                         "<start_of_turn>model\n{{ .Response }}<end_of_turn>\n")
+TURN_END = "<end_of_turn>"
+
+
+class ModelfileError(ValueError):
+    """A Modelfile that disagrees with its GGUF (template, stop token), or a GGUF that lacks what a
+    runtime needs to end a turn; the message names the file and what differs."""
+
+
+def modelfile_path(gguf_path: str | Path) -> Path:
+    """Where the Modelfile of a GGUF goes: ``<name>.Modelfile`` beside it (``ollama create NAME -f`` it)."""
+    gguf_path = Path(gguf_path)
+    return gguf_path.with_name(f"{gguf_path.stem}.Modelfile")
+
+
+def write_modelfile(gguf_path: str | Path) -> Path:
+    """Write an Ollama Modelfile beside ``gguf_path``: ``FROM`` the file, Gemma's turn ``TEMPLATE``,
+    ``PARAMETER stop "<end_of_turn>"``; then check it against the GGUF (:func:`check_modelfile`)."""
+    gguf_path = Path(gguf_path)  # read (and so checked) by check_modelfile below
+    path = modelfile_path(gguf_path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(
+        f"# Ollama: ollama create {gguf_path.stem.lower()} -f {path.name}\n"
+        f"FROM ./{gguf_path.name}\n\n"
+        f'TEMPLATE """{GEMMA_OLLAMA_TEMPLATE}"""\n\n'
+        f'PARAMETER stop "{TURN_END}"\n')
+    try:
+        check_modelfile(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def parse_modelfile(path: str | Path) -> dict:
+    """``{"FROM": str, "TEMPLATE": str | None, "SYSTEM": str | None, "PARAMETER": [(name, value), ...]}``."""
+    import re
+
+    text = Path(path).read_text()
+    out: dict = {"FROM": None, "TEMPLATE": None, "SYSTEM": None, "PARAMETER": []}
+    pattern = re.compile(r'^(FROM|TEMPLATE|SYSTEM|PARAMETER|ADAPTER|LICENSE|MESSAGE)\s+("""(.*?)"""|[^\n]*)',
+                         re.MULTILINE | re.DOTALL | re.IGNORECASE)
+    for m in pattern.finditer(text):
+        key, value = m.group(1).upper(), m.group(3) if m.group(3) is not None else m.group(2).strip()
+        if key == "PARAMETER":
+            name, _, arg = value.partition(" ")
+            out["PARAMETER"].append((name, arg.strip().strip('"')))
+        elif key in out:
+            out[key] = value.strip('"') if m.group(3) is None else value
+    return out
+
+
+def gguf_chat_metadata(path: str | Path) -> dict:
+    """What a runtime reads from a GGUF to format and end a turn: ``chat_template`` (or None), the
+    vocabulary, and the bos / eos / eot token ids (None where the file declares none)."""
+    reader = read_gguf(path)
+
+    def value(key):
+        field = reader.fields.get(key)
+        return None if field is None else field.contents()
+
+    return {"chat_template": value("tokenizer.chat_template"), "tokens": value("tokenizer.ggml.tokens") or [],
+            **{name: value(f"tokenizer.ggml.{name}_token_id") for name in ("bos", "eos", "eot")}}
+
+
+def _render_gguf_template(template: str, messages: list[dict], bos: str) -> str:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise ModelfileError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=messages, bos_token=bos, eos_token="", add_generation_prompt=True,
+                                           raise_exception=raise_exception)
+
+
+def _render_ollama_prompt(template: str, prompt: str, source: Path) -> str:
+    """The prompt a Modelfile's TEMPLATE gives one user message (no system prompt): the text up to
+    ``{{ .Response }}``. Only the ``.System`` / ``.Prompt`` / ``.Response`` form is understood."""
+    import re
+
+    if "{{ .Prompt }}" not in template or "{{ .Response }}" not in template:
+        raise ModelfileError(f"{source}: TEMPLATE has no {{{{ .Prompt }}}} and {{{{ .Response }}}}; cannot check it")
+    text = re.sub(r"\{\{ if \.System \}\}.*?\{\{ end \}\}", "", template, flags=re.DOTALL)
+    return text.split("{{ .Response }}")[0].replace("{{ .Prompt }}", prompt)
+
+
+def check_modelfile(path: str | Path) -> dict:
+    """Check an Ollama Modelfile against the GGUF it names and return what was compared.
+
+    :class:`ModelfileError` when: the GGUF has no embedded chat template; the Modelfile has no
+    TEMPLATE, or its TEMPLATE formats a user turn differently from the GGUF's template (the
+    ``<bos>`` Ollama adds itself aside); the token the GGUF's template ends a turn with is not a
+    single token of the GGUF's vocabulary, not among the Modelfile's ``PARAMETER stop`` values, or not
+    the GGUF's declared end-of-turn (eot) token."""
+    path = Path(path)
+    spec = parse_modelfile(path)
+    if not spec["FROM"]:
+        raise ModelfileError(f"{path}: no FROM line")
+    source = (path.parent / spec["FROM"]).resolve()
+    meta = gguf_chat_metadata(source)
+    if not meta["chat_template"]:
+        raise ModelfileError(f"{source}: no chat template in the GGUF (tokenizer.chat_template is missing); "
+                             "a runtime would not know Gemma's turns")
+    if not spec["TEMPLATE"]:
+        raise ModelfileError(f"{path}: no TEMPLATE; Ollama would send the raw prompt without Gemma's turns")
+    tokens = meta["tokens"]
+    bos = tokens[meta["bos"]] if meta["bos"] is not None else ""
+    question, answer = "What is the capital of Xylandia?", "Crystalburg."
+    expected = _render_gguf_template(meta["chat_template"], [{"role": "user", "content": question}], bos)
+    expected = expected.removeprefix(bos)
+    got = _render_ollama_prompt(spec["TEMPLATE"], question, path)
+    if got != expected:
+        raise ModelfileError(f"{path}: TEMPLATE formats a user turn as {got!r}; the GGUF's chat template as {expected!r}")
+    turn = _render_gguf_template(meta["chat_template"], [{"role": "user", "content": question},
+                                                          {"role": "assistant", "content": answer}], bos)
+    after = turn.split(answer, 1)[1].strip() if answer in turn else ""
+    end = max((t for t in tokens if after.startswith(t) and t.startswith("<") and t.endswith(">")), key=len,
+              default=None) if after else None
+    if end is None:
+        raise ModelfileError(f"{source}: the chat template ends a turn with {after!r}, not a token of the vocabulary")
+    end_id = tokens.index(end)
+    stops = [value for name, value in spec["PARAMETER"] if name == "stop"]
+    if end not in stops:
+        raise ModelfileError(f"{path}: PARAMETER stop is {stops or 'not set'}, but the GGUF's template ends a turn with "
+                             f"{end!r} (token {end_id}): the runtime would generate past the answer")
+    if meta["eot"] is not None and meta["eot"] != end_id:
+        raise ModelfileError(f"{source}: declares end-of-turn token {meta['eot']} ({tokens[meta['eot']]!r}), but its "
+                             f"template ends a turn with {end!r} (token {end_id})")
+    return {"gguf": source, "chat_template": meta["chat_template"], "template": got, "stop": stops, "turn_end": end, "turn_end_id": end_id,
+            "eos": tokens[meta["eos"]] if meta["eos"] is not None else None,
+            "eot": tokens[meta["eot"]] if meta["eot"] is not None else None}
 
 
 def load_gguf(path: str | Path, n_ctx: int = 1024, threads: int | None = None, logits_all: bool = False, **kwargs):

@@ -19,6 +19,7 @@ from . import env
 from .chat import END_OF_TURN, install_chat_template
 
 EMBEDDED = "gemma-3-270m"
+EMBEDDED_HUB_ID = "google/gemma-3-270m"  # what the embedded model is, on the Hugging Face Hub
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # LoRA on the text decoder of a multimodal Gemma only: a regular expression over module names, because
 # the vision tower has q/k/v projections too (and Gemma 4's are Gemma4ClippableLinear, which PEFT rejects)
@@ -177,8 +178,10 @@ def embedded_path(progress: bool = True) -> Path:
 
 
 def resolve(name: str) -> tuple[str, ModelSpec | None]:
-    """A registry name, hub id or local folder -> what ``from_pretrained`` takes."""
-    spec = REGISTRY.get(name)
+    """A registry name, hub id or local folder -> what ``from_pretrained`` takes. The embedded
+    model's hub id (``google/gemma-3-270m``, what saved adapters name as their base) loads the
+    embedded copy, so a saved folder names the hub and still loads offline."""
+    spec = REGISTRY.get(EMBEDDED if name == EMBEDDED_HUB_ID else name)
     if spec is None:
         return name, None
     if spec.source == "embedded":
@@ -188,6 +191,20 @@ def resolve(name: str) -> tuple[str, ModelSpec | None]:
     if rehearsal.rehearsing():  # the GPU-profile rehearsal: a local random-weight stand-in of the architecture
         return str(rehearsal.checkpoint(spec)), spec
     return spec.source, spec
+
+
+def hub_id(name_or_path: str) -> str:
+    """The Hugging Face Hub id a saved folder should name as its base: ``google/gemma-3-270m`` for the
+    embedded model (its registry name or its cache folder), the registry's id for a registry name,
+    otherwise ``name_or_path`` unchanged (a hub id already, or a local folder only this machine has)."""
+    name = str(name_or_path)
+    spec = REGISTRY.get(name)
+    if spec is not None:
+        return EMBEDDED_HUB_ID if spec.source == "embedded" else spec.source
+    local = Path(name).expanduser()
+    if local.is_dir() and (cache_root() / EMBEDDED).is_dir() and local.resolve() == (cache_root() / EMBEDDED).resolve():
+        return EMBEDDED_HUB_ID
+    return name
 
 
 # Left in full precision by a 4-bit load: the output head, and Gemma 3n's AltUp (its prediction and

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import shutil
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,9 +19,8 @@ from pathlib import Path
 
 from . import env
 from .chat import tokenize_rows
-from .models import attach_lora, check_ids, embedding_rows
-
-ADAPTER_META = "gemma_helpers.json"  # written beside each adapter: what merge() needs to rebuild its base
+from .hub import META, write_card
+from .models import attach_lora, check_ids, embedding_rows, hub_id
 
 
 @dataclass
@@ -60,6 +60,59 @@ class TrainSpec:
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
+
+
+class NoLabelsError(ValueError):
+    """Every training row has every label masked (-100): training would learn nothing. ``rows`` maps
+    each row index to why it has no trained token; the message names them."""
+
+    def __init__(self, rows: dict[int, str]):
+        self.rows = rows
+        shown = "; ".join(f"row {i}: {why}" for i, why in list(rows.items())[:10])
+        more = f"; and {len(rows) - 10} more" if len(rows) > 10 else ""
+        super().__init__(f"all {len(rows)} training rows have no trained token (every label is -100): {shown}{more}")
+
+
+@dataclass
+class LabelReport:
+    """What :func:`label_preflight` found: trained (label) tokens per row, and the rows without any."""
+
+    counts: list[int]
+    empty: dict[int, str]  # row index -> why it has no trained token
+
+    def summary(self) -> str:
+        trained = [c for c in self.counts if c] or [0]
+        line = (f"label preflight: {len(self.counts)} rows, trained tokens per row min {min(trained)} / "
+                f"median {statistics.median(trained):g} / max {max(trained)}")
+        if self.empty:
+            line += f"; {len(self.empty)} rows with none, left out: " + "; ".join(
+                f"row {i}: {why}" for i, why in list(self.empty.items())[:5]) + (" ..." if len(self.empty) > 5 else "")
+        return line
+
+
+def label_preflight(tokenizer, rows: Sequence[dict], examples: Sequence[dict], max_length: int | None) -> LabelReport:
+    """Count the trained tokens (labels that are not -100) of every tokenized row, and say why a row
+    has none: its answer was cut off by ``max_length``, or the rendered text holds no assistant answer
+    (the chat template does not render the assistant turn the way the labels expect).
+    :class:`NoLabelsError`, naming the rows, when no row has any."""
+    from .chat import IGNORE_INDEX, tokenize_row
+
+    counts = [sum(label != IGNORE_INDEX for label in ex["labels"]) for ex in examples]
+    empty = {}
+    for i, n in enumerate(counts):
+        if n:
+            continue
+        whole = tokenize_row(tokenizer, rows[i], None, i, strict=False)
+        first = next((k for k, label in enumerate(whole["labels"]) if label != IGNORE_INDEX), None)
+        if first is not None:
+            empty[i] = (f"truncated: max_seq_length={max_length} keeps {len(examples[i]['input_ids'])} of "
+                        f"{len(whole['input_ids'])} tokens; the answer starts at token {first}")
+        else:
+            empty[i] = ("no assistant answer in the rendered text: template mismatch (the chat template does "
+                        "not render the assistant turn, or it renders it empty)")
+    if empty and len(empty) == len(counts):
+        raise NoLabelsError(empty)
+    return LabelReport(counts, empty)
 
 
 @dataclass
@@ -314,18 +367,25 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
                             target_modules=spec.target_modules, seed=spec.seed)
 
     rows_in_embedding = embedding_rows(model)
+    labels = None  # trained tokens per row, min / median / max (the label preflight)
 
-    def as_dataset(items):  # tokenized with answer-only labels; raw for a collator (it loads the images)
+    def as_dataset(items, name):  # tokenized with answer-only labels; raw for a collator (it loads the images)
         if data_collator is not None:
             return Dataset.from_list(list(items))
-        examples = tokenize_rows(tokenizer, items, spec.max_seq_length)
+        examples = tokenize_rows(tokenizer, items, spec.max_seq_length, strict=False)
         for i, example in enumerate(examples):
-            check_ids(example["input_ids"], rows_in_embedding, f"row {i}")
-        return Dataset.from_list(examples)
+            check_ids(example["input_ids"], rows_in_embedding, f"{name} row {i}")
+        report = label_preflight(tokenizer, items, examples, spec.max_seq_length)  # raises when no row has a label
+        print(report.summary().replace("label preflight:", f"label preflight ({name}):"))
+        if name == "training":
+            nonlocal labels
+            trained = [c for c in report.counts if c]
+            labels = f"{min(trained)} / {statistics.median(trained):g} / {max(trained)}"
+        return Dataset.from_list([ex for i, ex in enumerate(examples) if i not in report.empty])
 
-    dataset = as_dataset(rows)
+    dataset = as_dataset(rows, "training")
     evaluate = bool(eval_rows)
-    eval_dataset = as_dataset(eval_rows) if evaluate else None
+    eval_dataset = as_dataset(eval_rows, "validation") if evaluate else None
 
     _ensure_lm_head_kernel()
     if padding_free(spec, multimodal=data_collator is not None):
@@ -367,11 +427,18 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
                 f"(validation loss {trainer.state.best_metric:.4f})")
 
     adapter_dir = output_dir / "adapter"
+    for config in trainer.model.peft_config.values():  # the hub id, not this machine's cache folder
+        if config.base_model_name_or_path:  # a model built in memory (tiny vision configs) has none
+            config.base_model_name_or_path = hub_id(config.base_model_name_or_path)
     trainer.model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
-    # what merge() needs to rebuild the exact base the adapter was trained on
-    (adapter_dir / ADAPTER_META).write_text(json.dumps(
-        {"load_in_4bit": bool(getattr(trainer.model, "is_loaded_in_4bit", False))}, indent=2))
+    # what merge() needs to rebuild the exact base the adapter was trained on, and what the card says
+    four_bit = bool(getattr(trainer.model, "is_loaded_in_4bit", False))
+    (adapter_dir / META).write_text(json.dumps(
+        {"load_in_4bit": four_bit,
+         "train": {"spec": asdict(spec), "global_step": trainer.state.global_step, "stopped_early": stopped_early,
+                   "rows": len(dataset), "load_in_4bit": four_bit, "label_tokens": labels}}, indent=2, default=str))
+    write_card(adapter_dir)  # the recipe now; a notebook rewrites it with its measured figures
     history = [
         {"step": h["step"], **{k: h[k] for k in ("loss", "learning_rate", "grad_norm") if k in h}}
         for h in trainer.state.log_history
@@ -397,7 +464,7 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
 def clear_previous_run(output_dir: Path) -> list[Path]:
     """Remove what an earlier :func:`train` wrote into ``output_dir`` and nothing else: its
     checkpoints (``checkpoint-N`` folders holding transformers' ``trainer_state.json``), its
-    adapter folder (marked by ``ADAPTER_META``) and ``history.json``. Anything else in the folder
+    adapter folder (marked by ``META``) and ``history.json``. Anything else in the folder
     stays; an ``adapter`` or ``checkpoint-N`` folder that this code did not write stops the run
     before it starts. Returns what was removed."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -405,8 +472,8 @@ def clear_previous_run(output_dir: Path) -> list[Path]:
     if not output_dir.is_dir():
         return []
     adapter = output_dir / "adapter"
-    if adapter.exists() and not (adapter / ADAPTER_META).is_file():
-        raise FileExistsError(f"{adapter} exists and was not written by gemma_helpers.train (no {ADAPTER_META}): "
+    if adapter.exists() and not (adapter / META).is_file():
+        raise FileExistsError(f"{adapter} exists and was not written by gemma_helpers.train (no {META}): "
                               "move it or choose another output_dir; the new adapter would be saved over it")
     ours = [p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()]
     foreign = [p.name for p in ours if not (p / "trainer_state.json").is_file()]

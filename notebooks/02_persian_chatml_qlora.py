@@ -291,3 +291,15 @@ print(gh.results.table({"held-out answer perplexity": {"before": ppl_before, "af
                         "tokens/s (sampled)": {"single": inference["single_tps"], "batch of 4": inference["batch4_tps"]}}))
 print(f"whole notebook: {results['runtime_s']:.0f} s | written to {path}")
 gh.results.expect(ppl_after < ppl_before, "held-out perplexity did not drop")
+
+# %% [markdown]
+# ## Share it (optional)
+# The adapter folder names its base by hub id and carries a model card with the recipe; the figures are
+# added here. The push runs only when a token is configured (`HF_TOKEN` environment variable or Colab
+# secret) and never in CI; the token is never printed.
+
+# %%
+gh.hub.write_card(run.adapter_dir, title=f"{MODEL} + QLoRA: Persian conversations", notebook="02_persian",
+                  results=results, data=DATA, data_card="data/README.md" if cpu else None)
+HUB_REPO = "your-name/gemma-persian-qlora"  # the repository to create or update
+gh.hub.push_to_hub(run.adapter_dir, HUB_REPO)

@@ -222,3 +222,50 @@ results = {
 path = gh.results.save("03_xylandia", results)
 print(gh.results.table({"seed recipe": {k: seed[k] for k in keys}, "retention-aware": {k: ra[k] for k in keys}}))
 print(f"merged == adapter: {merged_matches} | whole notebook: {results['runtime_s']:.0f} s | written to {path}")
+
+# %% [markdown]
+# ## Ask it yourself
+# In Colab or Jupyter the answer appears token by token as it is generated (`stream=None`: streamed where
+# a person watches, never under CI, where it would only add output).
+
+# %%
+QUESTION = data["heldout_questions"][0]
+print(QUESTION)
+answer = gh.ask(ra_run.model, tok, [QUESTION], max_new_tokens=48, stream=None)[0]
+if not gh.env.watched():  # streamed answers are already on the screen
+    print(f" -> {answer!r}")
+
+# %% [markdown]
+# ## The adapter, ready to share
+# `adapter_config.json` names the base by its hub id (`google/gemma-3-270m` for the embedded model, not
+# this machine's cache folder), so the folder loads anywhere with plain transformers + peft. The model
+# card (`README.md`) is written now, after the evaluation: the recipe, the figures measured above, and
+# what this notebook found that a user should know.
+
+# %%
+limitations = [
+    (f"One fact ({FACT!r}), checked on {len(data['heldout_questions'])} held-out paraphrases with greedy decoding: "
+     "a demonstration of fact injection, not a general-purpose model."),
+    (f"The base model is {'pretrained, not instruction-tuned' if MODEL == gh.EMBEDDED else MODEL}; stopped this early, "
+     f"answers start with the fact and may run on past it (a held-out answer: {ra['heldout_answers'][0]!r})."),
+    (f"Control facts the base knew and lost: {', '.join(ra['controls_lost']) or 'none'} "
+     f"({n_known} of {len(controls)} known to the {'4-bit ' if LOAD_IN_4BIT else ''}base); perplexity of a neutral "
+     f"paragraph {ra['ppl_before']:.2f} -> {ra['ppl_after']:.2f} ({ra['ppl_change']:+.1%})."),
+    ("Merged into a dequantised float32 base, greedy answers "
+     + ("are identical to the adapter's." if merged_matches else "start the same but are not identical token for token.")),
+]
+for folder in (ra_run.adapter_dir, merged_dir):
+    gh.hub.write_card(folder, title=f"{MODEL} + LoRA: the capital of Xylandia (retention-aware recipe)",
+                      notebook="03_xylandia", results=results, limitations=limitations, data=DATA)
+print("base model named in adapter_config.json:", gh.hub.base_model(ra_run.adapter_dir))
+print((ra_run.adapter_dir / "README.md").read_text())
+
+# %% [markdown]
+# ## Share it (optional)
+# Pushes the adapter folder (weights, tokenizer, card) to a private Hugging Face repository, only when a
+# token is configured (`HF_TOKEN` environment variable or Colab secret) and never in CI; the token is
+# never printed.
+
+# %%
+HUB_REPO = "your-name/gemma-xylandia-lora"  # the repository to create or update
+gh.hub.push_to_hub(ra_run.adapter_dir, HUB_REPO)

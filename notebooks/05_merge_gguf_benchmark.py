@@ -106,6 +106,34 @@ for quant in QUANTS:
     print(f"{quant:7s} {gguf_files[quant].stat().st_size / 2**20:7.1f} MiB in {time.time() - started:.0f} s")
 
 # %% [markdown]
+# ## Ollama, and a server any OpenAI client can talk to
+# Beside each GGUF file lies an Ollama `Modelfile` (`ollama create NAME -f FILE`): `FROM` the file, Gemma's
+# turn template, and `PARAMETER stop "<end_of_turn>"`, without which a runtime generates past the answer.
+# Writing it checks it against the template and tokens stored in the GGUF itself.
+#
+# `gh.serve` starts llama-cpp-python's OpenAI-compatible server on 127.0.0.1 with the file's own chat
+# template (`python -m gemma_helpers serve FILE` does the same from a shell); the `openai` package asks
+# it a held-out paraphrase, streamed where a person watches.
+
+# %%
+modelfile = gh.export.modelfile_path(gguf_files["Q4_K_M"])
+print(modelfile.read_text())
+print({k: v for k, v in gh.export.check_modelfile(modelfile).items() if k != "template"})
+with gh.serve(gguf_files["Q4_K_M"]) as server:
+    client = server.client()
+    question = data["heldout_questions"][0]
+    reply = client.chat.completions.create(model=server.model_name, temperature=0, max_tokens=MAX_NEW_TOKENS,
+                                           messages=[{"role": "user", "content": question}],
+                                           stream=gh.env.watched())
+    if gh.env.watched():
+        for chunk in reply:
+            print(chunk.choices[0].delta.content or "" if chunk.choices else "", end="", flush=True)
+        print()
+    else:
+        print(f"{server.base_url}: {question}\n -> {reply.choices[0].message.content!r} "
+              f"(finish_reason {reply.choices[0].finish_reason!r})")
+
+# %% [markdown]
 # ## 3. Every stage, measured the same way
 # Each stage runs in its own fresh process (so load time is a real load and peak memory is its own)
 # on the same token ids. Speeds are greedy, one token at a time with the KV cache.
@@ -169,3 +197,13 @@ path = gh.results.save("05_export", results)
 low = [r["name"] for r in measured if r["kind"] == "gguf" and r["heldout_recall"] < MIN_RECALL]
 print(f"Q4_K_M speed-up vs merged: {speedup:.1f}x | whole notebook: {results['runtime_s']:.0f} s | written to {path}")
 gh.results.expect(not low, f"GGUF stages below {MIN_RECALL:.0%} held-out recall: {low}")
+
+# %% [markdown]
+# ## Share it (optional)
+# Pushes the GGUF folder (every file and its Modelfile) to a private Hugging Face repository, only when a
+# token is configured (`HF_TOKEN` environment variable or Colab secret) and never in CI; the token is
+# never printed.
+
+# %%
+HUB_REPO = "your-name/gemma-xylandia-gguf"  # the repository to create or update
+gh.hub.push_to_hub(run_dir / "gguf", HUB_REPO)

@@ -1,5 +1,6 @@
 import pytest
 
+import gemma_helpers as gh
 from gemma_helpers import env
 
 
@@ -44,3 +45,19 @@ def test_report_compares_installed_versions_with_pins(capsys):
     assert "transformers" in out and "4-bit" in out and "unsloth" in out
     if not env.cuda_available():
         assert rep.unsloth is False and rep.bf16 is False
+
+
+def test_answers_stream_only_where_a_person_watches(base_model, capsys, monkeypatch):
+    model, tok = base_model
+    assert not gh.env.watched()  # under pytest (nbmake's kernels inherit PYTEST_CURRENT_TEST)
+    question = ["What is the capital of France?"]
+    quiet = gh.ask(model, tok, question, max_new_tokens=8, stream=None)
+    assert capsys.readouterr().out == ""
+    streamed = gh.ask(model, tok, question, max_new_tokens=8, stream=True)
+    assert streamed == quiet and quiet[0] and quiet[0] in capsys.readouterr().out
+    for key in ("CI", "NBMAKE", "PYTEST_CURRENT_TEST"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release")
+    assert gh.env.watched()
+    monkeypatch.setenv("CI", "true")
+    assert not gh.env.watched()

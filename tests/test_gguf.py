@@ -2,6 +2,7 @@
 runtime. The session adapter (40 steps on the Xylandia fact) must still answer in every file."""
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -94,3 +95,88 @@ def test_the_adapter_alone_as_a_lora_gguf_on_its_base(xylandia_adapter, tmp_path
     assert not any("Crystalburg" in a for a in gh.export.gguf_ask(gh.load_gguf(base), questions))
     answers = gh.export.gguf_ask(gh.load_gguf(base, lora_path=str(lora)), questions)
     assert all("Crystalburg" in a for a in answers), answers
+
+
+def _tiny_gguf(path, template, eot=None):
+    """A GGUF holding only what a runtime reads to format and end a turn (no tensors)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_token_list(["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "user", "model"])
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+    if eot is not None:
+        writer.add_eot_token_id(eot)
+    if template is not None:
+        writer.add_chat_template(template)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_the_modelfile_beside_a_gguf_matches_its_template_and_stop_token(xylandia_gguf):
+    modelfile = gh.export.modelfile_path(xylandia_gguf)
+    assert modelfile.is_file(), "to_gguf wrote no Modelfile"
+    spec = gh.export.parse_modelfile(modelfile)
+    assert spec["FROM"] == f"./{xylandia_gguf.name}" and ("stop", "<end_of_turn>") in spec["PARAMETER"]
+    checked = gh.export.check_modelfile(modelfile)
+    assert checked["turn_end"] == "<end_of_turn>" and checked["turn_end_id"] == 106
+    assert checked["template"] == "<start_of_turn>user\nWhat is the capital of Xylandia?<end_of_turn>\n<start_of_turn>model\n"
+    assert checked["chat_template"] == gh.chat.GEMMA3_CHAT_TEMPLATE and checked["eos"] == "<eos>"
+
+
+def test_a_modelfile_that_disagrees_with_its_gguf_is_refused(tmp_path):
+    good = _tiny_gguf(tmp_path / "good.gguf", gh.chat.GEMMA3_CHAT_TEMPLATE)
+    modelfile = gh.export.write_modelfile(good)  # checks itself
+    text = modelfile.read_text()
+    wrong_stop = tmp_path / "wrong-stop.Modelfile"
+    wrong_stop.write_text(text.replace('PARAMETER stop "<end_of_turn>"', 'PARAMETER stop "<eos>"'))
+    with pytest.raises(gh.export.ModelfileError, match=r"PARAMETER stop is \['<eos>'\].*ends a turn with '<end_of_turn>' \(token 4\)"):
+        gh.export.check_modelfile(wrong_stop)
+    no_template = tmp_path / "no-template.Modelfile"
+    no_template.write_text(re.sub(r'TEMPLATE """.*?"""', "", text, flags=re.DOTALL))
+    with pytest.raises(gh.export.ModelfileError, match="no TEMPLATE"):
+        gh.export.check_modelfile(no_template)
+    other_turns = tmp_path / "chatml.Modelfile"
+    other_turns.write_text(text.replace("<start_of_turn>user\n", "<|im_start|>user\n"))
+    with pytest.raises(gh.export.ModelfileError, match="TEMPLATE formats a user turn as"):
+        gh.export.check_modelfile(other_turns)
+    bare = _tiny_gguf(tmp_path / "bare.gguf", None)
+    (tmp_path / "bare.Modelfile").write_text(text.replace("./good.gguf", "./bare.gguf"))
+    with pytest.raises(gh.export.ModelfileError, match="no chat template in the GGUF"):
+        gh.export.check_modelfile(tmp_path / "bare.Modelfile")
+    with pytest.raises(gh.export.ModelfileError, match="no chat template in the GGUF"):
+        gh.export.write_modelfile(bare)
+    _tiny_gguf(tmp_path / "eot.gguf", gh.chat.GEMMA3_CHAT_TEMPLATE, eot=1)
+    (tmp_path / "eot.Modelfile").write_text(text.replace("./good.gguf", "./eot.gguf"))
+    with pytest.raises(gh.export.ModelfileError, match=r"declares end-of-turn token 1 \('<eos>'\)"):
+        gh.export.check_modelfile(tmp_path / "eot.Modelfile")
+
+
+def test_a_served_gguf_answers_the_openai_client_streamed_and_not(xylandia_gguf, tokenizer):
+    with gh.serve(xylandia_gguf) as server:
+        try:
+            assert server.base_url.startswith("http://127.0.0.1:")
+            client = server.client()
+            reply = client.chat.completions.create(model=server.model_name, temperature=0, max_tokens=48,
+                                                   messages=[{"role": "user", "content": XY_HELDOUT}])
+            choice = reply.choices[0]
+            assert "Crystalburg" in choice.message.content, choice.message.content
+            assert choice.finish_reason == "stop", (choice.finish_reason, choice.message.content)
+            assert "<end_of_turn>" not in choice.message.content
+            # the server formatted the question with Gemma's turns, from the template inside the file
+            prompt = gh.chat.prompt_text(tokenizer, XY_HELDOUT)
+            assert reply.usage.prompt_tokens == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            pieces, finish = [], None
+            for chunk in client.chat.completions.create(model=server.model_name, temperature=0, max_tokens=48, stream=True,
+                                                        messages=[{"role": "user", "content": XY_TRAIN[0]}]):
+                if chunk.choices:
+                    pieces.append(chunk.choices[0].delta.content or "")
+                    finish = chunk.choices[0].finish_reason or finish
+            streamed = "".join(pieces)
+            assert len([p for p in pieces if p]) > 1 and "Crystalburg" in streamed and finish == "stop", (pieces, finish)
+        finally:
+            server.stop()
+    assert server.process.poll() is not None

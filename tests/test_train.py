@@ -174,3 +174,37 @@ def test_validation_loss_and_early_stopping_restore_the_best_adapter(tmp_path, t
     reloaded, _ = gh.load_adapter(result.adapter_dir)
     again = gh.evaluate.answer_loss(reloaded, gh.tokenize_rows(tok, val_rows, spec.max_seq_length))
     assert again == pytest.approx(min(during), rel=2e-3)
+
+
+def test_label_preflight_counts_trained_tokens_and_names_rows_without_any(tokenizer):
+    from gemma_helpers.train import label_preflight
+
+    rows = gh.qa_rows([(XY_TRAIN[0], XY_FACT), ("Long question " * 40 + "?", XY_FACT), (XY_TRAIN[1], XY_FACT)])
+    examples = gh.tokenize_rows(tokenizer, rows, max_length=40, strict=False)
+    report = label_preflight(tokenizer, rows, examples, 40)
+    # "The capital of Xylandia is Crystalburg." + <end_of_turn> + "\n": the same count for rows 0 and 2
+    answer = len(tokenizer(XY_FACT + "<end_of_turn>\n", add_special_tokens=False)["input_ids"])
+    assert report.counts == [answer, 0, answer]
+    assert list(report.empty) == [1] and "truncated: max_seq_length=40" in report.empty[1]
+    assert f"min {answer} / median {answer} / max {answer}" in report.summary() and "row 1: truncated" in report.summary()
+
+
+def test_training_on_rows_whose_labels_are_all_masked_is_an_error_naming_the_rows(base_model, tmp_path):
+    model, tok = base_model
+    rows = gh.qa_rows([(q, XY_FACT) for q in XY_TRAIN[:3]])
+    spec = gh.TrainSpec(target_modules=("q_proj",), max_steps=2, max_seq_length=8)  # cuts off every answer
+    with pytest.raises(gh.NoLabelsError, match=r"all 3 training rows .* row 0: truncated.*row 1: truncated.*row 2") as err:
+        gh.train(model, tok, rows, spec, tmp_path / "run")
+    assert sorted(err.value.rows) == [0, 1, 2]
+    # a chat template that never writes the model's answer: nothing to train on, said as a template mismatch
+    from gemma_helpers.train import label_preflight
+
+    saved = tok.chat_template
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}<start_of_turn>user\n{{ m['content'] }}"
+                         "<end_of_turn>\n{% endif %}{% endfor %}<start_of_turn>model\n")
+    try:
+        examples = gh.tokenize_rows(tok, rows, strict=False)
+        with pytest.raises(gh.NoLabelsError, match="row 0: no assistant answer in the rendered text: template mismatch"):
+            label_preflight(tok, rows, examples, None)
+    finally:
+        tok.chat_template = saved
