@@ -80,10 +80,14 @@ class LabelReport:
     counts: list[int]
     empty: dict[int, str]  # row index -> why it has no trained token
 
-    def summary(self) -> str:
+    def spread(self) -> tuple[int, float, int]:
+        """Min, median and max trained tokens over the rows that have any."""
         trained = [c for c in self.counts if c] or [0]
-        line = (f"label preflight: {len(self.counts)} rows, trained tokens per row min {min(trained)} / "
-                f"median {statistics.median(trained):g} / max {max(trained)}")
+        return min(trained), statistics.median(trained), max(trained)
+
+    def summary(self) -> str:
+        low, mid, high = self.spread()
+        line = f"label preflight: {len(self.counts)} rows, trained tokens per row min {low} / median {mid:g} / max {high}"
         if self.empty:
             line += f"; {len(self.empty)} rows with none, left out: " + "; ".join(
                 f"row {i}: {why}" for i, why in list(self.empty.items())[:5]) + (" ..." if len(self.empty) > 5 else "")
@@ -379,8 +383,8 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
         print(report.summary().replace("label preflight:", f"label preflight ({name}):"))
         if name == "training":
             nonlocal labels
-            trained = [c for c in report.counts if c]
-            labels = f"{min(trained)} / {statistics.median(trained):g} / {max(trained)}"
+            low, mid, high = report.spread()
+            labels = f"{low} / {mid:g} / {high}"
         return Dataset.from_list([ex for i, ex in enumerate(examples) if i not in report.empty])
 
     dataset = as_dataset(rows, "training")
