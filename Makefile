@@ -33,12 +33,12 @@ demo: demo-setup
 
 # Unit tests, then every notebook executed headless with nbmake.
 test: setup
-	$(PY) -m pytest tests
-	$(PY) -m pytest --nbmake --nbmake-timeout=$(NB_TIMEOUT) notebooks
+	$(PY) -m pytest --durations=15 tests
+	$(PY) -m pytest --durations=0 --nbmake --nbmake-timeout=$(NB_TIMEOUT) notebooks
 	$(PY) -m gemma_helpers rehearse notebooks
 
 unit: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest --durations=15 tests
 
 bench: setup
 	$(PY) benchmarks/train_throughput.py
