@@ -305,6 +305,11 @@ def _error_text(text: str) -> str:
     return (head + "\n...\n" if head else "") + text[-1500:]
 
 
+def _text(output) -> str:
+    """What a timed-out subprocess had written (bytes or str or None)."""
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
+
+
 def run_notebooks(folder: str | Path, only: tuple[str, ...] = (), timeout: int = 900,
                   out: str | Path | None = None) -> dict:
     """Execute every notebook of ``folder`` with the GPU profile on the stand-ins, each in a fresh
@@ -327,8 +332,12 @@ def run_notebooks(folder: str | Path, only: tuple[str, ...] = (), timeout: int =
     for name in notebooks:
         started = time.time()
         print(f"rehearsing {name} ...", flush=True)
-        done = subprocess.run([sys.executable, "-m", "gemma_helpers", "run", str(scratch / "notebooks" / name)],
-                              cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        try:
+            done = subprocess.run([sys.executable, "-m", "gemma_helpers", "run", str(scratch / "notebooks" / name)],
+                                  cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as late:  # one slow notebook is an entry, not the end of the report
+            done = subprocess.CompletedProcess(late.cmd, returncode=-1, stdout="",
+                                               stderr=f"{_text(late.stderr)}\n{name}: timed out after {timeout} s")
         seconds = round(time.time() - started, 1)
         entry = {"notebook": name.removesuffix(".ipynb"), "status": "ok" if done.returncode == 0 else "error",
                  "seconds": seconds}

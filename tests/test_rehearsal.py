@@ -1,4 +1,6 @@
 """The GPU-profile rehearsal's switch and stand-ins (the runner itself runs in `make test`)."""
+from pathlib import Path
+
 import pytest
 
 import gemma_helpers as gh
@@ -50,3 +52,31 @@ def test_arxiv_stand_ins_download_and_pass_the_title_check(rehearsing, tmp_path)
     assert all(p.source.startswith("http://127.0.0.1:") for p in papers)
     corpus = gp.collect(papers[:3], tmp_path / "pdf", progress=False)
     assert [r["status"] for r in corpus.report] == ["ok"] * 3, corpus.report
+
+
+def test_a_notebook_past_its_timeout_is_an_entry_and_the_others_still_run(tmp_path, monkeypatch):
+    import subprocess
+
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for name in ("00_fast.ipynb", "01_slow.ipynb"):
+        (notebooks / name).write_text("{}")
+    ran = []
+
+    def fake_run(cmd, **kwargs):  # the kernel's side: 01 never returns within the timeout
+        ran.append(Path(cmd[-1]).name)
+        if cmd[-1].endswith("01_slow.ipynb"):
+            raise subprocess.TimeoutExpired(cmd, kwargs["timeout"], stderr=b"still training")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(rehearsal, "_scratch_repo", lambda root, scratch: tmp_path)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    report = rehearsal.run_notebooks(notebooks, timeout=7, out=tmp_path / "results")
+    entries = {e["notebook"]: e for e in report["notebooks"]}
+    assert ran == ["00_fast.ipynb", "01_slow.ipynb"]
+    assert entries["00_fast"]["status"] == "ok"
+    assert entries["01_slow"]["status"] == "error"
+    assert "01_slow.ipynb: timed out after 7 s" in entries["01_slow"]["error"]
+    assert "still training" in entries["01_slow"]["error"]
+    assert (tmp_path / "results" / "rehearsal.json").is_file()
