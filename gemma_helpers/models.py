@@ -450,7 +450,18 @@ def load_vision_model(name: str = TINY_VISION, load_in_4bit: bool = True, max_se
         if load_in_4bit:
             kwargs["quantization_config"] = bnb_config(env.train_dtype())
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-        processor = AutoProcessor.from_pretrained(path)
+        if load_in_4bit:
+            keep_4bit_trainable(model)
+        from transformers.utils import is_torchvision_available
+
+        if model.config.model_type == "gemma4" and not is_torchvision_available():
+            # AutoProcessor cannot build Gemma4Processor without torchvision (its video processor needs
+            # it; CPU-only installs such as CI's lack it): the same parts, video slot empty
+            from .rehearsal import gemma4_processor
+
+            processor = gemma4_processor(path)
+        else:
+            processor = AutoProcessor.from_pretrained(path)
     check_vocab(model, processor.tokenizer)
     return model, processor
 

@@ -21,8 +21,10 @@ edited for it. unsloth's calls and CUDA kernels are not executed: each is announ
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -163,18 +165,183 @@ def gemma3n_text_checkpoint(folder: str | Path, hidden_size: int = 64, layers: i
     return _save(folder, model, tok, "Gemma 3n text decoder, 262,400 embedding rows")
 
 
-def gemma4_checkpoint(folder: str | Path, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """A random-weight ``Gemma4ForConditionalGeneration`` with its ``Gemma4Processor``: not buildable here.
+# Gemma 4's multimodal tokens at the ids its config names (``Gemma4Config``'s defaults, the real
+# checkpoints' ids) and its turn markers at Gemma 3's turn ids: id -> (the embedded Gemma 3
+# tokenizer's token there, Gemma 4's)
+GEMMA4_TOKENS = {105: ("<start_of_turn>", "<|turn>"), 106: ("<end_of_turn>", "<turn|>"),
+                 255999: ("<start_of_image>", "<|image>"), 256000: ("<end_of_image>", "<|audio>"),
+                 258880: ("<unused2978>", "<|image|>"), 258881: ("<unused2979>", "<|audio|>"),
+                 258882: ("<unused2980>", "<image|>"), 258883: ("<unused2981>", "<audio|>"),
+                 258884: ("<unused2982>", "<|video|>")}
+GEMMA4_ROLES = {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
+                "audio_token": "<|audio|>", "boa_token": "<|audio>", "eoa_token": "<audio|>"}
+# Gemma 4's turn format (``<|turn>role ... <turn|>``, the assistant as ``model``, ``<|image|>`` where an
+# image goes); E2B / E4B's generation prompt is the bare ``<|turn>model`` opener. The stand-in has no
+# thinking mode and says so rather than render a thought channel its vocabulary lacks.
+GEMMA4_CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- if enable_thinking is defined and enable_thinking -%}"
+    "{{- raise_exception('the Gemma 4 rehearsal stand-in has no thinking mode') -}}{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{- '<|turn>' + role + '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] | trim -}}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'text' -%}{{- item['text'] | trim -}}"
+    "{%- elif item['type'] == 'image' -%}{{- '\\n\\n<|image|>\\n\\n' -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<turn|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|turn>model\\n' -}}{%- endif -%}")
 
-    transformers 5.17's ``processing_gemma4`` imports ``image_processing_gemma4``, which imports
-    torchvision unconditionally; PyPI's torchvision wheels are CUDA builds that do not load next to the
-    CPU build of torch this environment uses, and the CPU wheel index cannot be reached."""
-    import importlib.util
 
-    if importlib.util.find_spec("torchvision") is None:
-        raise StandInUnavailable("rehearsal: no Gemma 4 stand-in: transformers' Gemma4Processor imports torchvision, "
-                           "which is not installed here (PyPI has no CPU build for this torch)")
-    raise NotImplementedError("rehearsal: the Gemma 4 stand-in is not written yet")
+def gemma4_tokenizer():
+    """The embedded Gemma 3 tokenizer (262,144 entries) with Gemma 4's multimodal and turn tokens at
+    their ids (:data:`GEMMA4_TOKENS`), its ``image_token`` / ``boi_token`` / ... roles, which
+    ``Gemma4Processor`` reads, and a chat template in Gemma 4's turn format."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    src = embedded_path()
+    # renamed in the file's text (each token is written twice: its vocabulary entry and its added-token
+    # entry), which is what a fresh tokenizer then reads; parsing the 33 MB JSON would cost seconds
+    text = (src / "tokenizer.json").read_text(encoding="utf-8")
+    for old, new in GEMMA4_TOKENS.values():
+        if text.count(f'"{old}"') != 2:
+            raise ValueError(f"{src / 'tokenizer.json'}: expected {old!r} twice (vocabulary and added tokens)")
+        text = text.replace(f'"{old}"', f'"{new}"')
+        # and special, as Gemma 4's are (Gemma 3's image markers are not)
+        text = re.sub(rf'("content": "{re.escape(new)}",[^{{}}]*?"special": )false', r"\1true", text)
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "tokenizer.json").write_text(text, encoding="utf-8")
+        shutil.copy(src / "tokenizer_config.json", tmp)
+        tok = AutoTokenizer.from_pretrained(tmp, extra_special_tokens=GEMMA4_ROLES)
+    tok.chat_template = GEMMA4_CHAT_TEMPLATE
+    if tok.pad_token is None:
+        tok.pad_token = "<pad>"
+    placed = {tid: tok.convert_tokens_to_ids(new) for tid, (_, new) in GEMMA4_TOKENS.items()}
+    if any(tid != at for tid, at in placed.items()):
+        raise ValueError(f"Gemma 4 stand-in tokenizer: tokens at the wrong ids: {placed}")
+    return tok
+
+
+def gemma4_processor_class():
+    """transformers' ``Gemma4Processor``, imported also where torchvision is missing.
+
+    transformers 5.17's ``processing_gemma4`` imports two names from ``image_processing_gemma4`` (the
+    torchvision image processor): the ``Gemma4ImageProcessorKwargs`` typed dict and the pure-arithmetic
+    ``get_aspect_ratio_preserving_size``. ``image_processing_pil_gemma4`` (the PIL backend) defines both,
+    with the same source (a test compares them). Without torchvision the first module cannot be imported, so
+    its name is bound to the second one before the import; with torchvision nothing is changed."""
+    import sys
+
+    from transformers.utils import is_torchvision_available
+
+    name = "transformers.models.gemma4.image_processing_gemma4"
+    if not is_torchvision_available() and name not in sys.modules:
+        from transformers.models.gemma4 import image_processing_pil_gemma4
+
+        sys.modules[name] = image_processing_pil_gemma4
+    from transformers.models.gemma4.processing_gemma4 import Gemma4Processor
+
+    return Gemma4Processor
+
+
+def gemma4_processor(path: str | Path):
+    """The ``Gemma4Processor`` of a checkpoint folder, loaded where torchvision is missing.
+
+    ``AutoProcessor.from_pretrained`` cannot do it there: the processor has a video slot, and
+    ``Gemma4VideoProcessor`` (like every transformers video processor) is built on torchvision; in
+    transformers 5.17 ``AutoImageProcessor`` itself requires torchvision. This loads the parts from
+    the folder with their own classes (the tokenizer through ``AutoTokenizer``, the PIL backend of the
+    image processor, ``Gemma4ImageProcessorPil``, and the audio feature extractor) and the folder's
+    ``processor_config.json`` into ``Gemma4Processor`` with its video slot empty: a subclass that
+    changes nothing but accepting ``video_processor=None``. Images and text go through
+    ``Gemma4Processor``'s own code; a call with ``videos=`` fails (video is not used by the series)."""
+    from transformers import AutoTokenizer
+    from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
+    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
+
+    without_video = _gemma4_processor_without_video()
+    processor_dict, kwargs = without_video.get_processor_dict(str(path))
+    parts = [Gemma4AudioFeatureExtractor.from_pretrained(path), Gemma4ImageProcessorPil.from_pretrained(path),
+             AutoTokenizer.from_pretrained(path), None]
+    return without_video.from_args_and_dict(parts, processor_dict, **kwargs)
+
+
+@functools.cache
+def _gemma4_processor_without_video():
+    """``Gemma4Processor`` that accepts ``video_processor=None`` (see :func:`gemma4_processor`)."""
+    base = gemma4_processor_class()
+
+    class Gemma4ProcessorWithoutVideo(base):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+        def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+            """What ``ProcessorMixin.save_pretrained`` writes (the tokenizer, the chat template,
+            ``processor_config.json`` with the other parts and ``processor_class: Gemma4Processor``),
+            less the empty video slot, which that method cannot skip."""
+            if push_to_hub:
+                raise ValueError("a Gemma4Processor without its video processor is not pushed to the hub")
+            save_directory = Path(save_directory)
+            save_directory.mkdir(parents=True, exist_ok=True)
+            self.tokenizer.save_pretrained(save_directory)
+            if isinstance(self.chat_template, str):
+                (save_directory / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
+            config = {k: v for k, v in self.to_dict().items() if v is not None}
+            config["processor_class"] = base.__name__
+            path = save_directory / "processor_config.json"
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            return [str(path)]
+
+    return Gemma4ProcessorWithoutVideo
+
+
+def gemma4_checkpoint(folder: str | Path, hidden_size: int = 64, layers: int = 2, seed: int = 0,
+                      init_range: float = 0.2) -> Path:
+    """A random-weight ``Gemma4ForConditionalGeneration`` (Gemma 4's vision encoder at a small width,
+    its text decoder with per-layer inputs, 262,144 embedding rows; no audio tower) with its processor:
+    :func:`gemma4_tokenizer`, ``Gemma4ImageProcessorPil`` at the real settings (patch 16, pooling 3,
+    280 soft tokens per image) and Gemma 4's audio feature extractor, saved as a safetensors folder in
+    the real checkpoint's layout (``processor_config.json`` names ``Gemma4Processor``). No video
+    processor is saved: it needs torchvision (see :func:`gemma4_processor`)."""
+    import torch
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration
+    from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
+    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
+
+    folder = Path(folder)
+    if (folder / ".complete").exists():
+        return folder
+    tok = gemma4_tokenizer()
+    text = {"vocab_size": REAL_VOCAB, "vocab_size_per_layer_input": REAL_VOCAB, "hidden_size": hidden_size,
+            "hidden_size_per_layer_input": 16, "intermediate_size": 2 * hidden_size, "num_hidden_layers": layers,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32, "global_head_dim": 32,
+            "sliding_window": 128, "layer_types": _layer_types(layers), "pad_token_id": tok.pad_token_id,
+            "bos_token_id": tok.bos_token_id, "eos_token_id": [tok.eos_token_id, tok.convert_tokens_to_ids("<turn|>")],
+            "initializer_range": init_range}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "num_key_value_heads": 2, "head_dim": 16, "patch_size": 16, "pooling_kernel_size": 3,
+              "position_embedding_size": 1024}
+    ids = {role.replace("_token", "_token_id"): tok.convert_tokens_to_ids(t) for role, t in GEMMA4_ROLES.items()}
+    config = Gemma4Config(text_config=text, vision_config=vision, audio_config=None,
+                          image_token_id=ids["image_token_id"], boi_token_id=ids["boi_token_id"],
+                          eoi_token_id=ids["eoi_token_id"], audio_token_id=ids["audio_token_id"],
+                          boa_token_id=ids["boa_token_id"], eoa_token_index=ids["eoa_token_id"],
+                          video_token_id=tok.convert_tokens_to_ids("<|video|>"))
+    torch.manual_seed(seed)
+    model = Gemma4ForConditionalGeneration(config).float()
+    model.generation_config.eos_token_id = text["eos_token_id"]
+    model.generation_config.pad_token_id = tok.pad_token_id
+    processor = _gemma4_processor_without_video()(
+        feature_extractor=Gemma4AudioFeatureExtractor(), image_processor=Gemma4ImageProcessorPil(), tokenizer=tok,
+        video_processor=None, chat_template=tok.chat_template)
+    return _save(folder, model, processor, "Gemma 4 (vision + text, no audio tower), 262,144 embedding rows, "
+                 "Gemma4Processor without its video processor")
 
 
 def _save(folder: Path, model, processor, what: str) -> Path:

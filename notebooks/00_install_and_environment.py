@@ -23,7 +23,7 @@
 #
 # | where | command | what it keeps |
 # | --- | --- | --- |
-# | Colab (T4) | `pip install -r requirements-colab.txt` then `pip install --no-deps -e .` | Colab's own CUDA torch; adds transformers 5.17.0, trl 1.15.0, peft, datasets 4.x, bitsandbytes, then unsloth 2026.10.9 |
+# | Colab (T4) | the setup cell: `pip install -c colab-constraints.txt -r requirements-colab.txt` (the constraints pin Colab's installed torch, torchvision, torchaudio) then `pip install --no-deps -e .` | Colab's own CUDA torch; adds transformers 5.17.0, trl 1.15.0, peft, datasets 4.x, bitsandbytes, then unsloth 2026.10.7 (2026.10.8 and .9 need a certifi the package index lacks) |
 # | local CPU venv / CI | `make setup` (= `pip install -r requirements-local.txt` then `pip install --no-deps -e .`) | torch 2.13.0 CPU build, the same Hugging Face pins, no unsloth |
 #
 # unsloth 2026.10.x caps transformers at 5.17.0 and trl at 1.15.0 and wants datasets below 5, so

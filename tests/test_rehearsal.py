@@ -57,7 +57,6 @@ def test_arxiv_stand_ins_download_and_pass_the_title_check(rehearsing, tmp_path)
 def test_a_notebook_past_its_timeout_is_an_entry_and_the_others_still_run(tmp_path, monkeypatch):
     import subprocess
 
-
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     for name in ("00_fast.ipynb", "01_slow.ipynb"):
@@ -80,3 +79,70 @@ def test_a_notebook_past_its_timeout_is_an_entry_and_the_others_still_run(tmp_pa
     assert "01_slow.ipynb: timed out after 7 s" in entries["01_slow"]["error"]
     assert "still training" in entries["01_slow"]["error"]
     assert (tmp_path / "results" / "rehearsal.json").is_file()
+
+
+def test_gemma4_stand_in_processes_an_image_and_trains_a_step_without_torchvision(tmp_path):
+    """The Gemma 4 stand-in loads through load_vision_model's GPU-profile branch: the real
+    Gemma4ForConditionalGeneration and Gemma4Processor (PIL image processor, Gemma 4's image tokens
+    at the real ids); one processor call expands the image, and one forward / backward step reaches
+    the vision tower through the image features."""
+    import torch
+    from PIL import Image
+    from transformers.utils import is_torchvision_available
+
+    from gemma_helpers.chat import IGNORE_INDEX, VisionCollator
+
+    folder = rehearsal.gemma4_checkpoint(tmp_path / "gemma-4-e4b-it")
+    model, processor = gh.models.load_vision_model(str(folder), load_in_4bit=False)
+    assert type(model).__name__ == "Gemma4ForConditionalGeneration"
+    assert isinstance(processor, rehearsal.gemma4_processor_class())
+    if not is_torchvision_available():
+        assert type(processor.image_processor).__name__ == "Gemma4ImageProcessorPil"
+    tok = processor.tokenizer
+    assert (tok.image_token_id, tok.convert_tokens_to_ids(tok.boi_token), tok.convert_tokens_to_ids(tok.eoi_token)) \
+        == (model.config.image_token_id, model.config.boi_token_id, model.config.eoi_token_id) == (258880, 255999, 258882)
+    assert gh.models.embedding_rows(model) == len(tok) == rehearsal.REAL_VOCAB
+
+    frame = Image.fromarray(torch.arange(96 * 96 * 3, dtype=torch.uint8).reshape(96, 96, 3).numpy())
+    row = {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What moves?"}]},
+                        {"role": "assistant", "content": "the square"}]}
+    batch = VisionCollator(processor, lambda r: [frame])([row])
+    ids = batch["input_ids"][0]
+    # the processor expands the one <|image|> into boi, one placeholder per image feature, eoi
+    n_image = int((ids == tok.image_token_id).sum())
+    assert n_image > 1 and int((ids == model.config.boi_token_id).sum()) == 1
+    assert int(batch["mm_token_type_ids"][0].sum()) == n_image
+    assert tok.decode(batch["labels"][0][batch["labels"][0] != IGNORE_INDEX]) == "the square<turn|>"
+    with torch.no_grad():
+        features = model.get_image_features(batch["pixel_values"], batch["image_position_ids"]).pooler_output
+    assert [tuple(f.shape) for f in features] == [(n_image, model.config.text_config.hidden_size)]
+
+    model.train()
+    out = model(**batch)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    vision = [p.grad for n, p in model.named_parameters() if "vision_tower" in n and p.requires_grad]
+    assert vision and any(g is not None and g.abs().sum() > 0 for g in vision)  # the image reached the loss
+
+
+def test_gemma4_processor_import_without_torchvision_binds_names_of_the_same_source():
+    """Without torchvision, rehearsal.gemma4_processor_class binds the torchvision image processor's
+    module name to the PIL one; processing_gemma4 imports two names from it, which must be the same
+    code in both files (a transformers upgrade that lets them differ fails here)."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import transformers.models.gemma4 as gemma4
+
+    folder = Path(gemma4.__file__).parent
+    wanted = set(re.search(r"from \.image_processing_gemma4 import ([\w, ]+)",
+                           (folder / "processing_gemma4.py").read_text()).group(1).replace(" ", "").split(","))
+    assert wanted == {"Gemma4ImageProcessorKwargs", "get_aspect_ratio_preserving_size"}
+
+    def sources(name):
+        text = (folder / name).read_text()
+        return {n.name: ast.get_source_segment(text, n) for n in ast.parse(text).body if getattr(n, "name", None) in wanted}
+
+    assert sources("image_processing_gemma4.py") == sources("image_processing_pil_gemma4.py")
+    assert set(sources("image_processing_pil_gemma4.py")) == wanted
