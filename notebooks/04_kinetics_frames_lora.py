@@ -24,7 +24,10 @@
 # - the logged loss is the mean per-token loss (the tests check it against a hand computation with
 #   gradient accumulation 8);
 # - clips are split into train and held-out **by clip**, and held-out exact match / token F1 are measured
-#   before and after training.
+#   before and after training;
+# - the same adapter then answers the held-out questions with frames from *other* held-out clips: if its
+#   answers come from the frames, its score falls back to the most-common-answer bar. The last cell says, from
+#   the measured figures, whether that was shown.
 #
 # On a GPU it trains the real `google/gemma-4-e4b-it` (4-bit, unsloth) on clips you supply. On CPU (CI) it
 # writes synthetic clips of moving shapes with PyAV and trains a tiny random-weight
