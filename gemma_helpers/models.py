@@ -409,6 +409,9 @@ def tiny_vision_model(seed: int = 0, image_size: int = 64, patch_size: int = 8, 
     layer_types = (["sliding_attention", "full_attention"] * layers)[:layers]
     text = {"vocab_size": len(tok), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
             "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": 1, "head_dim": 32,
+            # attention scores are scaled by query_pre_attn_scalar ** -0.5 after q/k are RMS-normalised; every
+            # real Gemma 3 sets it to its head_dim (the default, 256, would cap a 32-wide head's scores at +-2)
+            "query_pre_attn_scalar": 32,
             "sliding_window": 128, "layer_types": layer_types, "pad_token_id": tok.pad_token_id,
             "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
             # wider than the real 0.02: with the tied 262k-row head of a 64-wide model, 0.02 caps the

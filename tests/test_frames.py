@@ -15,7 +15,7 @@ def test_sample_frames_are_evenly_spaced_and_resized(tmp_path):
     frames = F.sample_frames(clip, n=4, size=32)
     assert len(frames) == 4 and all(f.size == (32, 32) and f.mode == "RGB" for f in frames)
     xs = [centre_x(f) for f in frames]
-    assert xs == sorted(xs) and xs[-1] - xs[0] > 10  # first to last frame: the shape moved right
+    assert xs == sorted(xs) and xs[-1] - xs[0] > 8  # first to last frame: the shape moved right (a quarter of the frame)
     # evenly spaced over 10 frames: indices 0, 3, 6, 9 -> equal steps in position
     steps = np.diff(xs)
     assert steps.max() - steps.min() < 3
@@ -49,3 +49,19 @@ def test_split_is_by_clip_and_covers_every_action(tmp_path):
     assert not {r["clip"] for r in train} & {r["clip"] for r in held}
     assert {F.answer_of(r) for r in held} == {"left", "up", "grow"}
     assert len(train) + len(held) == len(rows)
+
+
+def test_swapped_frames_come_from_another_clip_and_keep_the_question(tmp_path):
+    rows = [F.row([f"frames/{a}{i}/frame_{k}.jpg" for k in range(4)], a, f"{a}{i}")
+            for a in ("left", "up", "grow") for i in range(3)]
+    swapped = F.swap_frames(rows, seed=3)
+    assert [F.answer_of(r) for r in swapped] == [F.answer_of(r) for r in rows]
+    assert all(s["frames_from"] != r["clip"] for s, r in zip(swapped, rows))  # nobody keeps its own frames
+    assert sorted(s["frames_from"] for s in swapped) == sorted(r["clip"] for r in rows)  # each donor once
+    for s in swapped:
+        user = s["messages"][0]["content"]
+        assert [p["type"] for p in user] == ["image"] * 4 + ["text"] and user[-1]["text"] == F.PROMPT
+        assert all(p["image"].startswith(f"frames/{s['frames_from']}/") for p in user[:4])
+    assert rows[0]["messages"][0]["content"][0]["image"] == "frames/left0/frame_0.jpg"  # the originals untouched
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        F.swap_frames(rows[:1])

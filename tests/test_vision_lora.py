@@ -48,6 +48,28 @@ def test_labels_decode_to_exactly_the_answers(tiny, clip_rows):
     assert features.float().std() > 0.1  # the frozen vision path does carry the images to the language model
 
 
+def test_the_frames_reach_the_answer_logits(tiny, clip_rows):
+    """What notebook 04's ablation relies on: the same text with another clip's frames changes the logits
+    that predict the answer (a collator that dropped the images, or a projector left at its zero init, would not)."""
+    import torch
+
+    model, processor = tiny
+    rows, load = clip_rows
+    collate = VisionCollator(processor, load)
+    own, other = collate(rows[:3]), collate(F.swap_frames(rows[:3], seed=0))
+    assert own["input_ids"].equal(other["input_ids"]) and not own["pixel_values"].equal(other["pixel_values"])
+
+    def logits(batch):
+        with torch.no_grad():
+            return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+    first = (own["labels"] != IGNORE_INDEX).int().argmax(1) - 1  # the position that predicts the first answer token
+    at = torch.arange(3)
+    mine, theirs = logits(own)[at, first], logits(other)[at, first]
+    assert ((mine - theirs).abs().amax(-1) > 0.05).all(), (mine - theirs).abs().amax(-1)
+    assert torch.equal(logits(collate(rows[:3]))[at, first], mine)  # same frames, same logits: the change is the frames'
+
+
 @pytest.fixture(scope="module")
 def gemma4_tokenizer(tokenizer):
     """The embedded tokenizer plus Gemma 4's turn and channel tokens (copied once: the session one stays as it is)."""
