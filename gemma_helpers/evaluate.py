@@ -336,9 +336,11 @@ def answer_rows(model, processor, rows: Sequence[dict], load_images, max_new_tok
     import torch
 
     from .chat import prompt_and_target
+    from .rehearsal import cut_tokens
 
     tok = getattr(processor, "tokenizer", processor)
     device = next(model.parameters()).device
+    max_new_tokens = cut_tokens(max_new_tokens)  # the GPU-profile rehearsal only: a few tokens
     answers = []
     with _eval_mode(model), torch.inference_mode():
         for row in rows:
