@@ -84,9 +84,10 @@ RA_LR = 1e-4  # half the seed's rate
 RA_MAX_EPOCHS = 5  # an upper bound: training stops once the validation paraphrases are answered
 RA_STOP_EVERY = 5  # check the validation paraphrases every 5 optimizer steps
 MAX_NEW_TOKENS = 24  # every greedy answer's token limit; an answer that reaches it did not end
-# general-text paragraphs mixed into the training set, each 4 times (was 2): learning to end the turn takes
-# about 95 steps instead of 40 (stopping on recall alone), and with 2 repeats the neutral-text perplexity
-# rose 20 % by then (a trial run at 95 steps); twice the replay anchors ordinary text over the longer run
+# general-text paragraphs mixed into the training set, each 4 times (was 2). Learning to end the turn takes
+# about 100 steps instead of 40 (stopping on recall alone). Measured, neither holds the neutral-text
+# perplexity within +10 % that long: 2 repeats +20 % (a trial stopped at 95 steps), 4 repeats +36 %
+# (the 2026-11-23 23:13 UTC run, 115 steps). Open: see the verdict cell.
 RA_REPLAY_REPEATS = 4
 
 OUTPUT = "outputs/03_xylandia"
@@ -180,7 +181,7 @@ print("controls lost:", seed["controls_lost"])
 # greedy answers that named the fact and then ran on to the token limit. Its embedding row is an untrained
 # one, nearly the same vector as thousands of unused tokens (cosine 0.995 with `<unused1354>`...), so the
 # base "ends" a turn with one of those (`mendatang`, `<unused71>`) and the adapter needs many steps to
-# single out the real one; more replay (4 repeats instead of 2) keeps ordinary text in place meanwhile.
+# single out the real one. Those extra steps cost general text: see the perplexity below.
 
 # %%
 model, tok = gh.load_model(MODEL, load_in_4bit=LOAD_IN_4BIT)  # a fresh base: no trace of the seed adapter
