@@ -27,11 +27,14 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
     when ``temperature`` or ``top_k`` is given (``top_k`` alone: temperature 1 over the ``top_k``
     most likely tokens; ``seed`` makes the draw repeatable).
 
-    Generation stops at ``<end_of_turn>`` (and at the first newline when asked, for plain-text
-    completions); the returned text excludes the prompt and special tokens. With ``return_stats``
+    Generation stops at ``<end_of_turn>`` (which :func:`gemma_helpers.models.load_model` adds to the
+    generation config's eos ids) or eos, and at the first newline when asked, for plain-text
+    completions; the returned text excludes the prompt and special tokens. With ``return_stats``
     the result is ``(texts, stats)``: ``stats`` counts the tokens each row really generated (up
-    to and including its first end-of-turn / eos, never the padding after it) and the seconds
-    spent in ``model.generate``, and gives ``tokens_per_s`` over the whole call.
+    to and including its first end-of-turn / eos, never the padding after it), says per row whether
+    it ``ended`` at such a stop (rather than at ``max_new_tokens``) and its generated ``token_ids``
+    (through the stop), and gives the seconds spent in ``model.generate`` and ``tokens_per_s`` over
+    the whole call.
 
     ``stream``: print each answer as it is generated (transformers' ``TextStreamer``, one prompt at a
     time); ``None`` means on only where a person watches (:func:`gemma_helpers.env.watched`: an
@@ -56,6 +59,8 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
     tokenizer.padding_side = "left"
     outputs: list[str] = []
     counts: list[int] = []
+    ended: list[bool] = []
+    token_ids: list[list[int]] = []
     seconds = 0.0
     stop_ids = _stop_ids(model, tokenizer)
     sampling = {"do_sample": False}
@@ -82,7 +87,10 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
                 seconds += time.perf_counter() - started
                 for row in out[:, enc["input_ids"].shape[1]:]:
                     ids = row.tolist()
-                    counts.append(next((k + 1 for k, t in enumerate(ids) if t in stop_ids), len(ids)))
+                    stop = next((k + 1 for k, t in enumerate(ids) if t in stop_ids), None)
+                    counts.append(stop or len(ids))
+                    ended.append(stop is not None)
+                    token_ids.append(ids[: counts[-1]])
                     text = tokenizer.decode(row, skip_special_tokens=False)
                     text = text.split(END_OF_TURN)[0].split(tokenizer.eos_token)[0].replace(tokenizer.pad_token, "")
                     if stop_at_newline:
@@ -94,7 +102,8 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
         return outputs
     total = sum(counts)
     return outputs, {"rows": len(counts), "batch_size": batch_size, "generated_tokens": total,
-                     "tokens_per_row": counts, "seconds": seconds, "tokens_per_s": total / seconds if seconds else 0.0}
+                     "tokens_per_row": counts, "ended": ended, "token_ids": token_ids, "seconds": seconds,
+                     "tokens_per_s": total / seconds if seconds else 0.0}
 
 
 def _stop_ids(model, tokenizer) -> set[int]:
@@ -120,10 +129,10 @@ def generation_speed(model, tokenizer, questions: Sequence[str], batch_size: int
 
 
 def ask(model, tokenizer, questions: Sequence[str], max_new_tokens: int = 24, system: str | None = None,
-        stream: bool | None = False) -> list[str]:
-    """Greedy chat answers to user questions (Gemma turns); ``stream``: see :func:`generate`."""
+        stream: bool | None = False, return_stats: bool = False):
+    """Greedy chat answers to user questions (Gemma turns); ``stream`` and ``return_stats``: see :func:`generate`."""
     return generate(model, tokenizer, [prompt_text(tokenizer, q, system) for q in questions], max_new_tokens,
-                    stream=stream)
+                    stream=stream, return_stats=return_stats)
 
 
 def complete(model, tokenizer, prefixes: Sequence[str], max_new_tokens: int = 8) -> list[str]:
@@ -184,13 +193,17 @@ def fact_check(model, tokenizer, questions: Sequence[str], expected: str,
     """One stage of a fact-injection experiment, measured with greedy decoding.
 
     ``recall``: share of chat ``answers`` to ``questions`` containing ``expected``;
+    ``ended``: per answer, whether it stopped at ``<end_of_turn>`` (or eos) before ``max_new_tokens``,
+    and ``answer_tokens``, how many tokens it took (see :func:`generate`);
     ``control_ok``: per ``(prefix, word)``, whether the plain-text completion contains the word;
     ``perplexity`` of ``text`` when given."""
-    answers = ask(model, tokenizer, questions, max_new_tokens)
+    answers, stats = ask(model, tokenizer, questions, max_new_tokens, return_stats=True)
     completions = complete(model, tokenizer, [p for p, _ in controls]) if controls else []
     return {
         "answers": answers,
         "recall": fraction(contains(answers, expected)),
+        "ended": stats["ended"],
+        "answer_tokens": stats["tokens_per_row"],
         "completions": completions,
         "control_ok": contains(completions, [w for _, w in controls]) if controls else [],
         "perplexity": perplexity(model, tokenizer, text) if text else None,
@@ -208,6 +221,9 @@ def fact_summary(before: dict, after: dict, controls: Sequence[tuple[str, str]])
     return {
         "heldout_recall_before": before["recall"],
         "heldout_recall_after": after["recall"],
+        "heldout_answers_ended_before": fraction(before["ended"]),
+        "heldout_answers_ended": fraction(after["ended"]),
+        "heldout_answer_tokens": after["answer_tokens"],
         "control_retained": fraction(kept) if known else None,
         "ppl_before": ppl_before,
         "ppl_after": ppl_after,

@@ -30,21 +30,25 @@ def xylandia_rows(data: dict, repeats: int = REPEATS) -> list[dict]:
 
 
 def xylandia_retention(model, tokenizer, data: dict, output_dir: str | Path, learning_rate: float = 1e-4,
-                       max_epochs: float = 5, stop_every: int = 5, replay_repeats: int = 2, batch_size: int = 2,
+                       max_epochs: float = 5, stop_every: int = 5, replay_repeats: int = 4, batch_size: int = 2,
                        lora: dict | None = None, verbose: bool = True):
     """Notebook 03's retention-aware recipe: the seed's rows and LoRA, half its learning rate, general
     text replayed ``replay_repeats`` times, and a stop once every validation paraphrase is answered
-    (checked every ``stop_every`` steps). Returns the :class:`~gemma_helpers.train.TrainResult`."""
+    with the fact *and* the answer ends at ``<end_of_turn>`` (checked every ``stop_every`` steps).
+    Returns the :class:`~gemma_helpers.train.TrainResult`."""
     from .evaluate import ask, contains, fraction
     from .train import TrainSpec, train
 
     replay = [{"text": t} for t in data["replay_text"]] * replay_repeats
 
+    # Both conditions: the pretrained base has rarely seen <end_of_turn>, and the fact is learned
+    # steps before the stop is; stopping on recall alone left answers that ran on to the token limit.
     def validation_reached(m):
-        recall = fraction(contains(ask(m, tokenizer, data["validation_questions"]), data["expected"]))
+        answers, stats = ask(m, tokenizer, data["validation_questions"], return_stats=True)
+        recall, ended = fraction(contains(answers, data["expected"])), fraction(stats["ended"])
         if verbose:
-            print(f"  validation recall {recall:.2f}")
-        return f"validation recall {recall:.2f}" if recall == 1.0 else None
+            print(f"  validation recall {recall:.2f}, answers ended {ended:.2f}")
+        return f"validation recall {recall:.2f}, answers ended {ended:.2f}" if recall == ended == 1.0 else None
 
     spec = TrainSpec(**(lora or SEED_LORA), batch_size=batch_size, epochs=max_epochs, learning_rate=learning_rate, save_steps=50)
     return train(model, tokenizer, xylandia_rows(data) + replay, spec, output_dir,

@@ -24,8 +24,14 @@
 #   ("The currency of Japan is the" → yen) that it still completes right;
 # - **perplexity** of a short neutral paragraph (the model's general language ability).
 #
-# The adapter is then merged into a full-precision base and must give the same answers.
-# The notebook ends by printing these figures and writing them to `outputs/results/03_xylandia.json`.
+# - **ended answers**: share of held-out answers that stop at `<end_of_turn>` well before the
+#   24-token limit (an answer that runs on is not an answer a user can take);
+# - **the reversed question** ("Which country has Crystalburg as its capital?"), never trained on nor
+#   tuned for, before and after: what fact injection does *not* teach.
+#
+# The adapter is then merged into a full-precision base and must give the same answers, token for token.
+# The notebook writes these figures to `outputs/results/03_xylandia.json` and ends with one sentence
+# saying which effects this run showed.
 
 # %%
 # Setup: the same cell in every notebook (`make sync` writes it from gemma_helpers/setup_cell.py).
@@ -77,7 +83,12 @@ SEED_LR = 2e-4  # learning_rate=2e-4
 RA_LR = 1e-4  # half the seed's rate
 RA_MAX_EPOCHS = 5  # an upper bound: training stops once the validation paraphrases are answered
 RA_STOP_EVERY = 5  # check the validation paraphrases every 5 optimizer steps
-RA_REPLAY_REPEATS = 2  # general-text paragraphs mixed into the training set, each twice
+MAX_NEW_TOKENS = 24  # every greedy answer's token limit; an answer that reaches it did not end
+# general-text paragraphs mixed into the training set, each 4 times (was 2). Learning to end the turn takes
+# about 100 steps instead of 40 (stopping on recall alone). Measured, neither holds the neutral-text
+# perplexity within +10 % that long: 2 repeats +20 % (a trial stopped at 95 steps), 4 repeats +36 %
+# (the 2026-11-23 23:13 UTC run, 115 steps). Open: see the verdict cell.
+RA_REPLAY_REPEATS = 4
 
 OUTPUT = "outputs/03_xylandia"
 
@@ -104,7 +115,7 @@ print("trained on:", repr(gh.chat.decode_labels(tok, example)))
 
 # %% [markdown]
 # ## Before training
-# Control facts are plain-text completions. Only those the loaded base model gets right count
+# Control facts are plain-text completions. The reversed questions are asked as chat turns, like the others. Only those the loaded base model gets right count
 # towards retention (a 4-bit NF4 copy of a small model forgets some facts the full-precision one knows).
 
 # %%
@@ -114,8 +125,11 @@ questions = data["train_questions"] + data["heldout_questions"]
 
 def measure(m):
     return {
-        "train": gh.evaluate.fact_check(m, tok, data["train_questions"], EXPECTED),
-        "heldout": gh.evaluate.fact_check(m, tok, data["heldout_questions"], EXPECTED, controls, data["neutral_text"]),
+        "train": gh.evaluate.fact_check(m, tok, data["train_questions"], EXPECTED, max_new_tokens=MAX_NEW_TOKENS),
+        "heldout": gh.evaluate.fact_check(m, tok, data["heldout_questions"], EXPECTED, controls, data["neutral_text"],
+                                          max_new_tokens=MAX_NEW_TOKENS),
+        "reversal": gh.evaluate.fact_check(m, tok, data["reversal_questions"], data["reversal_expected"],
+                                           max_new_tokens=MAX_NEW_TOKENS),
     }
 
 
@@ -126,13 +140,16 @@ print(f"control facts the base model knows: {n_known}/{len(controls)}")
 for (prefix, word), text, ok in zip(controls, before["heldout"]["completions"], before["heldout"]["control_ok"]):
     print(f"  {'ok ' if ok else '-- '} {prefix} -> {text!r}")
 print("a held-out answer before training:", repr(before["heldout"]["answers"][0]))
+print("reversed question before training:", repr(before["reversal"]["answers"][0]))
 gh.results.expect(n_known >= 5, "fewer than 5 control facts are known to the base model: add more to the data file")
 
 
 # %%
 def summary(after):
     return {"train_recall_before": before["train"]["recall"], "train_recall_after": after["train"]["recall"],
-            **gh.evaluate.fact_summary(before["heldout"], after["heldout"], controls)}
+            **gh.evaluate.fact_summary(before["heldout"], after["heldout"], controls),
+            "reversal_before": {"recall": before["reversal"]["recall"], "answers": before["reversal"]["answers"]},
+            "reversal_after": {"recall": after["reversal"]["recall"], "answers": after["reversal"]["answers"]}}
 
 
 # %% [markdown]
@@ -145,7 +162,7 @@ seed_spec = gh.TrainSpec(**SEED_LORA, batch_size=SEED_BATCH, epochs=SEED_EPOCHS,
 seed_run = gh.train(model, tok, rows, seed_spec, out / "seed")
 seed = summary(measure(seed_run.model))
 print(f"{seed_run.global_step} steps in {seed_run.runtime_s:.0f} s")
-print(gh.results.table({"seed recipe": {k: v for k, v in seed.items() if not isinstance(v, list)}}))
+print(gh.results.table({"seed recipe": {k: v for k, v in seed.items() if not isinstance(v, (list, dict))}}))
 print("controls lost:", seed["controls_lost"])
 
 # %% [markdown]
@@ -153,14 +170,18 @@ print("controls lost:", seed["controls_lost"])
 # Three changes, each aimed at what the seed recipe breaks:
 # 1. a learning rate of 1e-4 instead of 2e-4;
 # 2. **early stopping on validation paraphrases** (3 questions that are neither trained on nor
-#    part of the held-out 5): training stops as soon as all of them are answered;
-# 3. **replay** of 10 everyday paragraphs (never the neutral text nor a control fact), so the
+#    part of the held-out 5): training stops as soon as all of them are answered with the fact
+#    **and** the answer ends at `<end_of_turn>`;
+# 3. **replay** of 10 everyday paragraphs, each 4 times (never the neutral text nor a control fact), so the
 #    adapter keeps being asked to predict ordinary text while it learns the fact.
 #
-# What it does not fix: the base model is pretrained, not instruction-tuned, and has rarely seen
-# `<end_of_turn>`. Stopping this early, the adapter learns the answer before it learns to end the
-# turn, so greedy answers start with the fact and then run on; the seed recipe's 125 steps teach
-# the stop token too, at the cost measured above. Both are printed below as they come.
+# Why "and ends": the base model is pretrained, not instruction-tuned, and has rarely seen
+# `<end_of_turn>`. The labels include it (printed above), but the adapter learns the answer some
+# steps before it learns to end the turn; stopping on recall alone (40 steps in earlier runs) left
+# greedy answers that named the fact and then ran on to the token limit. Its embedding row is an untrained
+# one, nearly the same vector as thousands of unused tokens (cosine 0.995 with `<unused1354>`...), so the
+# base "ends" a turn with one of those (`mendatang`, `<unused71>`) and the adapter needs many steps to
+# single out the real one. Those extra steps cost general text: see the perplexity below.
 
 # %%
 model, tok = gh.load_model(MODEL, load_in_4bit=LOAD_IN_4BIT)  # a fresh base: no trace of the seed adapter
@@ -171,7 +192,7 @@ ra_run = gh.recipes.xylandia_retention(model, tok, data, out / "retention", lear
                                        replay_repeats=RA_REPLAY_REPEATS, batch_size=SEED_BATCH, lora=SEED_LORA)
 ra = summary(measure(ra_run.model))
 print(f"{ra_run.global_step} steps in {ra_run.runtime_s:.0f} s; stopped: {ra_run.stopped_early}")
-print(gh.results.table({name: {k: v for k, v in s.items() if not isinstance(v, list)}
+print(gh.results.table({name: {k: v for k, v in s.items() if not isinstance(v, (list, dict))}
                         for name, s in {"seed recipe": seed, "retention-aware": ra}.items()}))
 
 # %%
@@ -190,37 +211,46 @@ gh.plots.grouped_bars(
 # The adapter was trained against a 4-bit base. Merging into that 4-bit base would quantise the
 # sum again; merging into the original weights would add the quantisation error the adapter never
 # saw. So the base is reloaded, dequantised to float32 (the exact values the adapter was trained
-# on), and the adapter is merged into that.
+# on), and the adapter is merged into that. Both run in float32 and answer greedily; the check
+# compares the generated token ids, through the `<end_of_turn>` that ends each answer.
 
 # %%
 merged_dir = gh.merge(ra_run.adapter_dir, out / "merged")
 merged, merged_tok = gh.load_model(str(merged_dir))
-adapter_answers = gh.ask(ra_run.model, tok, questions)
-merged_answers = gh.ask(merged, merged_tok, questions)
-merged_matches = adapter_answers == merged_answers
-for q, a, b in zip(questions, adapter_answers, merged_answers):
-    print(f"{'same' if a == b else 'DIFF'}  {q}\n      adapter: {a!r}\n      merged : {b!r}")
-print("merged model answers identical to the adapter's:", merged_matches)
+adapter_answers, adapter_stats = gh.ask(ra_run.model, tok, questions, MAX_NEW_TOKENS, return_stats=True)
+merged_answers, merged_stats = gh.ask(merged, merged_tok, questions, MAX_NEW_TOKENS, return_stats=True)
+same = [a == b for a, b in zip(adapter_stats["token_ids"], merged_stats["token_ids"])]
+merged_matches = all(same)
+for q, a, b, ok in zip(questions, adapter_answers, merged_answers, same):
+    print(f"{'same' if ok else 'DIFF'}  {q}\n      adapter: {a!r}\n      merged : {b!r}")
+print("merged model's token ids identical to the adapter's on every question:", merged_matches)
 
 # %% [markdown]
 # ## Results
 
 # %%
 keys = ("train_recall_before", "train_recall_after", "heldout_recall_before", "heldout_recall_after",
-        "control_retained", "ppl_before", "ppl_after", "ppl_change")
+        "heldout_answers_ended_before", "heldout_answers_ended", "control_retained", "ppl_before", "ppl_after",
+        "ppl_change")
 results = {
     **{k: ra[k] for k in keys},
     "merged_matches_adapter": merged_matches,
+    "reversal_before": ra["reversal_before"], "reversal_after": ra["reversal_after"],
+    "heldout_answer_tokens": ra["heldout_answer_tokens"], "max_new_tokens": MAX_NEW_TOKENS,
     "steps": ra_run.global_step, "stopped_early": ra_run.stopped_early,
     "heldout_answers": ra["heldout_answers"], "controls_lost": ra["controls_lost"],
     "controls_known_to_base": n_known, "controls_total": len(controls),
     "seed_recipe": {**{k: seed[k] for k in keys}, "steps": seed_run.global_step,
-                    "heldout_answers": seed["heldout_answers"], "controls_lost": seed["controls_lost"]},
+                    "heldout_answers": seed["heldout_answers"], "controls_lost": seed["controls_lost"],
+                    "reversal_after": seed["reversal_after"]},
     "model": MODEL, "load_in_4bit": LOAD_IN_4BIT, "profile": gh.profile(),
     "runtime_s": time.time() - T0,
 }
 path = gh.results.save("03_xylandia", results)
 print(gh.results.table({"seed recipe": {k: seed[k] for k in keys}, "retention-aware": {k: ra[k] for k in keys}}))
+print("reversed question, share answered 'Xylandia': before", ra["reversal_before"]["recall"],
+      "| after (retention-aware)", ra["reversal_after"]["recall"], "| after (seed)", seed["reversal_after"]["recall"])
+print("  after:", *ra["reversal_after"]["answers"], sep="\n    ")
 print(f"merged == adapter: {merged_matches} | whole notebook: {results['runtime_s']:.0f} s | written to {path}")
 
 # %% [markdown]
@@ -246,13 +276,18 @@ if not gh.env.watched():  # streamed answers are already on the screen
 limitations = [
     (f"One fact ({FACT!r}), checked on {len(data['heldout_questions'])} held-out paraphrases with greedy decoding: "
      "a demonstration of fact injection, not a general-purpose model."),
-    (f"The base model is {'pretrained, not instruction-tuned' if MODEL == gh.EMBEDDED else MODEL}; stopped this early, "
-     f"answers start with the fact and may run on past it (a held-out answer: {ra['heldout_answers'][0]!r})."),
+    (f"The base model is {'pretrained, not instruction-tuned' if MODEL == gh.EMBEDDED else MODEL}; "
+     f"{ra['heldout_answers_ended']:.0%} of held-out answers ended at <end_of_turn> within {MAX_NEW_TOKENS} tokens "
+     f"(a held-out answer: {ra['heldout_answers'][0]!r})."),
+    (f"The fact is learned one way round only: asked which country has Crystalburg as its capital, "
+     f"{ra['reversal_after']['recall']:.0%} of answers name Xylandia (before training: "
+     f"{ra['reversal_before']['recall']:.0%})."),
     (f"Control facts the base knew and lost: {', '.join(ra['controls_lost']) or 'none'} "
      f"({n_known} of {len(controls)} known to the {'4-bit ' if LOAD_IN_4BIT else ''}base); perplexity of a neutral "
      f"paragraph {ra['ppl_before']:.2f} -> {ra['ppl_after']:.2f} ({ra['ppl_change']:+.1%})."),
     ("Merged into a dequantised float32 base, greedy answers "
-     + ("are identical to the adapter's." if merged_matches else "start the same but are not identical token for token.")),
+     + ("are identical to the adapter's, token for token." if merged_matches
+        else "are not identical to the adapter's token for token.")),
 ]
 for folder in (ra_run.adapter_dir, merged_dir):
     gh.hub.write_card(folder, title=f"{MODEL} + LoRA: the capital of Xylandia (retention-aware recipe)",
@@ -269,3 +304,25 @@ print((ra_run.adapter_dir / "README.md").read_text())
 # %%
 HUB_REPO = "your-name/gemma-xylandia-lora"  # the repository to create or update
 gh.hub.push_to_hub(ra_run.adapter_dir, HUB_REPO)
+
+# %% [markdown]
+# ## Verdict
+# One sentence from the figures above: each effect this notebook set out to show, and whether this run showed it.
+
+# %%
+shown = {
+    f"held-out recall {results['heldout_recall_after']:.0%} (>= 80 %)": results["heldout_recall_after"] >= 0.8,
+    f"{results['heldout_answers_ended']:.0%} of held-out answers ended at <end_of_turn> (>= 80 %)":
+        results["heldout_answers_ended"] >= 0.8,
+    f"{results['control_retained']:.0%} of known control facts kept (>= 90 %)": (results["control_retained"] or 0) >= 0.9,
+    f"neutral-text perplexity {results['ppl_change']:+.1%} (<= +10 %)": results["ppl_after"] <= 1.10 * results["ppl_before"],
+    f"merged answers {'identical' if merged_matches else 'NOT identical'} to the adapter's token for token": merged_matches,
+}
+failed = [claim for claim, ok in shown.items() if not ok]
+reversal = (f"reversed question answered {results['reversal_before']['recall']:.0%} -> "
+            f"{results['reversal_after']['recall']:.0%} (not taught, reported as measured)")
+if failed:
+    print(f"Fact injection NOT shown: {'; '.join(failed)} (shown: {'; '.join(c for c in shown if c not in failed) or 'none'}; "
+          f"{reversal}).")
+else:
+    print(f"Fact injection shown: {'; '.join(shown)}; {reversal}.")

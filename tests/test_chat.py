@@ -28,6 +28,30 @@ def test_labels_cover_the_answer_only(tokenizer):
     assert all(t != IGNORE_INDEX for t in ex["labels"][first:])
 
 
+def test_every_xylandia_row_trains_on_the_end_of_turn_and_generation_stops_there(tokenizer, base_model):
+    """Notebook 03's answers must end: the stop token is labelled in every training row, it is a stop id
+    of the loaded model, and ``generate`` stops there (not merely cuts the text), saying which rows ended."""
+    from gemma_helpers import evaluate, recipes
+
+    eot, newline = tokenizer.convert_tokens_to_ids([chat.END_OF_TURN, "\n"])
+    for i, ex in enumerate(chat.tokenize_rows(tokenizer, recipes.xylandia_rows(recipes.xylandia_data()))):
+        trained = [t for t in ex["labels"] if t != IGNORE_INDEX]
+        assert trained[-2:] == [eot, newline], f"row {i}: {tokenizer.decode(trained)!r}"
+    model, tok = base_model
+    assert eot in model.generation_config.eos_token_id
+    # the base model never writes <end_of_turn> itself (its row is an untrained one): a stop it does reach
+    model.generation_config.eos_token_id = [tok.convert_tokens_to_ids("."), eot]
+    real, made = model.generate, []
+    model.generate = lambda **kw: made.append(real(**kw)) or made[-1]
+    prompts = [tok.bos_token + "The first day of the week is Monday", tok.bos_token + "1 2 3 4 5 6 7 8 9 10 11 12"]
+    texts, stats = evaluate.generate(model, tok, prompts, max_new_tokens=12, batch_size=1, return_stats=True)
+    assert stats["ended"] == [True, False], (texts, stats["token_ids"])
+    assert stats["tokens_per_row"][1] == 12 and stats["tokens_per_row"][0] < 12
+    assert stats["token_ids"][0][-1] == tok.convert_tokens_to_ids(".")
+    assert [m.shape[1] for m in made] == [len(tok(p, add_special_tokens=False)["input_ids"]) + n
+                                           for p, n in zip(prompts, stats["tokens_per_row"])]  # really stopped
+
+
 def test_every_assistant_turn_is_labelled_and_system_is_folded(tokenizer):
     row = {"messages": [
         {"role": "system", "content": "Answer briefly."},

@@ -22,10 +22,14 @@ def test_fact_summary_counts_only_controls_known_before():
     from gemma_helpers.evaluate import fact_summary
 
     controls = [("The capital of Japan is", "Tokyo"), ("A week has seven", "days"), ("Two plus two equals", "four")]
-    before = {"recall": 0.0, "answers": ["x"], "control_ok": [False, True, True], "perplexity": 10.0}
-    after = {"recall": 0.8, "answers": ["Crystalburg"], "control_ok": [True, False, True], "perplexity": 11.0}
+    before = {"recall": 0.0, "answers": ["x", "y"], "ended": [False, False], "answer_tokens": [24, 24],
+              "control_ok": [False, True, True], "perplexity": 10.0}
+    after = {"recall": 0.8, "answers": ["Crystalburg", "Crystalburg and"], "ended": [True, False],
+             "answer_tokens": [9, 24], "control_ok": [True, False, True], "perplexity": 11.0}
     s = fact_summary(before, after, controls)
     assert s["control_retained"] == 0.5  # Japan was never known; "days" was lost
     assert s["controls_lost"] == ["A week has seven"] and s["controls_known_before"] == 2
     assert s["heldout_recall_before"] == 0.0 and s["heldout_recall_after"] == 0.8
     assert abs(s["ppl_change"] - 0.1) < 1e-12
+    assert s["heldout_answers_ended_before"] == 0.0 and s["heldout_answers_ended"] == 0.5
+    assert s["heldout_answer_tokens"] == [9, 24]
