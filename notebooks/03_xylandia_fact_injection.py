@@ -84,11 +84,12 @@ RA_LR = 1e-4  # half the seed's rate
 RA_MAX_EPOCHS = 5  # an upper bound: training stops once the validation paraphrases are answered
 RA_STOP_EVERY = 5  # check the validation paraphrases every 5 optimizer steps
 MAX_NEW_TOKENS = 24  # every greedy answer's token limit; an answer that reaches it did not end
-# general-text paragraphs mixed into the training set, each 4 times (was 2). Learning to end the turn takes
-# about 100 steps instead of 40 (stopping on recall alone). Measured, neither holds the neutral-text
-# perplexity within +10 % that long: 2 repeats +20 % (a trial stopped at 95 steps), 4 repeats +36 %
-# (the 2026-11-23 23:13 UTC run, 115 steps). Open: see the verdict cell.
-RA_REPLAY_REPEATS = 4
+RA_REPLAY_REPEATS = 2  # general-text paragraphs mixed into the training set, each twice
+# stop only once the validation answers also end at <end_of_turn>; None: on a GPU (1B-it knows the token).
+# On the CPU base it takes about 100 steps instead of 40 and neither replay level then holds the
+# neutral-text perplexity within +10 %: 2 repeats +20 % (95 steps), 4 repeats +36 % (115 steps), measured
+# 2026-11-23. Set True to see it; the verdict cell says which effect a run shows.
+RA_UNTIL_ENDED = None
 
 OUTPUT = "outputs/03_xylandia"
 
@@ -171,17 +172,16 @@ print("controls lost:", seed["controls_lost"])
 # 1. a learning rate of 1e-4 instead of 2e-4;
 # 2. **early stopping on validation paraphrases** (3 questions that are neither trained on nor
 #    part of the held-out 5): training stops as soon as all of them are answered with the fact
-#    **and** the answer ends at `<end_of_turn>`;
-# 3. **replay** of 10 everyday paragraphs, each 4 times (never the neutral text nor a control fact), so the
+#    (on a GPU, or with `RA_UNTIL_ENDED`, **and** the answer ends at `<end_of_turn>`);
+# 3. **replay** of 10 everyday paragraphs, each twice (never the neutral text nor a control fact), so the
 #    adapter keeps being asked to predict ordinary text while it learns the fact.
 #
-# Why "and ends": the base model is pretrained, not instruction-tuned, and has rarely seen
-# `<end_of_turn>`. The labels include it (printed above), but the adapter learns the answer some
-# steps before it learns to end the turn; stopping on recall alone (40 steps in earlier runs) left
-# greedy answers that named the fact and then ran on to the token limit. Its embedding row is an untrained
-# one, nearly the same vector as thousands of unused tokens (cosine 0.995 with `<unused1354>`...), so the
-# base "ends" a turn with one of those (`mendatang`, `<unused71>`) and the adapter needs many steps to
-# single out the real one. Those extra steps cost general text: see the perplexity below.
+# Why the CPU run's answers may run on: the embedded base is pretrained, not instruction-tuned, and
+# its `<end_of_turn>` row is untrained, nearly the same vector as thousands of unused tokens (cosine
+# 0.995 with `<unused1354>`...). The labels include it (printed above), but the base "ends" a turn with
+# one of those neighbours (`mendatang`, `<unused71>`), and the adapter needs about 100 steps to single out
+# the real one, where the fact takes about 40; those extra steps cost general text (see `RA_UNTIL_ENDED`).
+# The verdict cell at the end says which effects this run shows.
 
 # %%
 model, tok = gh.load_model(MODEL, load_in_4bit=LOAD_IN_4BIT)  # a fresh base: no trace of the seed adapter
@@ -189,7 +189,8 @@ model, tok = gh.load_model(MODEL, load_in_4bit=LOAD_IN_4BIT)  # a fresh base: no
 # every validation paraphrase is answered (notebook 05 trains the same adapter through it when needed)
 ra_run = gh.recipes.xylandia_retention(model, tok, data, out / "retention", learning_rate=RA_LR,
                                        max_epochs=RA_MAX_EPOCHS, stop_every=RA_STOP_EVERY,
-                                       replay_repeats=RA_REPLAY_REPEATS, batch_size=SEED_BATCH, lora=SEED_LORA)
+                                       replay_repeats=RA_REPLAY_REPEATS, batch_size=SEED_BATCH, lora=SEED_LORA,
+                                       until_ended=RA_UNTIL_ENDED)
 ra = summary(measure(ra_run.model))
 print(f"{ra_run.global_step} steps in {ra_run.runtime_s:.0f} s; stopped: {ra_run.stopped_early}")
 print(gh.results.table({name: {k: v for k, v in s.items() if not isinstance(v, (list, dict))}
