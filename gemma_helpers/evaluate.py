@@ -331,6 +331,73 @@ def mixed_accuracy(predictions: Sequence[str], references: Sequence[str], weight
                       for p, r, o, v, m in zip(predictions, references, overlap, relevance, mixed)]}
 
 
+def correct(scores: dict) -> list[float]:
+    """Per item of a :func:`mixed_accuracy` result: 1.0 where its mixed score reaches the threshold, else 0.0."""
+    return [float(item["mixed"] >= scores["threshold"]) for item in scores["items"]]
+
+
+def bootstrap_ci(values: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = 3407) -> list[float]:
+    """Percentile bootstrap interval ``[low, high]`` of ``mean(values)``: the rows are drawn with
+    replacement ``resamples`` times (a fixed ``seed``: the same interval on every run), and the
+    interval holds the middle ``level`` of the resampled means. For a difference between two models on
+    the same rows pass the per-row differences (a paired bootstrap: see :func:`gain_ci`)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1 or not v.size:
+        raise ValueError(f"bootstrap_ci needs a non-empty list of numbers, got shape {v.shape}")
+    means = v[np.random.default_rng(seed).integers(0, v.size, (resamples, v.size))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return [float(low), float(high)]
+
+
+def gain_ci(after: dict, before: dict, **kwargs) -> list[float]:
+    """Bootstrap interval (:func:`bootstrap_ci`) of accuracy(after) - accuracy(before), two
+    :func:`mixed_accuracy` results on the same items: each row's two verdicts are resampled together."""
+    refs = [i["reference"] for i in after["items"]], [i["reference"] for i in before["items"]]
+    if refs[0] != refs[1]:
+        raise ValueError(f"gain_ci compares two scorings of the same items: {len(refs[0])} and {len(refs[1])} "
+                         "items whose references differ")
+    return bootstrap_ci([a - b for a, b in zip(correct(after), correct(before))], **kwargs)
+
+
+def trivial_scores(inputs: Sequence[str], references: Sequence[str], answers: Sequence[str] = (),
+                   **kwargs) -> dict[str, dict]:
+    """:func:`mixed_accuracy` of answers that need no model, on the same items: ``copy the input``
+    (each item's ``inputs`` entry given back as the answer) and ``always <a>`` for each of ``answers``
+    (the same answer to every item; pass every possible answer to include the best constant in
+    hindsight, which is at least as good as the most common answer of the training rows)."""
+    out = {"copy the input": mixed_accuracy(inputs, references, **kwargs)}
+    for a in dict.fromkeys(answers):
+        out[f"always {a!r}"] = mixed_accuracy([a] * len(references), references, **kwargs)
+    return out
+
+
+def best_trivial(trivials: dict[str, dict]) -> tuple[str, dict]:
+    """The highest-accuracy entry of :func:`trivial_scores` (ties: the higher mean mixed score), as ``(name, scores)``."""
+    return max(trivials.items(), key=lambda kv: (kv[1]["accuracy"], kv[1]["mixed"]))
+
+
+def verdict(tuned: dict, baseline: dict, trivial: tuple[str, dict], rows: str = "holdout", **bootstrap) -> str:
+    """One sentence, built from the figures, saying whether fine-tuning was shown to help on these items:
+    ``Shown`` only when the tuned accuracy is above the baseline's with the lower end of the paired
+    bootstrap interval of the gain (:func:`gain_ci`) above 0, **and** above the best trivial
+    baseline's (``(name, scores)`` from :func:`best_trivial`); otherwise ``NOT shown``, naming what failed.
+    ``tuned``, ``baseline`` and the trivial scores are :func:`mixed_accuracy` results on the same items."""
+    def acc(scores):
+        flags = correct(scores)
+        return sum(flags) / len(flags) if flags else 0.0
+
+    name, scores = trivial
+    t, b, tr = acc(tuned), acc(baseline), acc(scores)
+    low, high = gain_ci(tuned, baseline, **bootstrap)
+    failed = [why for bad, why in ((low <= 0, "the gain's interval does not exclude 0"),
+                                   (t <= tr, "the tuned adapter does not beat the best trivial baseline")) if bad]
+    head = "Shown" if not failed else f"NOT shown ({' and '.join(failed)})"
+    return (f"{head}: on {len(tuned['items'])} {rows} rows the tuned adapter scores {t:.2f} vs {b:.2f} baseline "
+            f"(gain 95% CI [{low:.2f}, {high:.2f}]) and {tr:.2f} for the best trivial baseline ({name}).")
+
+
 def mixed_accuracy_rows(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 48, **kwargs) -> dict:
     """:func:`mixed_accuracy` of the model's greedy answers (:func:`ask`) to ``rows`` (a user turn, then
     the reference answer as the assistant turn); every item also carries its ``paper`` when the row has one."""

@@ -14,9 +14,10 @@
 # %% [markdown]
 # # 01 · Scientific papers: streaming PDF download, parsing, word clouds, LoRA, a mixed relevance/overlap accuracy
 #
-# **Question:** after LoRA on text from scientific papers, does a 4-bit Gemma continue a passage of a
-# paper it has **never seen** more like the paper itself, and by how much on train, validation and
-# holdout papers?
+# **Question:** after LoRA on passages from scientific papers, does a 4-bit Gemma tell which part of a
+# paper (abstract, introduction, method, results or conclusion) a passage of a paper it has **never
+# seen** comes from, better than before training and better than any answer that needs no model, and
+# by how much (with a bootstrap 95 % interval) on train, validation and holdout papers?
 #
 # The seed project downloaded about 20 arXiv PDFs, drew word clouds, trained a 4-bit Gemma 3n E4B with
 # LoRA and reported "82.4 % mixed relevance/overlap accuracy". Its own figures show that about half the
@@ -30,16 +31,25 @@
 #    hyphenation, running headers, page numbers, the reference section;
 # 4. word counts and word clouds of what is left;
 # 5. a split **by paper** (no paper in two splits) and a task a reader can judge: *given the paper's
-#    title, the section and up to two sentences, write the next sentence*;
+#    title and up to two sentences of one section, name the part of the paper they come from*;
 # 6. the accuracy defined in code and below, measured before (baseline) and after fine-tuning on all
-#    three splits, with the validation loss.
+#    three splits, beside the best answer that needs no model, each with a bootstrap 95 % interval,
+#    and the validation loss.
 #
-# It ends with `outputs/results/01_papers.json` and the charts `charts/01_papers_*.png`.
+# It ends with `outputs/results/01_papers.json`, the charts `charts/01_papers_*.png` and one sentence
+# saying whether the effect was shown on the holdout papers.
 #
-# **Why next-sentence continuation?** Every paper yields many items with no labelling by hand; the
-# reference is the paper's own sentence, so overlap and relevance have a ground truth; a reader sees at
-# once whether an answer is plausible; and the holdout papers measure whether the model learned to
-# continue scientific text in general or memorised the training papers.
+# **Why this task, and not the next sentence?** This notebook first asked for the paper's next
+# sentence. On 2 CPU cores the 270M model scored 0.00 before and after training on holdout papers, and
+# its mean mixed score (0.25) was no better than repeating the previous sentence (0.26): writing the
+# author's sentence in close enough words is out of reach, so that table could not tell a working
+# pipeline from one that dropped the adapter. Naming the part of the paper keeps what made the old task
+# good (every paper yields many items with no labelling by hand, the section heading is the ground
+# truth, a reader judges an answer at a glance) and adds what it lacked: the answer follows from the
+# passage's wording in any paper ("This article reviews…" opens an abstract, "In our experiments…" a
+# results section), every paper has every part (so three training papers teach every answer), and the
+# answer has a short form the base model does not know (it runs on) and the adapter can learn. Whether
+# it learned the wording or memorised the training papers shows on the holdout papers.
 
 # %%
 # Setup: the same cell in every notebook (`make sync` writes it from gemma_helpers/setup_cell.py).
@@ -88,10 +98,11 @@ SEED = {"r": 16, "alpha": 32, "dropout": 0.0,
         "eval_steps": 5, "early_stopping_patience": 3, "max_seq_length": 512, "seed": 3407}
 CPU = {}  # the same recipe runs on CPU: 40 steps of 4 short rows take about a minute on 2 cores
 
-CONTEXT_SENTENCES = 2  # sentences of the paper given before the one to write
-ROWS_PER_PAPER = None  # None: every usable sentence on CPU, 40 per paper on a GPU (arXiv papers are long)
-EVAL_ITEMS = None  # items scored per split; None: 16 on CPU, 100 on a GPU
-MAX_NEW_TOKENS = 48
+CONTEXT_SENTENCES = 2  # a passage: a sentence and the one before it in the same section
+ROWS_PER_PAPER = None  # None: every sentence on CPU, 40 per paper on a GPU (arXiv papers are long)
+EVAL_ITEMS = None  # items scored per split; None: on CPU 16 of train and validation, every holdout row; 100 on a GPU
+MAX_NEW_TOKENS = 2  # the answer is one word and <end_of_turn>; a run-on is cut here, so a list of parts never passes
+BOOTSTRAP = {"level": 0.95, "resamples": 2000, "seed": 3407}  # the intervals: rows drawn with replacement
 MIX_WEIGHT, MIX_THRESHOLD = gh.evaluate.MIX_WEIGHT, gh.evaluate.MIX_THRESHOLD  # 0.5, 0.5: see section 5
 MAX_MB = 50  # per PDF
 OUTPUT = "outputs/01_papers"
@@ -100,7 +111,8 @@ OUTPUT = "outputs/01_papers"
 cpu = gh.profile() == "cpu"
 MODEL = MODEL or (gh.EMBEDDED if cpu else "gemma-3n-e4b-it")
 ROWS_PER_PAPER = ROWS_PER_PAPER or (None if cpu else 40)
-EVAL_ITEMS = EVAL_ITEMS or (16 if cpu else 100)
+EVAL_ITEMS = EVAL_ITEMS or ({"train": 16, "validation": 16, "holdout": None} if cpu else
+                            {"train": 100, "validation": 100, "holdout": 100})
 spec = gh.TrainSpec(**{**SEED, **(CPU if cpu else {})}, save_steps=1000)
 root = gh.env.REPO_ROOT
 out = root / OUTPUT
@@ -189,17 +201,21 @@ print(gh.results.table({p["key"]: {"field": p["field"], "pages": p["pages"], "wo
 # %% [markdown]
 # ## 4. Split by paper, then the rows
 # Whole papers go to train, validation or holdout (a hash of the key decides, so adding a paper never
-# moves the others). A row's prompt is the title, the section heading and up to two sentences; the
-# answer, the only tokens trained on, is the sentence that follows in the paper.
+# moves the others). A row's prompt is the title and a passage of up to two consecutive sentences of
+# one section (the heading is not shown); the answer, the only tokens trained on, is the part of the
+# paper that section is, one word of `gp.ROLES`. `gp.section_role` reads it from the heading: by its
+# words ("Experiments" and "Discussion" are results, "Related Work" is introduction), any other numbered
+# heading is the method ("2 How Trees Cool Streets"); appendices and acknowledgements give no rows.
 
 # %%
+print({h: gp.section_role(h) for h, _ in gp.sections(kept[0]["text"])})
 splits = gp.split_by_paper([p["key"] for p in kept])
-rows = gp.build_rows(kept, splits, context=CONTEXT_SENTENCES, max_rows=ROWS_PER_PAPER)
+rows = gp.build_rows(kept, splits, task=gp.section_rows, context=CONTEXT_SENTENCES, max_rows=ROWS_PER_PAPER)
 for name, keys in splits.items():
     print(f"{name:<10} {len(rows[name]):>4} rows from {keys}")
 assert not set(splits["train"]) & (set(splits["validation"]) | set(splits["holdout"]))
 
-scored = {name: gp.spread(r, EVAL_ITEMS) for name, r in rows.items()}  # evenly over the split: every paper in it
+scored = {name: gp.spread(r, EVAL_ITEMS[name]) for name, r in rows.items()}  # evenly over the split: every paper in it
 
 # %%
 from transformers import AutoTokenizer
@@ -212,7 +228,7 @@ print("trained on:", repr(gh.chat.decode_labels(tok, example)))
 
 # %% [markdown]
 # ## 5. The mixed relevance/overlap accuracy
-# For each item, with the model's answer *p* and the paper's sentence *r*:
+# For each item, with the model's answer *p* and the reference *r* (here the part's name):
 #
 # * overlap = ROUGE-L F1(*p*, *r*) (longest common word subsequence, Porter-stemmed, `rouge-score`);
 # * relevance = cos(e(*p*), e(*r*)), *e* = the all-MiniLM-L6-v2 sentence embedding (PyPI
@@ -221,10 +237,20 @@ print("trained on:", repr(gh.chat.decode_labels(tok, example)))
 #
 # Accuracy is the fraction of correct items. The weight and the threshold were fixed before any
 # measurement, are parameters above and are stored with the results, with every item's three scores.
-# Writing the paper's exact next sentence is rarely possible, so the threshold asks for an answer
-# that makes the same point in similar words; the mean mixed score is reported beside the accuracy.
-# The base model has no instruction tuning: before training it tends to repeat the prompt, which
-# shares words and topic with the reference; that is what the baseline measures.
+# With a one-word reference the formula is strict: the right word alone scores 1; a wrong part scores
+# at most half its cosine with the right one, so it fails. Answers are cut at 2 new tokens (one word and
+# `<end_of_turn>`): with 4, an adapter that had not yet learned to stop passed with "methods\nresults"
+# for a results passage (ROUGE-L 0.67), which is naming two parts, not one. We report accuracy, not the mean mixed score: it reads as "share of passages placed
+# right", and the threshold makes a near-miss name count as wrong.
+#
+# Intervals: each accuracy gets a percentile bootstrap 95 % interval over its rows
+# (`gh.evaluate.bootstrap_ci`, 2000 resamples, fixed seed); the gain on holdout papers is resampled in
+# pairs (each row's verdict before and after together, `gh.evaluate.gain_ci`). The rows of one paper
+# are not independent (three holdout papers), so the intervals are optimistic about other papers.
+#
+# **Trivial baselines**, on the same rows: copying the passage back, and answering the same part to
+# every row, for each of the five parts, keeping the best in hindsight (at least as good as the most
+# common answer of the training rows). The best of these is the bar the adapter must clear.
 
 # %% [markdown]
 # ## 6. Load in 4-bit, attach LoRA, baseline
@@ -246,7 +272,8 @@ print(f"trainable parameters {trainable:,} of {total:,} ({100 * trainable / tota
 
 
 def accuracy_table(scores):
-    return {name: {"accuracy": s["accuracy"], "mixed": s["mixed"], "overlap": s["overlap"],
+    return {name: {"accuracy": s["accuracy"], "95% CI": "[{:.2f}, {:.2f}]".format(*gh.evaluate.bootstrap_ci(
+                   gh.evaluate.correct(s), **BOOTSTRAP)), "mixed": s["mixed"], "overlap": s["overlap"],
                    "relevance": s["relevance"], "n": s["n"]} for name, s in scores.items()}
 
 
@@ -256,52 +283,62 @@ print(gh.results.table(accuracy_table(baseline)))
 
 # %% [markdown]
 # ## 7. Train, with the validation loss and early stopping
-# The validation papers' loss is measured before training (step 0), every 5 steps and at the end;
-# training stops after 3 evaluations without improvement and the best adapter is kept.
+# The validation papers' loss (on their scored rows: 16 on CPU, spread over both papers) is measured
+# before training (step 0), every 5 steps and at the end; training stops after 3 evaluations without
+# improvement and the best adapter is kept.
 
 # %%
-run = gh.train(model, tok, rows["train"], spec, out / "run", eval_rows=rows["validation"], callbacks=[mem])
+run = gh.train(model, tok, rows["train"], spec, out / "run", eval_rows=scored["validation"], callbacks=[mem])
 memory = mem.report()
 val_loss_baseline = run.eval_history[0]["eval_loss"]
 val_loss_tuned = run.eval_history[-1]["eval_loss"]
 print(f"{run.global_step} steps in {run.runtime_s:.0f} s; train loss {run.losses[0][1]:.3f} -> {run.losses[-1][1]:.3f}")
 print(f"validation loss {val_loss_baseline:.3f} -> {val_loss_tuned:.3f}" + (f" | {run.stopped_early}" if run.stopped_early else ""))
 gh.plots.train_val_loss(run.history, run.eval_history, "01_papers_loss.png",
-                        title=f"Next-sentence LoRA: validation loss {val_loss_baseline:.2f} -> {val_loss_tuned:.2f}")
+                        title=f"Part-of-the-paper LoRA: validation loss {val_loss_baseline:.2f} -> {val_loss_tuned:.2f}")
 gh.plots.memory_bars(memory, "01_papers_memory.png", title=f"Memory, {MODEL} {'4-bit' if LOAD_IN_4BIT else ''}")
 print(gh.results.table({k: {"MB": v} for k, v in memory.items() if isinstance(v, float)}))
 
 # %% [markdown]
-# ## 8. After fine-tuning, on the same items
-# For scale, the same scores for a trivial answer that needs no model: the sentence just before the
-# one asked for, repeated. A model that beats it on relevance but not on overlap writes on topic in
-# its own words; the holdout papers show whether that carries over to papers it never saw.
+# ## 8. After fine-tuning, on the same items, beside the trivial baselines
+# The best answer that needs no model, per split (section 5): copying the passage, or one part named
+# for every row.
 
 # %%
 tuned = {name: gh.evaluate.mixed_accuracy_rows(run.model, tok, r, MAX_NEW_TOKENS, **mix) for name, r in scored.items()}
-# a trivial answer for scale: repeat the sentence just before the one asked for (no model)
-echo = {name: gh.evaluate.mixed_accuracy([x["previous"] for x in r], [x["messages"][-1]["content"] for x in r], **mix)
-        for name, r in scored.items()}
-accuracy = {"baseline": {k: v["accuracy"] for k, v in baseline.items()},
-            "tuned": {k: v["accuracy"] for k, v in tuned.items()}}
-stages = {"baseline": baseline, "tuned": tuned, "repeat previous sentence": echo}
+trivials = {name: gh.evaluate.trivial_scores([x["passage"] for x in r], [x["messages"][-1]["content"] for x in r],
+                                             answers=gp.ROLES, **mix) for name, r in scored.items()}
+print(gh.results.table({f"{name}: {t}": {"accuracy": s["accuracy"], "mixed": s["mixed"]}
+                        for name, ts in trivials.items() for t, s in ts.items()}))
+best = {name: gh.evaluate.best_trivial(ts) for name, ts in trivials.items()}
+trivial = {name: s for name, (_, s) in best.items()}
+stages = {"baseline": baseline, "tuned": tuned, "best trivial": trivial}
+accuracy = {stage: {k: v["accuracy"] for k, v in x.items()} for stage, x in (("baseline", baseline), ("tuned", tuned),
+                                                                            ("trivial", trivial))}
+accuracy_ci = {stage: {k: gh.evaluate.bootstrap_ci(gh.evaluate.correct(v), **BOOTSTRAP) for k, v in x.items()}
+               for stage, x in (("baseline", baseline), ("tuned", tuned), ("trivial", trivial))}
+gain_ci = {k: gh.evaluate.gain_ci(tuned[k], baseline[k], **BOOTSTRAP) for k in scored}
 print(gh.results.table({f"{stage} {name}": row for stage, scores in stages.items()
                         for name, row in accuracy_table(scores).items()}))
 gh.plots.bar_panels({f"accuracy (mixed >= {MIX_THRESHOLD})": {s: {k: v["accuracy"] for k, v in x.items()} for s, x in stages.items()},
                      "mean mixed score": {s: {k: v["mixed"] for k, v in x.items()} for s, x in stages.items()},
                      "overlap (ROUGE-L F1)": {s: {k: v["overlap"] for k, v in x.items()} for s, x in stages.items()},
                      "relevance (cosine)": {s: {k: v["relevance"] for k, v in x.items()} for s, x in stages.items()}},
-                    "01_papers_accuracy.png", title="Next sentence of a paper, per split", ylim=(0, 1))
+                    "01_papers_accuracy.png", title="Which part of the paper is the passage from? Per split", ylim=(0, 1))
 
 # %% [markdown]
-# Holdout papers, which neither training nor early stopping saw: the paper's sentence, the answer before
-# and after.
+# Holdout papers, which neither training nor early stopping saw: the passage, the right part, the answer
+# before and after; then, over all holdout rows, which part was answered for which (rows: the right part).
 
 # %%
-for b, t in list(zip(baseline["holdout"]["items"], tuned["holdout"]["items"]))[:5]:
-    print(f"[{t['paper']}] reference: {t['reference']}")
-    print(f"   before ({b['mixed']:.2f}): {b['prediction'][:200]}")
-    print(f"   after  ({t['mixed']:.2f}): {t['prediction'][:200]}\n")
+for x, b, t in list(zip(scored["holdout"], baseline["holdout"]["items"], tuned["holdout"]["items"]))[::10]:
+    print(f"[{t['paper']}] {x['passage'][:160]}")
+    print(f"   right: {t['reference']} | before ({b['mixed']:.2f}): {b['prediction']!r} | after ({t['mixed']:.2f}): {t['prediction']!r}\n")
+confusion = {r: {a: 0 for a in (*gp.ROLES, "other")} for r in gp.ROLES}
+for t in tuned["holdout"]["items"]:
+    answer = t["prediction"].strip(" .").lower()
+    confusion[t["reference"]][answer if answer in gp.ROLES else "other"] += 1
+print(gh.results.table(confusion))
 
 # %% [markdown]
 # ## Results
@@ -309,8 +346,13 @@ for b, t in list(zip(baseline["holdout"]["items"], tuned["holdout"]["items"]))[:
 # %%
 results = {
     "accuracy": accuracy,
+    "accuracy_ci": accuracy_ci, "holdout_gain_ci": gain_ci["holdout"], "gain_ci": gain_ci,
+    "trivial_baseline": {name: n for name, (n, _) in best.items()},
     "scores": {"baseline": accuracy_table(baseline), "tuned": accuracy_table(tuned),
-               "repeat_previous_sentence": accuracy_table(echo)},
+               "trivial": {name: accuracy_table(ts) for name, ts in trivials.items()}},
+    "task": "name the part of the paper (" + ", ".join(gp.ROLES) + ") a passage of up to "
+            f"{CONTEXT_SENTENCES} sentences comes from", "bootstrap": BOOTSTRAP, "max_new_tokens": MAX_NEW_TOKENS,
+    "holdout_confusion": confusion,
     "metric": {"overlap": "ROUGE-L F1", "relevance": "cosine of all-MiniLM-L6-v2 embeddings",
                "mixed": f"{MIX_WEIGHT} * overlap + {1 - MIX_WEIGHT} * relevance", "correct_when": f"mixed >= {MIX_THRESHOLD}"},
     "val_loss_baseline": val_loss_baseline, "val_loss_tuned": val_loss_tuned,
@@ -318,15 +360,24 @@ results = {
     "download_report": download_report,
     "papers": [{k: p[k] for k in ("key", "title", "field", "pages", "words", "problems")} for p in kept],
     "splits": splits, "rows": {k: len(v) for k, v in rows.items()},
-    "holdout_examples": [{"reference": t["reference"], "before": b["prediction"], "after": t["prediction"]}
-                         for b, t in list(zip(baseline["holdout"]["items"], tuned["holdout"]["items"]))[:5]],
+    "holdout_examples": [{"passage": x["passage"], "reference": t["reference"], "before": b["prediction"],
+                          "after": t["prediction"]}
+                         for x, b, t in list(zip(scored["holdout"], baseline["holdout"]["items"], tuned["holdout"]["items"]))[::10]],
     "memory": memory, "steps": run.global_step, "train_runtime_s": run.runtime_s,
     "loss_first": run.losses[0][1], "loss_last": run.losses[-1][1], "trainable_parameters": trainable,
     "model": MODEL, "load_in_4bit": LOAD_IN_4BIT, "profile": gh.profile(), "spec": run.spec,
     "runtime_s": time.time() - T0,
 }
 path = gh.results.save("01_papers", results)
-print(gh.results.table({stage: {**{f"{k} acc": v for k, v in accuracy[stage].items()},
-                                "val loss": results[f"val_loss_{stage}"]} for stage in ("baseline", "tuned")}))
-print(f"whole notebook: {results['runtime_s']:.0f} s | written to {path}")
+print(gh.results.table({stage: {f"{k} acc": f"{v:.2f} [{accuracy_ci[stage][k][0]:.2f}, {accuracy_ci[stage][k][1]:.2f}]"
+                                for k, v in accuracy[stage].items()} for stage in accuracy}))
+print(f"validation loss {val_loss_baseline:.3f} -> {val_loss_tuned:.3f} | whole notebook: {results['runtime_s']:.0f} s | "
+      f"written to {path}")
 gh.results.expect(val_loss_tuned < val_loss_baseline, "the validation loss did not fall below the baseline's")
+
+# %% [markdown]
+# The verdict, from the figures above: shown only when, on the holdout papers, the adapter beats the
+# base model with the lower end of the gain's interval above 0 **and** beats the best trivial baseline.
+
+# %%
+print(gh.evaluate.verdict(tuned["holdout"], baseline["holdout"], best["holdout"], **BOOTSTRAP))

@@ -14,8 +14,10 @@ The pipeline, each step reporting what went wrong by name instead of stopping:
    numbers, the reference section, lines of equation residue.
 4. :func:`collect`: the three steps for a list of :class:`Paper`, plus a check that the title found
    in the PDF is the title expected (the seed trained on the wrong paper for half of its list).
-5. :func:`split_by_paper` and :func:`continuation_rows`: the training task, next-sentence
-   continuation (see the notebook for why), with no paper in two splits.
+5. :func:`split_by_paper` and :func:`section_rows`: notebook 01's training task, naming the part of
+   the paper (abstract, introduction, method, results, conclusion) a passage comes from (see the
+   notebook for why), with no paper in two splits. :func:`continuation_rows` is the earlier
+   next-sentence task, kept for the throughput benchmark's papers recipe (:func:`sample_rows`).
 
 Offline (CI), :func:`write_pdf` renders the project's own mini-papers (``data/papers_sample.json``)
 to PDF and :class:`LoopbackServer` serves them on 127.0.0.1, so the same download code runs.
@@ -777,10 +779,62 @@ def continuation_rows(paper: Mapping, context: int = 2, min_words: int = 6, max_
     return spread(rows, max_rows)
 
 
-def build_rows(papers: Sequence[Mapping], splits: Mapping[str, Sequence[str]], **kwargs) -> dict[str, list[dict]]:
-    """``{split: rows}`` from :func:`continuation_rows` of the papers in each split."""
+ROLES = ("abstract", "introduction", "method", "results", "conclusion")  # the answers of :func:`section_rows`
+_ROLE_WORDS = (  # first match wins; a numbered heading that matches none is the paper's method
+    ("abstract", re.compile(r"\babstract\b", re.IGNORECASE)),
+    ("introduction", re.compile(r"\b(introduction|background|related work|motivation|preliminaries)\b", re.IGNORECASE)),
+    ("conclusion", re.compile(r"\b(conclusions?|concluding|summary|future work|outlook)\b", re.IGNORECASE)),
+    ("results", re.compile(r"\b(results?|experiments?|experimental|evaluation|discussion|analysis|findings|ablations?)\b",
+                           re.IGNORECASE)),
+    (None, re.compile(r"\b(appendix|acknowledge?ments?|references|bibliography|limitations|ethics|impact)\b",
+                      re.IGNORECASE)),
+)
+ROLE_PROMPT = ("Paper: {title}\n\n{passage}\n\nWhich part of the paper is this passage from? "
+               "Answer with one word: " + ", ".join(ROLES[:-1]) + " or " + ROLES[-1] + ".")
+
+
+def section_role(heading: str) -> str | None:
+    """The part of a paper a section heading names, one of :data:`ROLES`: by its words ("3 Experiments",
+    "Discussion" -> ``results``; "Related Work" -> ``introduction``), else ``method`` for any other
+    numbered heading ("2 How Trees Cool Streets"); ``None`` for appendices, acknowledgements,
+    limitations and unnumbered headings of no known part (no row is made of them)."""
+    for role, words in _ROLE_WORDS:
+        if words.search(heading):
+            return role
+    return "method" if _NUMBERED.match(heading.strip()) else None
+
+
+def section_rows(paper: Mapping, context: int = 2, min_words: int = 6, max_words: int = 80,
+                 max_rows: int | None = None) -> list[dict]:
+    """Rows for one paper, notebook 01's task: the prompt is the title and a passage of up to
+    ``context`` consecutive sentences of one section (ending at each of its sentences in turn); the
+    answer is the part of the paper the section is (:func:`section_role`, one word of :data:`ROLES`).
+
+    Every paper has every part, so a split of a few papers still trains on every answer, and the answer
+    follows from the passage's wording ("This article reviews...", "In our experiments...") in any
+    paper, seen or not. Passages shorter than ``min_words`` or longer than ``max_words`` words are left
+    out; ``max_rows`` spreads the kept rows evenly over the paper. Each row passes
+    :func:`gemma_helpers.chat.validate_rows` and keeps its ``passage`` (copying it is a trivial baseline)."""
+    rows = []
+    for heading, sentences in sections(paper["text"]):
+        role = section_role(heading)
+        if role is None:
+            continue
+        for i in range(len(sentences)):
+            passage = " ".join(sentences[max(0, i + 1 - context): i + 1])
+            if not min_words <= sum(bool(visible(w)) for w in passage.split()) <= max_words:
+                continue
+            prompt = ROLE_PROMPT.format(title=paper["title"], passage=passage)
+            rows.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": role}],
+                         "paper": paper["key"], "section": heading, "passage": passage})
+    return spread(rows, max_rows)
+
+
+def build_rows(papers: Sequence[Mapping], splits: Mapping[str, Sequence[str]], task=continuation_rows,
+               **kwargs) -> dict[str, list[dict]]:
+    """``{split: rows}`` from ``task`` (:func:`continuation_rows` or :func:`section_rows`) of the papers in each split."""
     by_key = {p["key"]: p for p in papers}
-    return {name: [row for key in keys for row in continuation_rows(by_key[key], **kwargs)]
+    return {name: [row for key in keys for row in task(by_key[key], **kwargs)]
             for name, keys in splits.items()}
 
 
