@@ -294,3 +294,37 @@ def test_compute_dtype_auto_is_bfloat16_only_where_the_cpu_has_it(monkeypatch):
         assert compute_dtype(gh.TrainSpec(compute_dtype="float32")) == "float32"
     with pytest.raises(ValueError, match="compute_dtype='float16'"):
         compute_dtype(gh.TrainSpec(compute_dtype="float16"))
+
+
+def test_nf4_layers_are_dequantised_once_per_run_under_bf16_and_restored_after(embedded_dir, monkeypatch):
+    """Under bf16 autocast on a CPU, train's 4-bit layers compute with a bf16 copy made once: a
+    forward and backward pass dequantises nothing (bitsandbytes' own path dequantises in every
+    backward), the logits stay within bf16 rounding of bitsandbytes' kernel, and the undo gives
+    back bitsandbytes' own computation bit for bit."""
+    import bitsandbytes.functional as bnbf
+    import torch
+
+    from gemma_helpers.train import _bf16_compute
+
+    model, tok = gh.load_model(load_in_4bit=True)
+    ids = torch.tensor([tok("The capital of France is Paris, and the capital of Italy is")["input_ids"]])
+    calls = []
+    real = bnbf.dequantize_4bit
+    monkeypatch.setattr(bnbf, "dequantize_4bit", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def logits():
+        embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(inputs_embeds=embeds).logits.float()
+        out.sum().backward()
+        return out.detach()
+
+    plain = logits()
+    assert len(calls) >= 18 * 7  # bitsandbytes: every 4-bit layer dequantised in the backward pass
+    undo = _bf16_compute(model)
+    calls.clear()
+    once = logits()
+    assert calls == []
+    assert (once - plain).abs().max() < 0.03 * plain.abs().max()
+    undo()
+    assert torch.equal(logits(), plain)
