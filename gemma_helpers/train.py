@@ -538,13 +538,14 @@ def _bf16_compute(model) -> Callable:
     import types
 
     import torch
-    from bitsandbytes.functional import dequantize_4bit
 
     def linear(self, x):
         return torch.nn.functional.linear(x, self._bf16_weight, self.bias)
 
     layers = [m for m in model.modules() if getattr(getattr(m, "weight", None), "quant_state", None) is not None
               and hasattr(m, "compute_dtype")]
+    if layers:  # bitsandbytes is imported only for a 4-bit model
+        from bitsandbytes.functional import dequantize_4bit
     for m in layers:
         m._bf16_weight = dequantize_4bit(m.weight.data, m.weight.quant_state).to(torch.bfloat16)
         m.forward = types.MethodType(linear, m)

@@ -51,7 +51,8 @@ def _run(rows, out, padding_free, baseline=False):
     model, tok = gh.load_model()
     meter = step_meter()
     spec = gh.TrainSpec(target_modules=("q_proj", "v_proj"), max_steps=2, batch_size=2, save_steps=1000,
-                        learning_rate=3e-4, padding_free=padding_free)
+                        learning_rate=3e-4, padding_free=padding_free,
+                        compute_dtype="float32")  # as the baseline: batching compared exactly (bf16: test_train)
     train = baseline_train if baseline else gh.train
     result = train(model, tok, rows, spec, out, callbacks=[meter])
     return [h["loss"] for h in result.history], meter.stats
