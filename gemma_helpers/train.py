@@ -540,7 +540,11 @@ def _bf16_compute(model) -> Callable:
     import torch
 
     def linear(self, x):
-        return torch.nn.functional.linear(x, self._bf16_weight, self.bias)
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.nn.functional.linear(x, self._bf16_weight, self.bias)
+        # outside autocast (a stop_when check generating mid-training): bf16 in, x's dtype out
+        bias = None if self.bias is None else self.bias.to(torch.bfloat16)
+        return torch.nn.functional.linear(x.to(torch.bfloat16), self._bf16_weight, bias).to(x.dtype)
 
     layers = [m for m in model.modules() if getattr(getattr(m, "weight", None), "quant_state", None) is not None
               and hasattr(m, "compute_dtype")]
