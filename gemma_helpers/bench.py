@@ -75,12 +75,124 @@ def batch_tokens(kwargs: dict) -> tuple[int, int, int]:
     return real, ids.numel(), labelled
 
 
+def sequence_lengths(kwargs: dict) -> list[int]:
+    """Lengths of the examples in one model call: a padding-free row split where its
+    ``position_ids`` restart at 0, padded rows by their attention mask."""
+    ids = kwargs.get("input_ids")
+    if ids is None:
+        return []
+    mask = kwargs.get("attention_mask")
+    if mask is not None:
+        return [int(n) for n in mask.sum(-1).tolist()]
+    positions = kwargs.get("position_ids")
+    if positions is None:
+        return [ids.shape[-1]] * ids.shape[0]
+    lengths = []
+    for row in positions.tolist():
+        starts = [i for i, p in enumerate(row) if p == 0] + [len(row)]
+        lengths += [b - a for a, b in zip(starts, starts[1:])]
+    return lengths
+
+
+# --- model FLOPs: the arithmetic a training step needs, whoever does it ---------------------------
+
+FLOPS_FORMULA = (
+    "model FLOPs per step, frozen base with LoRA, counted from the examples each step was called with "
+    "(T real tokens, N labelled tokens, examples of length n): "
+    "4 * P * T for the base's linear layers (forward 2 P T, activation gradients 2 P T, no weight gradients; "
+    "P = their weights, embedding excluded) "
+    "+ 6 * r * (in + out) * T per LoRA-adapted layer (forward, activation and weight gradients) "
+    "+ 3 * 4 * heads * head_dim * pairs per layer for attention (QK^T and AV, forward and twice that "
+    "backward; pairs = causal query-key pairs of each example, within the sliding window on sliding layers) "
+    "+ 4 * hidden * vocab * N for the LM head on labelled positions (forward and activation gradients); "
+    "norms, activations, softmax and the optimizer are not counted")
+
+
+@dataclass
+class ModelShape:
+    """The sizes of a decoder that its training FLOPs depend on (from a transformers config)."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    window: int | None
+    sliding: list[bool]
+
+    @classmethod
+    def from_config(cls, config) -> "ModelShape":
+        c = config.get_text_config() if hasattr(config, "get_text_config") else config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        types = getattr(c, "layer_types", None) or ["full_attention"] * c.num_hidden_layers
+        inter = c.intermediate_size
+        inter = inter[0] if isinstance(inter, (list, tuple)) else inter
+        return cls(c.hidden_size, inter, c.num_hidden_layers, c.num_attention_heads,
+                   getattr(c, "num_key_value_heads", c.num_attention_heads), head_dim, c.vocab_size,
+                   getattr(c, "sliding_window", None), [t == "sliding_attention" for t in types])
+
+    def linear(self) -> dict[str, tuple[int, int]]:
+        """``(in, out)`` of each linear layer of one decoder layer, by its module name."""
+        d, f, q, kv = self.hidden, self.intermediate, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
+                "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)}
+
+    def pairs(self, n: int, sliding: bool) -> int:
+        """Causal query-key pairs of one example of ``n`` tokens."""
+        if sliding and self.window and n > self.window:
+            w = self.window
+            return w * (w + 1) // 2 + (n - w) * w
+        return n * (n + 1) // 2
+
+
+def step_flops(shape: ModelShape, lengths: Sequence[int], labelled: int, r: int, targets: Sequence[str]) -> dict:
+    """The model FLOPs of one training step (:data:`FLOPS_FORMULA`), by part and in total."""
+    tokens = sum(lengths)
+    linear = shape.linear()
+    base = 4 * shape.layers * sum(i * o for i, o in linear.values()) * tokens
+    lora = 6 * shape.layers * sum(r * (i + o) for name, (i, o) in linear.items() if name in targets) * tokens
+    pairs = sum(shape.pairs(n, s) for s in shape.sliding for n in lengths)
+    attention = 3 * 4 * shape.heads * shape.head_dim * pairs
+    head = 4 * shape.hidden * shape.vocab * labelled
+    return {"base": base, "lora": lora, "attention": attention, "lm_head": head,
+            "total": base + lora + attention + head}
+
+
+def matmul_peak_gflops(m: int, k: int, n: int, dtype: str, seconds: float = 1.0) -> float:
+    """The best rate of an ``(m, k) @ (k, n)`` matrix product in ``dtype`` ("float32" / "bfloat16")
+    over about ``seconds`` of repeats, in GFLOP/s: the machine's peak at that shape."""
+    import torch
+
+    a = torch.randn(m, k).to(getattr(torch, dtype))
+    b = torch.randn(k, n).to(getattr(torch, dtype))
+    a @ b  # warm-up (oneDNN picks its kernel)
+    best, spent = float("inf"), 0.0
+    while spent < seconds or best == float("inf"):
+        started = time.perf_counter()
+        a @ b
+        took = time.perf_counter() - started
+        best, spent = min(best, took), spent + took
+    return 2 * m * k * n / best / 1e9
+
+
 @dataclass
 class StepStats:
     step_s: list[float] = field(default_factory=list)
     real_tokens: list[int] = field(default_factory=list)
     processed_tokens: list[int] = field(default_factory=list)
     labelled_tokens: list[int] = field(default_factory=list)
+    lengths: list[list[int]] = field(default_factory=list)  # example lengths of each step
+
+    def flops(self, shape: ModelShape, r: int, targets: Sequence[str], warmup: int = 1) -> dict:
+        """Model FLOPs of the steps after ``warmup`` and their rate (:data:`FLOPS_FORMULA`)."""
+        keep = slice(warmup, None) if len(self.step_s) > warmup else slice(None)
+        parts = [step_flops(shape, n, lab, r, targets) for n, lab in zip(self.lengths[keep], self.labelled_tokens[keep])]
+        total = {k: sum(p[k] for p in parts) for k in ("base", "lora", "attention", "lm_head", "total")}
+        seconds = sum(self.step_s[keep])
+        return {"flops_per_step": total["total"] / max(len(parts), 1), "flops_parts": total,
+                "gflops": total["total"] / seconds / 1e9 if seconds else 0.0}
 
     def summary(self, warmup: int = 1) -> dict:
         """Throughput over the steps after ``warmup`` (the first step pays one-off costs)."""
@@ -112,11 +224,13 @@ def step_meter():
             self.stats = StepStats()
             self._hook = None
             self._counts = [0, 0, 0]
+            self._lengths = []
             self._started = None
 
         def _count(self, module, args, kwargs):
             for i, n in enumerate(batch_tokens(kwargs)):
                 self._counts[i] += n
+            self._lengths += sequence_lengths(kwargs)
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             if self._hook is None and model is not None:
@@ -124,6 +238,7 @@ def step_meter():
 
         def on_step_begin(self, args, state, control, **kwargs):
             self._counts = [0, 0, 0]
+            self._lengths = []
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self._started = time.perf_counter()
@@ -136,6 +251,7 @@ def step_meter():
             self.stats.real_tokens.append(real)
             self.stats.processed_tokens.append(processed)
             self.stats.labelled_tokens.append(labelled)
+            self.stats.lengths.append(self._lengths)
 
         def on_train_end(self, args, state, control, **kwargs):
             if self._hook is not None:

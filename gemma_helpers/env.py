@@ -128,6 +128,23 @@ def bf16_supported() -> bool:
     return bool(torch.cuda.is_bf16_supported())
 
 
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (AVX512-BF16 or AMX), where a
+    bfloat16 product runs about 2.3x a float32 one (benchmarks/RESULTS.md); elsewhere bfloat16 is
+    emulated and slower than float32."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    probes = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(probe is not None for probe in probes):
+        return any(probe() for probe in probes if probe is not None)
+    try:  # older torch: the kernel's flags
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def four_bit_supported() -> tuple[bool, str]:
     """Whether bitsandbytes NF4 can be used here, and why not when it cannot."""
     if importlib.util.find_spec("bitsandbytes") is None:

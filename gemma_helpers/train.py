@@ -56,6 +56,12 @@ class TrainSpec:
     # without a lower validation loss and restores the adapter of the best one.
     eval_steps: int = 0
     early_stopping_patience: int = 0
+    # What the matrix products run in: "auto" = bfloat16 where the hardware computes it natively (a
+    # CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX, about 2.3x its float32 rate), float32
+    # elsewhere; "bfloat16" / "float32" force it. bfloat16 is mixed precision: autocast around the
+    # forward and backward passes, the LoRA weights, their gradients and the optimizer state stay
+    # float32 (tests/test_train.py holds its loss to the float32 run's). Never float16 (Gemma overflows).
+    compute_dtype: str = "auto"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -192,7 +198,11 @@ class TorchLogProb:
     def _one(hidden, weight, bias, targets, temperature, softcap, logit_scale, outputs):
         import torch
 
-        z = hidden.float() @ weight.float().t()  # no copy when both are float32 already
+        low = _autocast_bf16(hidden.device.type) and not weight.requires_grad
+        if low:  # bfloat16 autocast: the frozen head's bf16 copy is made once, not at every step
+            z = (hidden.to(torch.bfloat16) @ TorchLogProb.bf16_weight(weight).t()).float()
+        else:
+            z = hidden.float() @ weight.float().t()  # no copy when both are float32 already
         if bias is not None:
             z = z + bias.float()
         if logit_scale != 1.0:
@@ -218,6 +228,21 @@ class TorchLogProb:
         return (log_probs, *(stats.get(k) for k in TorchLogProb.STATS))
 
     STATS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+    _cast: tuple | None = None  # (the float weight's identity and version, its bfloat16 copy)
+
+    @classmethod
+    def bf16_weight(cls, weight):
+        """A bfloat16 copy of the frozen ``weight``, kept until the weight changes or :meth:`forget`."""
+        import torch
+
+        key = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype)
+        if cls._cast is None or cls._cast[0] != key:
+            cls._cast = (key, weight.detach().to(torch.bfloat16))
+        return cls._cast[1]
+
+    @classmethod
+    def forget(cls) -> None:
+        cls._cast = None
 
     @classmethod
     def apply(cls, hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping=None,
@@ -236,6 +261,12 @@ class TorchLogProb:
                 parts.append(cls._one(*args))
         log_probs, *stats = (None if x[0] is None else torch.cat(x) for x in zip(*parts))
         return (log_probs, *stats)
+
+
+def _autocast_bf16(device_type: str) -> bool:
+    import torch
+
+    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16
 
 
 def _ensure_lm_head_kernel() -> None:
@@ -275,6 +306,19 @@ def padding_free(spec: TrainSpec, multimodal: bool = False) -> bool:
     return spec.padding_free if spec.padding_free is not None else not env.unsloth_available()
 
 
+COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
+
+
+def compute_dtype(spec: TrainSpec) -> str:
+    """``"bfloat16"`` or ``"float32"``: what ``spec.compute_dtype`` means on this machine."""
+    if spec.compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"TrainSpec.compute_dtype={spec.compute_dtype!r}: expected one of {COMPUTE_DTYPES}")
+    if spec.compute_dtype != "auto":
+        return spec.compute_dtype
+    native = env.bf16_supported() if env.cuda_available() else env.cpu_bf16_native()
+    return "bfloat16" if native else "float32"
+
+
 def _eval_args(spec: TrainSpec, evaluate: bool) -> dict:
     if not evaluate or spec.eval_steps <= 0:
         return {"eval_strategy": "no"}
@@ -292,7 +336,7 @@ def sft_config(spec: TrainSpec, output_dir: Path, multimodal: bool = False, eval
     import torch
     from trl import SFTConfig
 
-    bf16 = env.bf16_supported()
+    bf16 = compute_dtype(spec) == "bfloat16"
     free = padding_free(spec, multimodal)
     return SFTConfig(
         output_dir=str(output_dir),
@@ -350,6 +394,7 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
     - The adapter and tokenizer are saved to ``output_dir/adapter``; the history of loss and
       learning rate to ``output_dir/history.json``.
     """
+    import torch
     from datasets import Dataset
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
@@ -410,25 +455,19 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
         data_collator=data_collator,
         callbacks=[NonFiniteLoss(), *([stopper] if stopper else []), *([patience] if patience else []), *callbacks],
     )
-    eval_history = []
-    if evaluate and last is None:
-        eval_history.append({"step": 0, "eval_loss": trainer.evaluate()["eval_loss"]})
-    started = time.time()
-    trainer.train(resume_from_checkpoint=last)
-    runtime = time.time() - started
-    stopped_early = stopper.reason if stopper else None
-    if evaluate:
-        eval_history += [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in trainer.state.log_history
-                         if "eval_loss" in h and h["step"] > 0]
-        final = trainer.evaluate()["eval_loss"]  # the adapter returned: the best one when it was restored
-        best = trainer.state.best_model_checkpoint
-        eval_history.append({"step": trainer.state.global_step, "eval_loss": final, "final": True,
-                             **({"best_checkpoint": Path(best).name} if best and patience else {})})
-        if patience and trainer.state.global_step < trainer.state.max_steps:
-            stopped_early = stopped_early or (
-                f"step {trainer.state.global_step}: validation loss did not improve for "
-                f"{spec.early_stopping_patience} evaluations; restored {Path(best).name if best else 'the best'} "
-                f"(validation loss {trainer.state.best_metric:.4f})")
+    if not env.cuda_available():  # TRL casts a 4-bit model's LoRA weights to bfloat16: master weights and
+        for param in trainer.model.parameters():  # optimizer state stay float32 here (autocast computes in bf16)
+            if param.requires_grad and param.dtype == torch.bfloat16:
+                param.data = param.data.float()
+    cpu_bf16 = trainer.args.bf16 and not env.cuda_available()
+    restore = _bf16_compute(trainer.model) if cpu_bf16 else None
+    try:
+        eval_history, stopped_early, runtime = _run(trainer, spec, last, evaluate, stopper, patience)
+    finally:
+        TorchLogProb.forget()
+        if cpu_bf16:  # afterwards the caller's model computes in float32 as before (accelerate wrapped its forward)
+            restore()
+            trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
 
     adapter_dir = output_dir / "adapter"
     for config in trainer.model.peft_config.values():  # the hub id, not this machine's cache folder
@@ -463,6 +502,63 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
         {"history": history, "eval_history": eval_history, "global_step": result.global_step, "runtime_s": runtime,
          "resumed_from": last, "stopped_early": result.stopped_early, "spec": result.spec}, indent=2))
     return result
+
+
+def _run(trainer, spec, last, evaluate, stopper, patience) -> tuple[list[dict], str | None, float]:
+    """Train (and validate): the validation history, why training stopped early if it did, and
+    the seconds training took."""
+    eval_history = []
+    if evaluate and last is None:
+        eval_history.append({"step": 0, "eval_loss": trainer.evaluate()["eval_loss"]})
+    started = time.time()
+    trainer.train(resume_from_checkpoint=last)
+    runtime = time.time() - started
+    stopped_early = stopper.reason if stopper else None
+    if evaluate:
+        eval_history += [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in trainer.state.log_history
+                         if "eval_loss" in h and h["step"] > 0]
+        final = trainer.evaluate()["eval_loss"]  # the adapter returned: the best one when it was restored
+        best = trainer.state.best_model_checkpoint
+        eval_history.append({"step": trainer.state.global_step, "eval_loss": final, "final": True,
+                             **({"best_checkpoint": Path(best).name} if best and patience else {})})
+        if patience and trainer.state.global_step < trainer.state.max_steps:
+            stopped_early = stopped_early or (
+                f"step {trainer.state.global_step}: validation loss did not improve for "
+                f"{spec.early_stopping_patience} evaluations; restored {Path(best).name if best else 'the best'} "
+                f"(validation loss {trainer.state.best_metric:.4f})")
+    return eval_history, stopped_early, runtime
+
+
+def _bf16_compute(model) -> Callable:
+    """On a CPU under bfloat16 autocast: each of bitsandbytes' frozen 4-bit layers is dequantised to
+    bfloat16 once, when training starts, and computes with that copy (one dequantisation per run
+    instead of two per step: its forward kernel and its backward pass each dequantise, in float32,
+    and autocast does not reach the kernel). The bits are the same as a per-step dequantisation
+    (the weights are frozen); the copy costs 2 bytes per weight while training. Returns the undo."""
+    import types
+
+    import torch
+
+    def linear(self, x):
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.nn.functional.linear(x, self._bf16_weight, self.bias)
+        # outside autocast (a stop_when check generating mid-training): bf16 in, x's dtype out
+        bias = None if self.bias is None else self.bias.to(torch.bfloat16)
+        return torch.nn.functional.linear(x.to(torch.bfloat16), self._bf16_weight, bias).to(x.dtype)
+
+    layers = [m for m in model.modules() if getattr(getattr(m, "weight", None), "quant_state", None) is not None
+              and hasattr(m, "compute_dtype")]
+    if layers:  # bitsandbytes is imported only for a 4-bit model
+        from bitsandbytes.functional import dequantize_4bit
+    for m in layers:
+        m._bf16_weight = dequantize_4bit(m.weight.data, m.weight.quant_state).to(torch.bfloat16)
+        m.forward = types.MethodType(linear, m)
+
+    def restore():
+        for m in layers:
+            del m.forward, m._bf16_weight
+
+    return restore
 
 
 def clear_previous_run(output_dir: Path) -> list[Path]:

@@ -51,7 +51,8 @@ def _run(rows, out, padding_free, baseline=False):
     model, tok = gh.load_model()
     meter = step_meter()
     spec = gh.TrainSpec(target_modules=("q_proj", "v_proj"), max_steps=2, batch_size=2, save_steps=1000,
-                        learning_rate=3e-4, padding_free=padding_free)
+                        learning_rate=3e-4, padding_free=padding_free,
+                        compute_dtype="float32")  # as the baseline: batching compared exactly (bf16: test_train)
     train = baseline_train if baseline else gh.train
     result = train(model, tok, rows, spec, out, callbacks=[meter])
     return [h["loss"] for h in result.history], meter.stats
@@ -85,3 +86,29 @@ def test_plain_baseline_trains_on_the_same_batches_with_the_same_loss(runs):
     assert ours_stats.real_tokens == base_stats.real_tokens and len(base_stats.step_s) == 2
     summary = base_stats.summary(warmup=1)
     assert summary["steps_timed"] == 1 and summary["tokens_per_s"] > 0 and 0 < summary["padding_share"] < 1
+
+
+def test_step_flops_counts_each_part_by_hand():
+    """One step of two examples (3 and 5 tokens) through a 2-layer model, one sliding layer with a window of 4."""
+    from gemma_helpers.bench import ModelShape, sequence_lengths, step_flops
+
+    shape = ModelShape(hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1, head_dim=4, vocab=100, window=4,
+                       sliding=[True, False])
+    parts = step_flops(shape, [3, 5], labelled=4, r=2, targets=("q_proj", "down_proj"))
+    per_layer = 8 * 8 + 2 * 8 * 4 + 8 * 8 + 3 * 8 * 16  # q, k and v, o, gate up down
+    assert parts["base"] == 4 * 2 * per_layer * 8
+    assert parts["lora"] == 6 * 2 * (2 * (8 + 8) + 2 * (16 + 8)) * 8
+    # causal pairs: 6 + 15 on the global layer; 6 + (10 + 4) on the sliding one (token 5 sees 4)
+    assert parts["attention"] == 3 * 4 * 2 * 4 * (6 + 15 + 6 + 14)
+    assert parts["lm_head"] == 4 * 8 * 100 * 4
+    assert parts["total"] == sum(v for k, v in parts.items() if k != "total")
+
+
+def test_sequence_lengths_of_packed_and_padded_batches():
+    import torch
+
+    from gemma_helpers.bench import sequence_lengths
+
+    packed = {"input_ids": torch.ones(1, 8, dtype=torch.long), "position_ids": torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4]])}
+    padded = {"input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1] * 5])}
+    assert sequence_lengths(packed) == [3, 5] and sequence_lengths(padded) == [3, 5]

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 from conftest import XY_FACT, XY_HELDOUT, XY_TRAIN
@@ -208,3 +209,122 @@ def test_training_on_rows_whose_labels_are_all_masked_is_an_error_naming_the_row
             label_preflight(tok, rows, examples, None)
     finally:
         tok.chat_template = saved
+
+
+def _linear_output_dtypes(model):
+    """Record the dtype of every output of the first layer's q_proj base weight, from now on."""
+    seen = []
+    layer = next(m for name, m in model.named_modules() if name.endswith("layers.0.self_attn.q_proj"))
+    layer.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    return seen
+
+
+def test_bfloat16_compute_keeps_the_float32_loss_and_the_caller_model_float32(tmp_path, embedded_dir):
+    """The same 4 steps in float32 and under bfloat16 autocast (TrainSpec.compute_dtype): every step's
+    loss within the benchmark's LOSS_TOLERANCE; the bf16 run really computed in bfloat16, kept the LoRA
+    weights in float32, and handed back a model that computes in float32 again."""
+    import importlib.util
+
+    import torch
+
+    spec_file = importlib.util.spec_from_file_location("bench_cli", Path(__file__).parents[1] / "benchmarks" / "train_throughput.py")
+    bench_cli = importlib.util.module_from_spec(spec_file)
+    spec_file.loader.exec_module(bench_cli)
+    rows = gh.qa_rows([(q, XY_FACT) for q in XY_TRAIN])
+    losses, seen = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        model, tok = gh.load_model()
+        seen[dtype] = _linear_output_dtypes(model)
+        spec = gh.TrainSpec(target_modules=("q_proj", "v_proj"), max_steps=4, batch_size=2, save_steps=1000,
+                            learning_rate=3e-4, compute_dtype=dtype)
+        result = gh.train(model, tok, rows, spec, tmp_path / dtype)
+        losses[dtype] = [loss for _, loss in result.losses]
+    assert set(seen["float32"]) == {torch.float32} and set(seen["bfloat16"]) == {torch.bfloat16}
+    assert len(losses["bfloat16"]) == 4
+    diffs = [abs(a - b) for a, b in zip(losses["bfloat16"], losses["float32"])]
+    assert max(diffs) <= bench_cli.LOSS_TOLERANCE, (losses, diffs)
+    assert losses["bfloat16"] != losses["float32"]  # two different computations, not one run twice
+    assert {p.dtype for p in result.model.parameters() if p.requires_grad} == {torch.float32}
+    seen["bfloat16"].clear()
+    with torch.no_grad():
+        logits = result.model(input_ids=torch.tensor([[2, 100, 200]])).logits
+    assert logits.dtype == torch.float32 and seen["bfloat16"] == [torch.float32]
+
+
+def test_bfloat16_lora_gradients_match_float32_on_a_small_batch(base_model, tokenizer):
+    """The gradients of the LoRA weights of one batch under bfloat16 autocast point where the float32
+    ones do (cosine > 0.99 per weight, norms within 5 %), and stay float32."""
+    import torch
+
+    from gemma_helpers.chat import tokenize_rows
+
+    model, tok = base_model
+    torch.manual_seed(0)
+    model = gh.models.attach_lora(model, target_modules=("q_proj", "v_proj", "down_proj"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero: give it values so that A's gradient is not zero too
+            torch.nn.init.normal_(p, std=0.02)
+    examples = tokenize_rows(tok, gh.qa_rows([(q, XY_FACT) for q in XY_TRAIN[:2]]), 128)
+    n = max(len(e["input_ids"]) for e in examples)
+    batch = {"input_ids": torch.tensor([e["input_ids"] + [0] * (n - len(e["input_ids"])) for e in examples]),
+             "attention_mask": torch.tensor([[1] * len(e["input_ids"]) + [0] * (n - len(e["input_ids"])) for e in examples]),
+             "labels": torch.tensor([e["labels"] + [-100] * (n - len(e["labels"])) for e in examples])}
+    grads = {}
+    for dtype in ("float32", "bfloat16"):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            loss = model(**batch).loss
+        loss.backward()
+        grads[dtype] = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+    assert len(grads["float32"]) == 18 * 3 * 2
+    for k, g32 in grads["float32"].items():
+        g16 = grads["bfloat16"][k]
+        assert g16.dtype == torch.float32 and g32.norm() > 0, k
+        cosine = torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0)
+        assert cosine > 0.99 and abs(g16.norm() / g32.norm() - 1) < 0.05, (k, float(cosine), float(g16.norm() / g32.norm()))
+
+
+def test_compute_dtype_auto_is_bfloat16_only_where_the_cpu_has_it(monkeypatch):
+    from gemma_helpers.train import compute_dtype
+
+    monkeypatch.setattr(gh.env, "cuda_available", lambda: False)
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(gh.env, "cpu_bf16_native", lambda native=native: native)
+        assert compute_dtype(gh.TrainSpec()) == expected
+        assert compute_dtype(gh.TrainSpec(compute_dtype="float32")) == "float32"
+    with pytest.raises(ValueError, match="compute_dtype='float16'"):
+        compute_dtype(gh.TrainSpec(compute_dtype="float16"))
+
+
+def test_nf4_layers_are_dequantised_once_per_run_under_bf16_and_restored_after(embedded_dir, monkeypatch):
+    """Under bf16 autocast on a CPU, train's 4-bit layers compute with a bf16 copy made once: a
+    forward and backward pass dequantises nothing (bitsandbytes' own path dequantises in every
+    backward), the logits stay within bf16 rounding of bitsandbytes' kernel, and the undo gives
+    back bitsandbytes' own computation bit for bit."""
+    import bitsandbytes.functional as bnbf
+    import torch
+
+    from gemma_helpers.train import _bf16_compute
+
+    model, tok = gh.load_model(load_in_4bit=True)
+    ids = torch.tensor([tok("The capital of France is Paris, and the capital of Italy is")["input_ids"]])
+    calls = []
+    real = bnbf.dequantize_4bit
+    monkeypatch.setattr(bnbf, "dequantize_4bit", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def logits():
+        embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(inputs_embeds=embeds).logits.float()
+        out.sum().backward()
+        return out.detach()
+
+    plain = logits()
+    assert len(calls) >= 18 * 7  # bitsandbytes: every 4-bit layer dequantised in the backward pass
+    undo = _bf16_compute(model)
+    calls.clear()
+    once = logits()
+    assert calls == []
+    assert (once - plain).abs().max() < 0.03 * plain.abs().max()
+    undo()
+    assert torch.equal(logits(), plain)
