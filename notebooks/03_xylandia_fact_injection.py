@@ -315,7 +315,8 @@ shown = {
     f"held-out recall {results['heldout_recall_after']:.0%} (>= 80 %)": results["heldout_recall_after"] >= 0.8,
     f"{results['heldout_answers_ended']:.0%} of held-out answers ended at <end_of_turn> (>= 80 %)":
         results["heldout_answers_ended"] >= 0.8,
-    f"{results['control_retained']:.0%} of known control facts kept (>= 90 %)": (results["control_retained"] or 0) >= 0.9,
+    (f"{results['control_retained']:.0%} of known control facts kept (>= 90 %)" if results["control_retained"] is not None
+     else "no control fact known to the base model"): (results["control_retained"] or 0) >= 0.9,
     f"neutral-text perplexity {results['ppl_change']:+.1%} (<= +10 %)": results["ppl_after"] <= 1.10 * results["ppl_before"],
     f"merged answers {'identical' if merged_matches else 'NOT identical'} to the adapter's token for token": merged_matches,
 }
