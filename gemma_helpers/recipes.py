@@ -40,10 +40,9 @@ def xylandia_retention(model, tokenizer, data: dict, output_dir: str | Path, lea
     instead of 40 to learn it, which cost +20 % (2 replay repeats) to +36 % (4) neutral-text
     perplexity in the 2026-11-23 runs, past the notebook's +10 % bound.
     Returns the :class:`~gemma_helpers.train.TrainResult`."""
+    from .env import profile
     from .evaluate import ask, contains, fraction
     from .train import TrainSpec, train
-
-    from .env import profile
 
     replay = [{"text": t} for t in data["replay_text"]] * replay_repeats
     until_ended = profile() == "gpu" if until_ended is None else until_ended
