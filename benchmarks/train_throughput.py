@@ -24,6 +24,7 @@ Writes outputs/results/bench_train.json (or bench_train_gpu.json) and charts/ben
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -48,33 +49,32 @@ LABELS = {"ours": "gemma_helpers.train", "baseline": "plain Trainer + peft"}
 
 
 # ---------------------------------------------------------------- recipes
-def recipe_rows(name: str, args) -> tuple[list[dict], dict]:
-    """``(rows, TrainSpec keyword arguments)`` of a recipe; raises FileNotFoundError naming a missing file."""
+BENCH_RECIPES = {"xylandia": "xylandia-seed", "persian": "persian", "papers": "papers"}  # --recipes name: registry name
+
+
+def recipe_rows(name: str, args) -> tuple[list[dict], object]:
+    """``(rows, TrainSpec)`` of a recipe: its numbers from the registry's ``bench`` profile
+    (``gemma_helpers/recipes.py``), its rows built as its notebook builds them; raises
+    FileNotFoundError naming a missing file."""
     import gemma_helpers as gh
 
-    if name == "xylandia":  # notebook 03's seed recipe, rows built as the notebook builds them
-        data = json.loads((ROOT / "data" / "xylandia.json").read_text())
-        rows = gh.qa_rows([(q, data["fact"]) for q in data["train_questions"]] * 10)
-        return rows, {"r": 16, "alpha": 32, "target_modules": ("q_proj", "v_proj"), "dropout": 0.1,
-                      "batch_size": 2, "learning_rate": 2e-4}
-    if name == "persian":  # mshojaei77/gemma-3n-E4B-persian-qlora LoRA: r=8, alpha=16, MLP only; batch 4 (seed: 2 x accum 4)
-        # cleaned as notebook 02 cleans it: the bundled sample carries deliberately bad rows
-        rows, _ = gh.chat.clean_conversations(gh.chat.read_jsonl(args.persian))
-        return rows, {"r": 8, "alpha": 16, "target_modules": ("gate_proj", "up_proj", "down_proj"), "dropout": 0.0,
-                      "batch_size": 4, "learning_rate": 2e-4, "max_seq_length": 1024}
-    if name == "papers":  # notebook 01: next-sentence rows from the training papers; LoRA on attention + MLP
-        if args.papers:
-            path = Path(args.papers)
-            if not path.exists():
-                raise FileNotFoundError(path)
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        else:  # the bundled mini-papers (data/papers_sample.json), rows built as notebook 01 builds them
-            from gemma_helpers.data import papers
+    if name not in BENCH_RECIPES:
+        raise ValueError(f"unknown recipe {name!r} ({', '.join(BENCH_RECIPES)})")
+    recipe = gh.recipes.get(BENCH_RECIPES[name], "bench")
+    if name == "xylandia":  # notebook 03's seed recipe
+        rows = gh.recipes.xylandia_rows(gh.recipes.xylandia_data(ROOT / recipe["data"]), recipe["repeats"])
+    elif name == "persian":  # cleaned as notebook 02 cleans it: the bundled sample carries deliberately bad rows
+        rows, _ = gh.chat.clean_conversations(gh.chat.read_jsonl(args.persian or ROOT / recipe["data"]))
+    elif args.papers:  # notebook 01's LoRA on attention + MLP, next-sentence rows from the training papers
+        path = Path(args.papers)
+        if not path.exists():
+            raise FileNotFoundError(path)
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:  # the bundled mini-papers (data/papers_sample.json), rows built as notebook 01 builds them
+        from gemma_helpers.data import papers
 
-            rows = papers.sample_rows("train")
-        return rows, {"r": 16, "alpha": 32, "dropout": 0.0, "batch_size": 4, "learning_rate": 2e-4,
-                      "max_seq_length": 512}
-    raise ValueError(f"unknown recipe {name!r} (xylandia, persian, papers)")
+        rows = papers.sample_rows("train")
+    return rows, recipe.spec(max_steps=args.steps)
 
 
 # ---------------------------------------------------------------- one trial, in its own process
@@ -150,9 +150,9 @@ def trial(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows, kw = recipe_rows(args.recipe, args)
+    rows, spec = recipe_rows(args.recipe, args)
     pf = {"auto": None, "on": True, "off": False}[args.padding_free]
-    spec = gh.TrainSpec(**kw, max_steps=args.steps, save_steps=10_000, padding_free=pf, compute_dtype=args.compute_dtype)
+    spec = dataclasses.replace(spec, padding_free=pf, compute_dtype=args.compute_dtype)
     model_name = args.model
     if args.gpu:
         model_name = str(random_checkpoint(args.model, Path(args.cache)))
@@ -362,7 +362,7 @@ def parse(argv=None):
     p.add_argument("--compute-dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                    help="our side's TrainSpec.compute_dtype (auto = the default: bfloat16 on a CPU with AVX512-BF16 / AMX)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in each run (0: torch's default)")
-    p.add_argument("--persian", default=str(ROOT / "data" / "persian_chat.jsonl"))
+    p.add_argument("--persian", default="", help="a JSONL of conversations; default: the persian recipe's data")
     p.add_argument("--papers", default="", help="a JSONL of rows; default: notebook 01's rows of data/papers_sample.json")
     p.add_argument("--model", default="gemma-3-270m")
     p.add_argument("--gpu", action="store_true", help="the GPU path: random-weight real-size models, CUDA only")

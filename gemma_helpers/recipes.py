@@ -1,88 +1,339 @@
-"""Named training recipes that more than one notebook (or benchmark) runs.
+"""The recipe registry: every number a notebook, the training benchmark or a test trains with, once.
 
-``xylandia``: notebook 03's retention-aware fact injection ("The capital of Xylandia is
-Crystalburg."). Notebook 03 trains it and explains every choice; notebook 05 exports the adapter
-it leaves in ``outputs/03_xylandia/retention/adapter``, or trains it here when that is absent, so
-each notebook runs on its own.
+A :class:`Recipe` holds the seed project's run as published (``values``: model, data, LoRA,
+training spec and the few other numbers its notebook needs, each with its source in a comment) and
+the changes a profile needs, with their arithmetic: ``cpu`` (the 2-core CI machine), ``gpu`` (a
+Colab T4, where the seed's run does not fit) and ``bench`` (``benchmarks/train_throughput.py``).
+A recipe may be a set of changes over another (``based_on``): our retention-aware Xylandia recipe
+is the seed's with a lower rate, replay and a stop.
+
+A notebook's parameters cell names a recipe and its overrides::
+
+    RECIPE = "persian"
+    OVERRIDES = {}  # e.g. {"max_steps": 20}
+    R = gh.recipes.get(RECIPE, **OVERRIDES)  # the numbers for this machine's profile
+    print(R.table())  # each number, and what the profile changed from the seed's
+    spec = R.spec()   # the TrainSpec
+
+Notebook 03 also trains the retention-aware recipe through :func:`xylandia_retention`, which notebook
+05 reuses (:func:`xylandia_adapter`) so that each notebook runs on its own.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .env import REPO_ROOT
+from .models import DEFAULT_TARGETS, EMBEDDED, LANGUAGE_TARGETS, SEED, TINY_VISION
 
+NEW = object()  # a number a recipe adds to the one it is based on
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+PROFILES = ("gpu", "cpu", "bench")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    notebook: str
+    source: str  # where the seed's numbers come from
+    values: Mapping  # the seed's run (or, with based_on, the changes over that recipe)
+    cpu: Mapping = field(default_factory=dict)  # changes for the CPU profile, each with its reason
+    gpu: Mapping = field(default_factory=dict)  # changes for a Colab T4 where the seed's run does not fit
+    bench: Mapping = field(default_factory=dict)  # changes for benchmarks/train_throughput.py
+    based_on: str | None = None
+
+
+class Run(dict):
+    """One recipe's numbers for one profile: a dict of every number, plus where each came from."""
+
+    def __init__(self, recipe: Recipe, profile: str, values: dict, changed: dict):
+        super().__init__(values)
+        self.recipe, self.profile, self.changed = recipe, profile, changed
+
+    @property
+    def lora(self) -> dict:
+        return {k: self[k] for k in LORA_KEYS if k in self}
+
+    def spec(self, **extra):
+        """The :class:`~gemma_helpers.train.TrainSpec` of these numbers (LoRA and training keys)."""
+        from .train import TrainSpec
+
+        names = {f.name for f in fields(TrainSpec)}
+        return TrainSpec(**{k: v for k, v in {**self, **extra}.items() if k in names})
+
+    def table(self) -> str:
+        """Every number, one per line, with the seed's value beside each one this profile changed."""
+        width = max(map(len, self))
+        lines = [f"recipe {self.recipe.name!r} ({self.recipe.source}), {self.profile} profile:"]
+        for key, value in self.items():
+            was = self.changed.get(key, None)
+            based = f"{self.recipe.based_on} recipe" if self.recipe.based_on else "seed"
+            was = "" if key not in self.changed else f"   ({based}: {was!r})" if was is not NEW else f"   (not in the {based})"
+            lines.append(f"  {key:<{width}} {value!r}{was}")
+        return "\n".join(lines)
+
+
+REGISTRY: dict[str, Recipe] = {}
+
+
+def register(recipe: Recipe) -> Recipe:
+    REGISTRY[recipe.name] = recipe
+    return recipe
+
+
+def get(name: str, profile: str | None = None, **overrides) -> Run:
+    """``name``'s numbers for ``profile`` (default: this machine's, :func:`gemma_helpers.env.profile`),
+    with ``overrides`` applied last. An unknown recipe or key is named with the ones there are."""
+    from .env import profile as machine_profile
+
+    if name not in REGISTRY:
+        raise KeyError(f"no recipe {name!r}; the registry has {', '.join(REGISTRY)}")
+    profile = profile or machine_profile()
+    if profile not in PROFILES:
+        raise ValueError(f"profile {profile!r}: expected one of {PROFILES}")
+    recipe = REGISTRY[name]
+    if recipe.based_on:
+        parent = get(recipe.based_on, profile)
+        values, changed = dict(parent), dict(parent.changed)
+        changed.update({k: parent.get(k, NEW) for k in recipe.values if k not in changed})
+        values.update(recipe.values)
+    else:
+        values, changed = dict(recipe.values), {}
+    defaults = _spec_defaults()  # a number the seed left at TrainSpec's default may change too
+    for key, value in {**getattr(recipe, profile), **overrides}.items():
+        if key not in values and key not in defaults:
+            raise KeyError(f"recipe {name!r} has no number {key!r}; it has {', '.join(values)} and TrainSpec's fields")
+        changed.setdefault(key, values.get(key, defaults.get(key)))
+        values[key] = value
+    return Run(recipe, profile, values, {k: v for k, v in changed.items() if v is NEW or values[k] != v})
+
+
+def _spec_defaults() -> dict:
+    from .train import TrainSpec
+
+    return {f.name: f.default for f in fields(TrainSpec)}
+
+
+# ---------------------------------------------------------------- notebook 01: papers
+register(Recipe(
+    "papers", "01_papers", "the seed's README: LoRA on attention and MLP, batch 1 with gradient accumulation, "
+    "about 40 steps under early stopping; its rank, alpha and rate are not published (the notebook is missing "
+    "from its repository): r=16, alpha=32 and 2e-4 are this series' defaults",
+    values={
+        "model": "gemma-3n-e4b-it",  # the seed's model, 4-bit multimodal Gemma used for text
+        "load_in_4bit": True,
+        "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": DEFAULT_TARGETS,
+        "batch_size": 1, "grad_accum": 4,  # the README: batch 1 with gradient accumulation
+        "max_steps": 40, "eval_steps": 5, "early_stopping_patience": 3,  # "about 40 steps", early stopping
+        "learning_rate": 2e-4, "warmup_steps": 2, "max_seq_length": 512, "seed": SEED, "save_steps": 1000,
+        "rows_per_paper": 40,  # arXiv papers are long: 40 passages each, spread over the paper
+        "eval_items": {"train": 100, "validation": 100, "holdout": 100},  # items scored per split
+    },
+    cpu={
+        "model": EMBEDDED,
+        "rows_per_paper": None,  # the bundled mini-papers are short: every sentence
+        # 16 of train and validation (a trend, in seconds), every holdout row (the verdict's rows)
+        "eval_items": {"train": 16, "validation": 16, "holdout": None},
+        # the training itself is unchanged: 40 steps of 4 short rows take about a minute on 2 cores
+    },
+    bench={
+        "model": EMBEDDED,
+        "batch_size": 4, "grad_accum": 1,  # throughput of one 4-row batch a step, the same rows per step as the seed
+        "max_steps": -1, "eval_steps": 0, "early_stopping_patience": 0, "warmup_steps": 0,  # --steps sets the length
+        "save_steps": 10_000,  # no checkpoint inside the timed steps
+    },
+))
+
+# ---------------------------------------------------------------- notebook 02: Persian
+register(Recipe(
+    "persian", "02_persian", "mshojaei77, Gemma3N_(4B)_Persian.ipynb: FastModel.get_peft_model(finetune_mlp_modules"
+    "=True, attention off, r=8, lora_alpha=16, lora_dropout=0) and its SFTConfig",
+    values={
+        "model": "gemma-3n-e4b-it", "data": "mshojaei77/persian-gk", "load_in_4bit": True,
+        "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ("gate_proj", "up_proj", "down_proj"),
+        "learning_rate": 2e-5, "lr_scheduler": "linear", "epochs": 1, "batch_size": 2, "grad_accum": 4,
+        "warmup_steps": 10, "weight_decay": 0.01, "optim": "adamw_8bit", "seed": SEED, "max_seq_length": 4000,
+        "save_steps": 1000,
+        "holdout": 200,  # ours: held-out conversations for perplexity
+        "max_new_tokens": 128,  # ours: tokens per answer in the generation speed test
+        "temperature": 0.7, "top_p": 0.95,  # the seed's reported sampling (with the run's seed)
+    },
+    # A T4 (15 GB): the seed's batch 2 x 4000 tokens does not fit. Estimate for Gemma 3n E4B's text stack
+    # (Gemma3nTextConfig: 35 layers, hidden 2048, 4 AltUp streams, MLP 16384, vocabulary 262,400), 4 bytes
+    # per float32 activation (unsloth trains Gemma 3n in float32 on a T4: no bf16):
+    #   weights: 3.94e9 linear parameters in NF4 (~0.52 byte each) = 2.0 GB, plus 2.90e9 embedding parameters
+    #     (embed_tokens 262400 x 2048, per-layer embeddings 262144 x 8960) that bitsandbytes does not quantise:
+    #     5.8 GB in 16-bit, 11.6 GB if held in float32;
+    #   logits and their gradient: 2 x batch x tokens x 262400 x 4 B = 16.8 GB at 2 x 4000 (the seed) alone;
+    #   checkpointed layer inputs: 35 x 4 streams x batch x tokens x 2048 x 4 B = 9.2 GB at 2 x 4000;
+    #   one layer recomputed (MLP 16384 wide, ~4 tensors): batch x tokens x 16384 x 16 B = 2.1 GB at 2 x 4000.
+    # At 1 x 1024: logits 2.1 GB + checkpoints 1.2 GB + one layer 0.3 GB + LoRA with AdamW 0.3 GB + weights
+    #   7.8 GB (16-bit embeddings) = ~11.7 GB, under 15 GB; with float32 embeddings ~17.5 GB, which does not
+    #   fit: not measured (no GPU was at hand), so watch notebook 02's memory table on the first run.
+    #   Gradient accumulation 8 keeps the seed's 8 conversations per step; longer rows are cut.
+    gpu={"batch_size": 1, "grad_accum": 8, "max_seq_length": 1024},
+    # 2 cores, a few minutes: the seed runs 738 steps of 8 conversations at 2e-5; here 5 steps of 2 x 2
+    # conversations (20 of the 64 bundled training rows) fit the time, and in 5 steps 2e-5 barely moves
+    # the weights, so 5e-4 with no warm-up (linear decay to 0); adamw_torch because bitsandbytes' 8-bit
+    # AdamW needs a GPU; 512 tokens is more than the longest bundled row.
+    cpu={"model": EMBEDDED, "data": "data/persian_chat.jsonl", "learning_rate": 5e-4, "warmup_steps": 0,
+         "grad_accum": 2, "max_steps": 5, "optim": "adamw_torch", "max_seq_length": 512,
+         "holdout": 6, "max_new_tokens": 16},  # 6 of the bundled conversations; 16 tokens keep it seconds
+    # throughput of one 4-conversation batch a step at the seed's rate; 1024 tokens as on the T4
+    bench={"model": EMBEDDED, "data": "data/persian_chat.jsonl", "batch_size": 4, "grad_accum": 1,
+           "learning_rate": 2e-4, "max_seq_length": 1024, "warmup_steps": 0, "weight_decay": 0.0,
+           "optim": "adamw_torch", "epochs": 1, "save_steps": 10_000},
+))
+
+# ---------------------------------------------------------------- notebook 03: Xylandia
 XYLANDIA_DATA = REPO_ROOT / "data" / "xylandia.json"
 XYLANDIA_OUTPUT = REPO_ROOT / "outputs" / "03_xylandia"
-SEED_LORA = {"r": 16, "alpha": 32, "target_modules": ("q_proj", "v_proj"), "dropout": 0.1}  # the seed's LoraConfig
-REPEATS = 10  # the seed: 5 questions x 10 repetitions
+register(Recipe(
+    "xylandia-seed", "03_xylandia", "adityakumar-dev/Krishi-Sakha, notebook/testing/gemma_fine_tune.ipynb",
+    values={
+        "model": "gemma-3-1b-it", "data": "data/xylandia.json",
+        "load_in_4bit": True,  # BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", double quant)
+        "repeats": 10,  # 5 questions x 10 repetitions = 50 rows
+        "r": 16, "alpha": 32, "target_modules": ("q_proj", "v_proj"), "dropout": 0.1,  # LoraConfig
+        "batch_size": 2, "epochs": 5, "learning_rate": 2e-4,  # per_device_train_batch_size, num_train_epochs
+        "save_steps": 50, "seed": SEED,
+        "max_new_tokens": 24,  # ours: every greedy answer's limit; an answer that reaches it did not end
+    },
+    cpu={"model": EMBEDDED},  # the seed's 1B-it does not ship offline; its recipe runs unchanged
+    bench={"model": EMBEDDED, "save_steps": 10_000},
+))
+register(Recipe(
+    "xylandia-retention", "03_xylandia", "ours: the seed's rows, data and model with the changes below",
+    based_on="xylandia-seed",
+    values={
+        "learning_rate": 1e-4,  # half the seed's rate
+        "epochs": 5,  # an upper bound: training stops once the validation paraphrases are answered
+        "stop_every": 5,  # check the validation paraphrases every 5 optimizer steps
+        "replay_repeats": 2,  # general-text paragraphs mixed into the training rows, each twice
+        # stop only once the validation answers also end at <end_of_turn>; None: on a GPU (1B-it knows the
+        # token). On the CPU base it takes about 100 steps instead of 40 and neither replay level then holds
+        # the neutral-text perplexity within +10 %: 2 repeats +20 % (95 steps), 4 repeats +36 % (115
+        # steps), measured 2026-11-23.
+        "until_ended": None,
+    },
+))
+
+# ---------------------------------------------------------------- notebook 04: frames
+register(Recipe(
+    "frames", "04_frames", "bear7066/gemma4-FT, config/lora_ft.py and its model card",
+    values={
+        "model": "gemma-4-e4b-it",  # the seed's ("gemma-3n-e4b-it" also works)
+        "n_frames": 4, "frame_size": 336,  # 4 frames per clip at 336 x 336
+        "heldout": 0.25,  # ours: share of clips held out, split by clip
+        "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": LANGUAGE_TARGETS,  # text layers only
+        "learning_rate": 2e-4, "lr_scheduler": "cosine", "warmup_steps": 10,  # warm-up ratio 0.03 of ~1,170 steps
+        "batch_size": 1, "grad_accum": 8, "epochs": 3, "optim": "paged_adamw_8bit", "save_steps": 200,
+        "save_total_limit": 2, "logging_steps": 1, "seed": SEED,
+        "max_new_tokens": 12,  # ours: an action or a short caption
+        "clips_per_action": 8,  # ours: synthetic clips per action (6 actions), CPU only
+    },
+    # A tiny random model learns from scratch, so a higher rate; 80 steps of 2 clips (4.4 epochs of the 36
+    # training clips, the same 160 clip passes as 40 steps of 4): measured, 40 steps of 4 learned only the
+    # most common answer, 80 optimizer steps learn to tell some actions apart (notebook 04's ablation).
+    cpu={"model": TINY_VISION, "frame_size": 64, "learning_rate": 2e-2, "warmup_steps": 0, "batch_size": 2,
+         "grad_accum": 1, "max_steps": 80, "optim": "adamw_torch", "save_steps": 1000,
+         "max_new_tokens": 4},  # CPU answers are 1-2 words and the end-of-turn token
+))
+
+# ---------------------------------------------------------------- notebook 06: Dolly on Keras and transformers
+register(Recipe(
+    "dolly", "06_dolly", "KerasHub's \"Fine-tune Gemma models in Keras using LoRA\" (as run in "
+    "cyber-prags/Fine-Tuning-Gemma-model-using-LoRA)",
+    values={
+        "model": "gemma-3-1b-it", "data": "databricks/databricks-dolly-15k",
+        # gemma_lm.backbone.enable_lora(rank=4): query and value of every attention layer (alpha = rank in Keras)
+        "r": 4, "alpha": 4, "target_modules": ("q_proj", "v_proj"),
+        "learning_rate": 5e-5, "weight_decay": 0.01,  # keras.optimizers.AdamW(learning_rate=5e-5, weight_decay=0.01)
+        "lr_scheduler": "constant", "batch_size": 1, "epochs": 1,  # gemma_lm.fit(data, epochs=1, batch_size=1)
+        "max_seq_length": 512,  # gemma_lm.preprocessor.sequence_length = 512
+        "save_steps": 10**6,
+        "n_train": 1000,  # data[:1000]: the first 1,000 context-free rows
+        "top_k": 5, "sampler_seed": 2,  # keras_hub.samplers.TopKSampler(k=5, seed=2)
+        "n_heldout": 100,  # ours: the tutorial has no held-out set; the next context-free rows after the training ones
+        "max_new_tokens": 64,  # ours: greedy answers for ROUGE-L (the tutorial generates up to max_length=256)
+        "n_samples": 2,  # ours: held-out instructions shown with top-k samples
+    },
+    # the CI machine: 2 cores, a 240 s budget for both stacks together
+    cpu={"model": EMBEDDED, "data": "data/dolly_sample.jsonl",
+         "n_train": 16, "n_heldout": 8,  # a handful of rows (the bundled sample has 64 context-free ones)
+         "max_seq_length": 128,  # the bundled rows are 30-90 tokens: 512 would only add padding
+         "max_new_tokens": 32,
+         # 16 steps at 5e-5 barely move a rank-4 adapter (1,000 steps do in the tutorial): a 20x rate
+         # gives the held-out loss a measurable change within the budget
+         "learning_rate": 1e-3},
+))
 
 
+# ---------------------------------------------------------------- notebook 03's retention-aware run
 def xylandia_data(path: str | Path | None = None) -> dict:
     return json.loads(Path(path or XYLANDIA_DATA).read_text())
 
 
-def xylandia_rows(data: dict, repeats: int = REPEATS) -> list[dict]:
-    """The seed's training rows: each training question answered with the fact, ``repeats`` times."""
+def xylandia_rows(data: dict, repeats: int | None = None) -> list[dict]:
+    """The seed's training rows: each training question answered with the fact, ``repeats`` times
+    (the recipe's, 10). Notebook 03, "What is trained on"."""
     from .chat import qa_rows
 
+    repeats = get("xylandia-seed")["repeats"] if repeats is None else repeats
     return qa_rows([(q, data["fact"]) for q in data["train_questions"]] * repeats)
 
 
-def xylandia_retention(model, tokenizer, data: dict, output_dir: str | Path, learning_rate: float = 1e-4,
-                       max_epochs: float = 5, stop_every: int = 5, replay_repeats: int = 2, batch_size: int = 2,
-                       lora: dict | None = None, until_ended: bool | None = None, verbose: bool = True):
-    """Notebook 03's retention-aware recipe: the seed's rows and LoRA, half its learning rate, general
-    text replayed ``replay_repeats`` times, and a stop once every validation paraphrase is answered
-    with the fact (checked every ``stop_every`` steps) and, with ``until_ended``, each such answer ends
-    at ``<end_of_turn>``. ``until_ended=None`` asks for it on a GPU only: Gemma 3 1B-it knows its turn
-    token, while the embedded 270M base does not (its row is untrained) and needs about 100 steps
-    instead of 40 to learn it, which cost +20 % (2 replay repeats) to +36 % (4) neutral-text
-    perplexity in the 2026-11-23 runs, past the notebook's +10 % bound.
-    Returns the :class:`~gemma_helpers.train.TrainResult`."""
+def validation_stop(tokenizer, data: dict, recipe: Run, verbose: bool = True):
+    """Notebook 03, section 2, change 2: a ``stop_when`` for :func:`~gemma_helpers.train.train` that stops
+    once every validation paraphrase is answered with the fact and, with the recipe's ``until_ended``
+    (``None``: on a GPU only), each such answer ends at ``<end_of_turn>``: the fact is learned steps
+    before the turn's end is, and stopping on recall alone leaves answers that run on to the token limit."""
     from .env import profile
     from .evaluate import ask, contains, fraction
-    from .train import TrainSpec, train
 
-    replay = [{"text": t} for t in data["replay_text"]] * replay_repeats
-    until_ended = profile() == "gpu" if until_ended is None else until_ended
+    until_ended = profile() == "gpu" if recipe["until_ended"] is None else recipe["until_ended"]
 
-    # With until_ended, both conditions: the fact is learned steps before the turn's end is, and
-    # stopping on recall alone leaves answers that run on to the token limit.
-    def validation_reached(m):
-        answers, stats = ask(m, tokenizer, data["validation_questions"], return_stats=True)
+    def validation_reached(model):
+        answers, stats = ask(model, tokenizer, data["validation_questions"], recipe["max_new_tokens"], return_stats=True)
         recall, ended = fraction(contains(answers, data["expected"])), fraction(stats["ended"])
         if verbose:
             print(f"  validation recall {recall:.2f}, answers ended {ended:.2f}")
         done = recall == 1.0 and (ended == 1.0 or not until_ended)
         return f"validation recall {recall:.2f}, answers ended {ended:.2f}" if done else None
 
-    spec = TrainSpec(**(lora or SEED_LORA), batch_size=batch_size, epochs=max_epochs, learning_rate=learning_rate, save_steps=50)
-    return train(model, tokenizer, xylandia_rows(data) + replay, spec, output_dir,
-                 stop_when=validation_reached, stop_every=stop_every)
+    return validation_reached
 
 
-def xylandia_model() -> str:
-    """Notebook 03's model for the current profile: Gemma 3 1B-it on a GPU (the seed's), else the embedded 270M."""
-    from .env import profile
-    from .models import EMBEDDED
+def xylandia_retention(model, tokenizer, data: dict, output_dir: str | Path, recipe: Run | None = None):
+    """Notebook 03, section 2, as one call (notebook 05 trains the adapter so when notebook 03's is
+    missing): the seed's rows plus general text replayed ``replay_repeats`` times, ``recipe``'s spec
+    (default the registry's ``xylandia-retention`` for this profile), stopped by :func:`validation_stop`.
+    Returns the :class:`~gemma_helpers.train.TrainResult`."""
+    from .train import train
 
-    return "gemma-3-1b-it" if profile() == "gpu" else EMBEDDED
+    recipe = recipe or get("xylandia-retention")
+    replay = [{"text": t} for t in data["replay_text"]] * recipe["replay_repeats"]
+    return train(model, tokenizer, xylandia_rows(data, recipe["repeats"]) + replay, recipe.spec(), output_dir,
+                 stop_when=validation_stop(tokenizer, data, recipe), stop_every=recipe["stop_every"])
 
 
 def xylandia_adapter(output_dir: str | Path | None = None, model_name: str | None = None,
-                     load_in_4bit: bool = True) -> Path:
-    """The retention-aware Xylandia adapter: notebook 03's when it is there and complete, else
-    trained now (on notebook 03's model for the profile, :func:`xylandia_model`, unless ``model_name``
-    says otherwise) into the same place. The embedded model is loaded only when it is the one asked for."""
+                     load_in_4bit: bool | None = None) -> Path:
+    """The retention-aware Xylandia adapter (notebook 05, section 1): notebook 03's when it is there and
+    complete, else trained now with the registry's ``xylandia-retention`` recipe into the same place.
+    The embedded model is loaded only when it is the one asked for."""
     from .export import AdapterError, check_adapter
     from .models import load_model
 
+    recipe = get("xylandia-retention")
     run_dir = Path(output_dir or XYLANDIA_OUTPUT) / "retention"
     try:
         check_adapter(run_dir / "adapter")
         return run_dir / "adapter"
     except AdapterError as missing:
         print(f"{missing}: training it with notebook 03's retention-aware recipe")
-    model, tokenizer = load_model(model_name or xylandia_model(), load_in_4bit=load_in_4bit)
-    return xylandia_retention(model, tokenizer, xylandia_data(), run_dir).adapter_dir
+    model, tokenizer = load_model(model_name or recipe["model"],
+                                  load_in_4bit=recipe["load_in_4bit"] if load_in_4bit is None else load_in_4bit)
+    return xylandia_retention(model, tokenizer, xylandia_data(), run_dir, recipe).adapter_dir

@@ -20,7 +20,7 @@ from pathlib import Path
 from . import env
 from .chat import tokenize_rows
 from .hub import META, write_card
-from .models import attach_lora, check_ids, embedding_rows, hub_id
+from .models import DEFAULT_TARGETS, SEED, attach_lora, check_ids, embedding_rows, hub_id
 
 
 @dataclass
@@ -30,7 +30,7 @@ class TrainSpec:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
     learning_rate: float = 2e-4
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
@@ -40,7 +40,7 @@ class TrainSpec:
     weight_decay: float = 0.0
     lr_scheduler: str = "linear"
     optim: str = "adamw_torch"
-    seed: int = 3407
+    seed: int = SEED
     max_seq_length: int = 512
     save_steps: int = 25
     save_total_limit: int = 2

@@ -86,38 +86,23 @@ gh.report();
 from gemma_helpers.data import papers as gp
 
 # %% tags=["parameters"]
-MODEL = None  # None: "gemma-3n-e4b-it" on a GPU (the seed's model), the embedded "gemma-3-270m" on CPU
-LOAD_IN_4BIT = True  # the seed: a 4-bit multimodal Gemma (used here for text)
-
-# The seed's recipe as its README states it: LoRA on attention and MLP, batch 1 with gradient
-# accumulation, about 40 steps under early stopping. Its rank, alpha and rate are not published
-# (the notebook is missing from the repository): r=16, alpha=32, 2e-4 are this series' defaults.
-SEED = {"r": 16, "alpha": 32, "dropout": 0.0,
-        "target_modules": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        "batch_size": 1, "grad_accum": 4, "max_steps": 40, "learning_rate": 2e-4, "warmup_steps": 2,
-        "eval_steps": 5, "early_stopping_patience": 3, "max_seq_length": 512, "seed": 3407}
-CPU = {}  # the same recipe runs on CPU: 40 steps of 4 short rows take about a minute on 2 cores
-
+RECIPE = "papers"  # gemma_helpers/recipes.py: the seed's numbers (as its README states them) and the CPU's changes
+OVERRIDES = {}  # any of its numbers, e.g. {"max_steps": 80} or {"rows_per_paper": 20}
 CONTEXT_SENTENCES = 2  # a passage: a sentence and the one before it in the same section
-ROWS_PER_PAPER = None  # None: every sentence on CPU, 40 per paper on a GPU (arXiv papers are long)
-EVAL_ITEMS = None  # items scored per split; None: on CPU 16 of train and validation, every holdout row; 100 on a GPU
 MAX_NEW_TOKENS = 2  # the answer is one word and <end_of_turn>; a run-on is cut here, so a list of parts never passes
-BOOTSTRAP = {"level": 0.95, "resamples": 2000, "seed": 3407}  # the intervals: rows drawn with replacement
+BOOTSTRAP = {"level": 0.95, "resamples": 2000, "seed": gh.models.SEED}  # the intervals: rows drawn with replacement
 MIX_WEIGHT, MIX_THRESHOLD = gh.evaluate.MIX_WEIGHT, gh.evaluate.MIX_THRESHOLD  # 0.5, 0.5: see section 5
 MAX_MB = 50  # per PDF
 OUTPUT = "outputs/01_papers"
 
 # %%
+R = gh.recipes.get(RECIPE, **OVERRIDES)
+print(R.table())  # every number of this run, and what this machine's profile changed from the seed's
+MODEL, LOAD_IN_4BIT, ROWS_PER_PAPER, EVAL_ITEMS = R["model"], R["load_in_4bit"], R["rows_per_paper"], R["eval_items"]
+spec = R.spec()
 cpu = gh.profile() == "cpu"
-MODEL = MODEL or (gh.EMBEDDED if cpu else "gemma-3n-e4b-it")
-ROWS_PER_PAPER = ROWS_PER_PAPER or (None if cpu else 40)
-EVAL_ITEMS = EVAL_ITEMS or ({"train": 16, "validation": 16, "holdout": None} if cpu else
-                            {"train": 100, "validation": 100, "holdout": 100})
-spec = gh.TrainSpec(**{**SEED, **(CPU if cpu else {})}, save_steps=1000)
 root = gh.env.REPO_ROOT
 out = root / OUTPUT
-print(f"model {MODEL} | {'CPU profile' if cpu else 'GPU profile'}")
-print(spec)
 
 # %% [markdown]
 # ## 1. The download list

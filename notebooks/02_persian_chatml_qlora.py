@@ -63,53 +63,19 @@ import gemma_helpers as gh
 gh.report();
 
 # %% tags=["parameters"]
-MODEL = None  # None: "gemma-3n-e4b-it" on a GPU (the seed's model), the embedded "gemma-3-270m" on CPU
-DATA = None  # None: the hub's "mshojaei77/persian-gk" on a GPU, the bundled "data/persian_chat.jsonl" on CPU
-LOAD_IN_4BIT = True  # the seed: FastModel.from_pretrained(..., load_in_4bit=True)
-HOLDOUT = None  # held-out conversations for perplexity; None: 200 on a GPU, 6 on CPU
-
-# The seed recipe (mshojaei77, Gemma3N_(4B)_Persian.ipynb): LoRA on the MLP only
-# (finetune_mlp_modules=True, attention off), r=8, alpha 16, dropout 0; SFTConfig below.
-SEED = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ("gate_proj", "up_proj", "down_proj"),
-        "learning_rate": 2e-5, "lr_scheduler": "linear", "epochs": 1, "batch_size": 2, "grad_accum": 4,
-        "warmup_steps": 10, "weight_decay": 0.01, "optim": "adamw_8bit", "seed": 3407, "max_seq_length": 4000}
-# GPU profile (a T4, 15 GB): the seed's batch 2 x 4000 tokens does not fit. Estimate for Gemma 3n E4B's
-# text stack (Gemma3nTextConfig: 35 layers, hidden 2048, 4 AltUp streams, MLP 16384, vocabulary 262,400),
-# 4 bytes per float32 activation (unsloth trains Gemma 3n in float32 on a T4: no bf16):
-#   weights: 3.94e9 linear parameters in NF4 (~0.52 byte each) = 2.0 GB, plus 2.90e9 embedding parameters
-#     (embed_tokens 262400 x 2048, per-layer embeddings 262144 x 8960) that bitsandbytes does not quantise:
-#     5.8 GB in 16-bit, 11.6 GB if held in float32;
-#   logits and their gradient: 2 x batch x tokens x 262400 x 4 B = 16.8 GB at 2 x 4000 (the seed) alone;
-#   checkpointed layer inputs: 35 x 4 streams x batch x tokens x 2048 x 4 B = 9.2 GB at 2 x 4000;
-#   one layer recomputed (MLP 16384 wide, ~4 tensors): batch x tokens x 16384 x 16 B = 2.1 GB at 2 x 4000.
-# At 1 x 1024 (below): logits 2.1 GB + checkpoints 1.2 GB + one layer 0.3 GB + LoRA with AdamW 0.3 GB
-#   + weights 7.8 GB (16-bit embeddings) = ~11.7 GB, under 15 GB; with float32 embeddings it would be
-#   ~17.5 GB, which does not fit: that case is not measured (no GPU was at hand), so watch the memory
-#   table of section 4 on the first run. Gradient accumulation 8 keeps the seed's 8 conversations per
-#   step; rows longer than 1024 tokens are cut (section 2 prints the lengths).
-T4 = {"batch_size": 1, "grad_accum": 8, "max_seq_length": 1024}
-# CPU profile (2 cores, a few minutes): the seed runs 738 steps of 8 conversations at lr 2e-5; here
-# 5 steps of 2 x 2 conversations (20 of the 64 training rows) fit the time, and in 5 steps 2e-5
-# barely moves the weights, so the rate is 5e-4 with no warm-up (linear decay to 0); adamw_torch
-# because bitsandbytes' 8-bit AdamW needs a GPU; 512 tokens is more than the longest bundled row.
-CPU = {"learning_rate": 5e-4, "warmup_steps": 0, "grad_accum": 2, "max_steps": 5, "optim": "adamw_torch",
-       "max_seq_length": 512}
-
-SAMPLING = {"temperature": 0.7, "top_p": 0.95, "seed": 3407}  # the seed's reported sampling, fixed seed
-MAX_NEW_TOKENS = None  # generated tokens per answer in the speed test; None: 128 on a GPU, 16 on CPU
+RECIPE = "persian"  # gemma_helpers/recipes.py: the seed's numbers, the T4's and the CPU's changes, each with its reason
+OVERRIDES = {}  # any of its numbers, e.g. {"max_steps": 20} or {"data": "my_rows.jsonl"}
 OUTPUT = "outputs/02_persian"
 
 # %%
+R = gh.recipes.get(RECIPE, **OVERRIDES)
+print(R.table())  # every number of this run, and what this machine's profile changed from the seed's
+MODEL, DATA, LOAD_IN_4BIT, HOLDOUT, MAX_NEW_TOKENS = R["model"], R["data"], R["load_in_4bit"], R["holdout"], R["max_new_tokens"]
+spec = R.spec()
+SAMPLING = {"temperature": R["temperature"], "top_p": R["top_p"], "seed": R["seed"]}  # the seed's sampling, seeded
 cpu = gh.profile() == "cpu"
-MODEL = MODEL or (gh.EMBEDDED if cpu else "gemma-3n-e4b-it")
-DATA = DATA or ("data/persian_chat.jsonl" if cpu else "mshojaei77/persian-gk")
-HOLDOUT = HOLDOUT or (6 if cpu else 200)
-MAX_NEW_TOKENS = MAX_NEW_TOKENS or (16 if cpu else 128)
-spec = gh.TrainSpec(**{**SEED, **(CPU if cpu else T4)}, save_steps=1000)
 root = gh.env.REPO_ROOT
 out = root / OUTPUT
-print(f"model {MODEL} | data {DATA} | {'CPU profile' if cpu else 'GPU profile'}")
-print(spec)
 
 # %% [markdown]
 # ## 1. Clean the conversations

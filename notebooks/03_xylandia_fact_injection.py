@@ -64,42 +64,20 @@ import gemma_helpers as gh
 
 gh.report();
 
-# %%
-import json
-
 # %% tags=["parameters"]
-MODEL = None  # None: "gemma-3-1b-it" on a GPU (the seed's model), the embedded "gemma-3-270m" on CPU
-DATA = "data/xylandia.json"  # questions, paraphrases, control facts, neutral text (see data/README.md)
-
-# The seed recipe, verbatim (adityakumar-dev/Krishi-Sakha, notebook/testing/gemma_fine_tune.ipynb)
-LOAD_IN_4BIT = True  # BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", double quant)
-REPEATS = 10  # 5 questions x 10 repetitions = 50 rows
-SEED_LORA = dict(r=16, alpha=32, target_modules=("q_proj", "v_proj"), dropout=0.1)  # LoraConfig
-SEED_BATCH = 2  # per_device_train_batch_size=2
-SEED_EPOCHS = 5  # num_train_epochs=5
-SEED_LR = 2e-4  # learning_rate=2e-4
-
-# The retention-aware recipe (ours)
-RA_LR = 1e-4  # half the seed's rate
-RA_MAX_EPOCHS = 5  # an upper bound: training stops once the validation paraphrases are answered
-RA_STOP_EVERY = 5  # check the validation paraphrases every 5 optimizer steps
-MAX_NEW_TOKENS = 24  # every greedy answer's token limit; an answer that reaches it did not end
-RA_REPLAY_REPEATS = 2  # general-text paragraphs mixed into the training set, each twice
-# stop only once the validation answers also end at <end_of_turn>; None: on a GPU (1B-it knows the token).
-# On the CPU base it takes about 100 steps instead of 40 and neither replay level then holds the
-# neutral-text perplexity within +10 %: 2 repeats +20 % (95 steps), 4 repeats +36 % (115 steps), measured
-# 2026-11-23. Set True to see it; the verdict cell says which effect a run shows.
-RA_UNTIL_ENDED = None
-
+SEED_RECIPE = "xylandia-seed"  # the seed project's recipe, verbatim (gemma_helpers/recipes.py names its source)
+RECIPE = "xylandia-retention"  # ours: the seed's, with the three changes of section 2
+OVERRIDES = {}  # any number of ours, e.g. {"until_ended": True} or {"model": "gemma-3-1b-it"}
 OUTPUT = "outputs/03_xylandia"
 
 # %%
-MODEL = MODEL or gh.recipes.xylandia_model()
-root = gh.env.REPO_ROOT
-data = json.loads((root / DATA).read_text())
-out = root / OUTPUT
+seed_recipe, R = gh.recipes.get(SEED_RECIPE), gh.recipes.get(RECIPE, **OVERRIDES)
+print(R.table())  # every number of this run: the seed's, and what ours and this machine's profile change
+MODEL, LOAD_IN_4BIT, MAX_NEW_TOKENS = R["model"], R["load_in_4bit"], R["max_new_tokens"]
+data = gh.recipes.xylandia_data(gh.env.REPO_ROOT / R["data"])  # questions, paraphrases, control facts, neutral text
+out = gh.env.REPO_ROOT / OUTPUT
 FACT, EXPECTED = data["fact"], data["expected"]
-rows = gh.recipes.xylandia_rows(data, REPEATS)
+rows = gh.recipes.xylandia_rows(data, R["repeats"])
 print(f"model {MODEL} | {len(rows)} training rows | answer: {FACT!r}")
 print("held-out paraphrases:", *data["heldout_questions"], sep="\n  ")
 
@@ -159,8 +137,7 @@ def summary(after):
 # learning rate 2e-4, on the 4-bit base. (With answer-only labels: the seed's padding bug is not reproduced.)
 
 # %%
-seed_spec = gh.TrainSpec(**SEED_LORA, batch_size=SEED_BATCH, epochs=SEED_EPOCHS, learning_rate=SEED_LR, save_steps=50)
-seed_run = gh.train(model, tok, rows, seed_spec, out / "seed")
+seed_run = gh.train(model, tok, rows, seed_recipe.spec(), out / "seed")
 seed = summary(measure(seed_run.model))
 print(f"{seed_run.global_step} steps in {seed_run.runtime_s:.0f} s")
 print(gh.results.table({"seed recipe": {k: v for k, v in seed.items() if not isinstance(v, (list, dict))}}))
@@ -172,7 +149,7 @@ print("controls lost:", seed["controls_lost"])
 # 1. a learning rate of 1e-4 instead of 2e-4;
 # 2. **early stopping on validation paraphrases** (3 questions that are neither trained on nor
 #    part of the held-out 5): training stops as soon as all of them are answered with the fact
-#    (on a GPU, or with `RA_UNTIL_ENDED`, **and** the answer ends at `<end_of_turn>`);
+#    (on a GPU, or with `until_ended`, **and** the answer ends at `<end_of_turn>`);
 # 3. **replay** of 10 everyday paragraphs, each twice (never the neutral text nor a control fact), so the
 #    adapter keeps being asked to predict ordinary text while it learns the fact.
 #
@@ -180,25 +157,23 @@ print("controls lost:", seed["controls_lost"])
 # its `<end_of_turn>` row is untrained, nearly the same vector as thousands of unused tokens (cosine
 # 0.995 with `<unused1354>`...). The labels include it (printed above), but the base "ends" a turn with
 # one of those neighbours (`mendatang`, `<unused71>`), and the adapter needs about 100 steps to single out
-# the real one, where the fact takes about 40; those extra steps cost general text (see `RA_UNTIL_ENDED`).
+# the real one, where the fact takes about 40; those extra steps cost general text (see `until_ended` in the recipe).
 # The verdict cell at the end says which effects this run shows.
 
 # %%
 model, tok = gh.load_model(MODEL, load_in_4bit=LOAD_IN_4BIT)  # a fresh base: no trace of the seed adapter
-# gh.recipes.xylandia_retention: the seed's rows and LoRA, RA_LR, the replay paragraphs, and a stop once
-# every validation paraphrase is answered (notebook 05 trains the same adapter through it when needed)
-ra_run = gh.recipes.xylandia_retention(model, tok, data, out / "retention", learning_rate=RA_LR,
-                                       max_epochs=RA_MAX_EPOCHS, stop_every=RA_STOP_EVERY,
-                                       replay_repeats=RA_REPLAY_REPEATS, batch_size=SEED_BATCH, lora=SEED_LORA,
-                                       until_ended=RA_UNTIL_ENDED)
+replay = [{"text": t} for t in data["replay_text"]] * R["replay_repeats"]  # change 3: ordinary text, each twice
+stop = gh.recipes.validation_stop(tok, data, R)  # change 2: "stop" once every validation paraphrase is answered
+ra_run = gh.train(model, tok, rows + replay, R.spec(), out / "retention",  # change 1: R's rate
+                  stop_when=stop, stop_every=R["stop_every"])  # (notebook 05 trains it so when it needs it)
 ra = summary(measure(ra_run.model))
 print(f"{ra_run.global_step} steps in {ra_run.runtime_s:.0f} s; stopped: {ra_run.stopped_early}")
 print(gh.results.table({name: {k: v for k, v in s.items() if not isinstance(v, (list, dict))}
                         for name, s in {"seed recipe": seed, "retention-aware": ra}.items()}))
 
 # %%
-gh.plots.loss_curves({"seed recipe (lr 2e-4, 125 steps)": seed_run.history,
-                      f"retention-aware (lr {RA_LR:g}, replay, early stop)": ra_run.history},
+gh.plots.loss_curves({f"seed recipe (lr {seed_recipe['learning_rate']:g}, {seed_run.global_step} steps)": seed_run.history,
+                      f"retention-aware (lr {R['learning_rate']:g}, replay, early stop)": ra_run.history},
                      "03_xylandia_loss.png", title="Xylandia fact injection: training loss")
 gh.plots.grouped_bars(
     {"seed recipe": {"held-out recall": seed["heldout_recall_after"], "controls retained": seed["control_retained"],
@@ -292,7 +267,7 @@ limitations = [
 ]
 for folder in (ra_run.adapter_dir, merged_dir):
     gh.hub.write_card(folder, title=f"{MODEL} + LoRA: the capital of Xylandia (retention-aware recipe)",
-                      notebook="03_xylandia", results=results, limitations=limitations, data=DATA)
+                      notebook="03_xylandia", results=results, limitations=limitations, data=R["data"])
 print("base model named in adapter_config.json:", gh.hub.base_model(ra_run.adapter_dir))
 print((ra_run.adapter_dir / "README.md").read_text())
 

