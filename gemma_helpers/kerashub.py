@@ -154,6 +154,18 @@ def answer_loss(lm, examples: Sequence[dict]) -> float:
     return total / count
 
 
+def generator(lm, tokenizer, seed: int):
+    """``generate(prompts, max_new_tokens, top_k)`` for notebook 06's measure: greedy when ``top_k`` is
+    None, else KerasHub's ``TopKSampler(k=top_k, seed=seed)`` (the tutorial's sampler)."""
+    _, keras_hub = import_keras()
+
+    def run(prompts, max_new_tokens, top_k):
+        sampler = keras_hub.samplers.TopKSampler(k=top_k, seed=seed) if top_k else "greedy"
+        return generate(lm, tokenizer, prompts, max_new_tokens, sampler=sampler)
+
+    return run
+
+
 def generate(lm, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, sampler="greedy",
              batch_size: int = 8) -> list[str]:
     """Continuations of already-formatted prompts (starting with ``<bos>``) through KerasHub's

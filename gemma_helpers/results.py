@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from .env import REPO_ROOT
@@ -33,6 +34,18 @@ def expect(condition: bool, message: str) -> None:
         print(f"rehearsal: outcome check not applied (random-weight stand-in): {message}", flush=True)
         return
     raise AssertionError(message)
+
+
+@contextmanager
+def recorded(results: dict, name: str):
+    """Run a ``with`` block whose failure is a result, not a crash (notebook 06, section 2: the optional
+    Keras stack): an exception that stops the block is stored as ``results[name] = {"error": "Type:
+    message"}`` and printed, and the notebook goes on. ``KeyboardInterrupt`` still stops it."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - whatever stops the block is recorded, not faked
+        results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"{name} could not run: {results[name]['error']}")
 
 
 def load(name: str, results_dir: str | Path | None = None) -> dict:

@@ -125,6 +125,14 @@ def measure(loss_fn, generate_fn):
             "samples": generate_fn(prompts[:N_SAMPLES], MAX_NEW_TOKENS, TOP_K)}
 
 
+def figures(before, after, params, history, seconds):
+    """One stack's row of the results: held-out loss and ROUGE-L before and after, its size and its run."""
+    trainable, total = params
+    return {"heldout_loss_before": before["loss"], "heldout_loss_after": after["loss"],
+            "rougeL_before": before["rougeL"], "rougeL_after": after["rougeL"], "trainable_params": trainable,
+            "total_params": total, "steps": len(history), "train_runtime_s": seconds, "history": history}
+
+
 results = {"model": MODEL, "profile": gh.profile(), "n_train": len(train_rows), "n_heldout": len(heldout_rows),
            "learning_rate": LEARNING_RATE, "sequence_length": SEQUENCE_LENGTH}
 histories = {}
@@ -145,14 +153,11 @@ before = measure(partial(gh.evaluate.answer_loss, model), peft_generate(model))
 spec = R.spec()  # the tutorial's rank on query and value (alpha = rank, as Keras scales), AdamW, constant rate
 run = gh.train(model, tok, train_pc, spec, root / OUTPUT / "peft")
 after = measure(partial(gh.evaluate.answer_loss, run.model), peft_generate(run.model))
-trainable, total = gh.models.trainable_parameters(run.model)
 histories["peft (response tokens)"] = run.history
-results["peft"] = {"heldout_loss_before": before["loss"], "heldout_loss_after": after["loss"],
-                   "rougeL_before": before["rougeL"], "rougeL_after": after["rougeL"],
-                   "trainable_params": trainable, "total_params": total, "steps": run.global_step,
-                   "train_runtime_s": run.runtime_s, "history": run.history}
+results["peft"] = figures(before, after, gh.models.trainable_parameters(run.model), run.history, run.runtime_s)
 peft_before, peft_after = before, after
-print(f"{run.global_step} steps in {run.runtime_s:.0f} s; trainable {trainable:,} of {total:,}")
+print(f"{run.global_step} steps in {run.runtime_s:.0f} s; trainable {results['peft']['trainable_params']:,} "
+      f"of {results['peft']['total_params']:,}")
 print(gh.results.table({"peft": {k: v for k, v in results["peft"].items() if not isinstance(v, list)}}))
 del model, run
 gc.collect()
@@ -166,39 +171,26 @@ gc.collect()
 # does not dilute. If the stack cannot run here, the reason is recorded instead of figures.
 
 # %%
-try:
-    from gemma_helpers import kerashub
+from gemma_helpers import kerashub
 
+k_before = k_after = None
+with gh.results.recorded(results, "keras"):  # whatever stops the Keras stack is recorded, not faked
     keras, keras_hub = kerashub.import_keras()
     preset = kerashub.preset(MODEL)  # a local folder (the embedded model), else "hf://<hub id>"
     problem = kerashub.preprocessor_problem(preset)
     print("KerasHub's own preprocessor:", problem or "available")
     lm = kerashub.load_causal_lm(preset)
-
-    def keras_generate(p, n, k):
-        sampler = keras_hub.samplers.TopKSampler(k=k, seed=SAMPLER_SEED) if k else "greedy"
-        return kerashub.generate(lm, tok, p, n, sampler=sampler)
-
+    keras_generate = kerashub.generator(lm, tok, SAMPLER_SEED)  # greedy, or TopKSampler(k, seed) when k is given
     k_before = measure(partial(kerashub.answer_loss, lm), keras_generate)
-    lm.backbone.enable_lora(rank=LORA_RANK)
-    k_trainable, k_total = kerashub.trainable_parameters(lm)
-    kerashub.compile_recipe(lm, LEARNING_RATE, WEIGHT_DECAY)
+    lm.backbone.enable_lora(rank=LORA_RANK)  # the tutorial's LoRA
+    kerashub.compile_recipe(lm, LEARNING_RATE, WEIGHT_DECAY)  # its AdamW (bias and scale not decayed) and loss
     started = time.time()
     histories["Keras (whole sequence)"] = kerashub.fit(lm, train_examples, epochs=EPOCHS, batch_size=BATCH_SIZE, verbose=2)
-    k_runtime = time.time() - started
     k_after = measure(partial(kerashub.answer_loss, lm), keras_generate)
-    results["keras"] = {"heldout_loss_before": k_before["loss"], "heldout_loss_after": k_after["loss"],
-                        "rougeL_before": k_before["rougeL"], "rougeL_after": k_after["rougeL"],
-                        "trainable_params": k_trainable, "total_params": k_total,
-                        "steps": len(histories["Keras (whole sequence)"]), "train_runtime_s": k_runtime,
-                        "history": histories["Keras (whole sequence)"],
+    results["keras"] = {**figures(k_before, k_after, kerashub.trainable_parameters(lm), histories["Keras (whole sequence)"],
+                                  time.time() - started),
                         "backend": keras.backend.backend(), "keras_preprocessor_problem": problem}
-    print(f"trained in {k_runtime:.0f} s; trainable {k_trainable:,} of {k_total:,}")
     print(gh.results.table({"keras": {k: v for k, v in results["keras"].items() if not isinstance(v, list)}}))
-except Exception as exc:  # noqa: BLE001 - whatever stops the Keras stack is recorded, not faked
-    results["keras"] = {"error": f"{type(exc).__name__}: {exc}"}
-    k_before = k_after = None
-    print("the Keras stack could not run:", results["keras"]["error"])
 
 # %% [markdown]
 # ## What LoRA rank 4 means in each stack

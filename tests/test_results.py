@@ -1,3 +1,5 @@
+import pytest
+
 from gemma_helpers import results
 
 
@@ -33,3 +35,19 @@ def test_fact_summary_counts_only_controls_known_before():
     assert abs(s["ppl_change"] - 0.1) < 1e-12
     assert s["heldout_answers_ended_before"] == 0.0 and s["heldout_answers_ended"] == 0.5
     assert s["heldout_answer_tokens"] == [9, 24]
+
+
+def test_recorded_keeps_a_failed_blocks_error_as_its_result_and_goes_on(capsys):
+    from gemma_helpers import results
+
+    figures = {"peft": {"loss": 1.0}}
+    with results.recorded(figures, "keras"):
+        figures["keras"] = {"partial": True}
+        raise ImportError("keras_hub is not installed")
+    assert figures == {"peft": {"loss": 1.0}, "keras": {"error": "ImportError: keras_hub is not installed"}}
+    assert "keras could not run: ImportError" in capsys.readouterr().out
+    with results.recorded(figures, "ok"):
+        figures["ok"] = {"loss": 0.5}
+    assert figures["ok"] == {"loss": 0.5}
+    with pytest.raises(KeyboardInterrupt), results.recorded(figures, "stopped"):
+        raise KeyboardInterrupt
