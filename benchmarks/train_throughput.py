@@ -59,7 +59,9 @@ def recipe_rows(name: str, args) -> tuple[list[dict], dict]:
                       "batch_size": 2, "learning_rate": 2e-4}
     if name == "persian":  # mshojaei77/gemma-3n-E4B-persian-qlora LoRA: r=8, alpha=16, MLP only; batch 4 (seed: 2 x accum 4)
         # cleaned as notebook 02 cleans it: the bundled sample carries deliberately bad rows
-        rows, _ = gh.chat.clean_conversations(gh.chat.read_jsonl(args.persian))
+        from gemma_helpers.data import persian
+
+        rows, _ = persian.clean_conversations(gh.jsonl.read_jsonl(args.persian, errors="raise"))
         return rows, {"r": 8, "alpha": 16, "target_modules": ("gate_proj", "up_proj", "down_proj"), "dropout": 0.0,
                       "batch_size": 4, "learning_rate": 2e-4, "max_seq_length": 1024}
     if name == "papers":  # notebook 01: next-sentence rows from the training papers; LoRA on attention + MLP

@@ -2,9 +2,9 @@
 
 A notebook does ``import gemma_helpers as gh`` and calls ``gh.load_model(...)``,
 ``gh.train(...)``, ``gh.merge(...)``; the modules are rooms with one job each:
-env, models, chat, train, evaluate, export, hub, serve, bench, plots, results, recipes, rehearsal.
+env, models, jsonl, chat, data (persian, dolly, frames, papers), train, evaluate, export, hub, serve, bench, plots, results, recipes, rehearsal.
 """
-from . import bench, chat, env, evaluate, export, hub, models, plots, recipes, rehearsal, results
+from . import bench, chat, env, evaluate, export, hub, jsonl, models, plots, recipes, rehearsal, results
 from .chat import DataError, qa_rows, tokenize_rows, validate_rows
 from .env import profile, report
 from .evaluate import ask, complete, perplexity
@@ -32,6 +32,7 @@ __all__ = [
     "evaluate",
     "export",
     "hub",
+    "jsonl",
     "load_adapter",
     "load_gguf",
     "load_model",

@@ -107,7 +107,7 @@ root = gh.env.REPO_ROOT
 if DATA is None and gh.profile() == "gpu":
     rows = dolly.from_hub()
 else:
-    rows = dolly.read_jsonl(root / (DATA or "data/dolly_sample.jsonl"))
+    rows = dolly.read_jsonl(root / (DATA or "data/dolly_sample.jsonl"), errors="skip")  # a bad line: named, left out
 free = dolly.context_free(rows)
 train_rows, heldout_rows = dolly.split(free, N_TRAIN, N_HELDOUT)
 print(f"{len(rows)} rows, {len(free)} without context; training on {len(train_rows)}, holding out {len(heldout_rows)}")

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from gemma_helpers import chat, jsonl
+from gemma_helpers import chat, jsonl, offline
 from gemma_helpers.chat import DataError
-from gemma_helpers.data import dolly
+from gemma_helpers.data import dolly, download, persian
 from gemma_helpers.data import papers as P
 
 FAST = {"retries": 2, "backoff_s": 0.01, "timeout": (1.0, 5.0), "progress": False}
@@ -23,7 +23,7 @@ FAST = {"retries": 2, "backoff_s": 0.01, "timeout": (1.0, 5.0), "progress": Fals
 @pytest.fixture(scope="module")
 def sample():
     """Three of the bundled mini-papers as PDF bytes, by key."""
-    return {p["key"]: (p, P.sample_pdf(p)) for p in P.sample()[:3]}
+    return {p["key"]: (p, offline.sample_pdf(p)) for p in P.sample()[:3]}
 
 
 def paper(server, key, title, url=None):
@@ -38,7 +38,7 @@ def test_one_collect_call_keeps_every_good_paper_whatever_the_bad_urls_do(tmp_pa
     faults = {"zipped": "gzip", "odd_length": "bad_length", "never_answers": "hang", "loop": "redirect_loop",
               "to_file": "redirect_file", "endless": "redirect_forever", "trickle": "trickle"}
     deadline = 2.0
-    with P.LoopbackServer(files, faults, hang_s=30, trickle_s=0.5) as server:
+    with offline.LoopbackServer(files, faults, hang_s=30, trickle_s=0.5) as server:
         papers = [paper(server, a["key"], a["title"]), paper(server, b["key"], b["title"]),
                   paper(server, "zipped", c["title"]), paper(server, "odd_length", a["title"]),
                   paper(server, "never_answers", a["title"]), paper(server, "loop", a["title"]),
@@ -89,7 +89,7 @@ def test_malformed_urls_are_refused_before_any_request(tmp_path, url, words):
         def get(self, *args, **kwargs):
             raise AssertionError("a request was made")
 
-    got = P.download_one(url, tmp_path / "x.pdf", "x", session=NoNetwork(), progress=False)
+    got = download.download_one(url, tmp_path / "x.pdf", "x", session=NoNetwork(), progress=False)
     assert got.status == "failed" and words in got.reason and got.attempts == 0, got
 
 
@@ -97,8 +97,8 @@ def test_redirects_good_and_bad_beside_each_other(tmp_path, sample):
     (a, pdf), *_ = sample.values()
     files = {"moved": pdf, "loop": pdf, "to_file": pdf, "endless": pdf}
     faults = {"moved": "redirect", "loop": "redirect_loop", "to_file": "redirect_file", "endless": "redirect_forever"}
-    with P.LoopbackServer(files, faults) as server:
-        got = {f.key: f for f in P.download([paper(server, k, a["title"]) for k in files], tmp_path,
+    with offline.LoopbackServer(files, faults) as server:
+        got = {f.key: f for f in download.download([paper(server, k, a["title"]) for k in files], tmp_path,
                                             max_redirects=3, **FAST)}
         endless_hits = server.hits["endless"]
     assert got["moved"].status == "ok" and "1 redirect(s)" in got["moved"].reason
@@ -113,8 +113,8 @@ def test_backoff_is_exponential_and_honours_retry_after(tmp_path, sample):
     (a, pdf), *_ = sample.values()
     files = {"down": pdf, "busy": pdf, "good": pdf, "rate": pdf}
     faults = {"down": "500", "busy": "503_retry_after", "rate": "429_forever"}
-    with P.LoopbackServer(files, faults) as server:
-        got = {f.key: f for f in P.download([paper(server, k, a["title"]) for k in files], tmp_path,
+    with offline.LoopbackServer(files, faults) as server:
+        got = {f.key: f for f in download.download([paper(server, k, a["title"]) for k in files], tmp_path,
                                             retries=3, backoff_s=0.1, max_wait_s=5, timeout=(1, 5), progress=False)}
         times = {k: list(v) for k, v in server.times.items()}
     gaps = [t2 - t1 for t1, t2 in zip(times["down"], times["down"][1:])]
@@ -129,9 +129,9 @@ def test_backoff_is_exponential_and_honours_retry_after(tmp_path, sample):
 
 def test_backoff_that_would_pass_the_deadline_stops_and_says_so(tmp_path, sample):
     (_, pdf), *_ = sample.values()
-    with P.LoopbackServer({"down": pdf}, {"down": "500"}) as server:
+    with offline.LoopbackServer({"down": pdf}, {"down": "500"}) as server:
         started = time.monotonic()
-        got = P.download_one(server.url("down"), tmp_path / "down.pdf", "down", retries=5, backoff_s=0.5,
+        got = download.download_one(server.url("down"), tmp_path / "down.pdf", "down", retries=5, backoff_s=0.5,
                              deadline_s=1.0, progress=False)
         elapsed = time.monotonic() - started
     assert got.status == "failed" and "would pass the 1 s deadline" in got.reason and elapsed < 1.5, (got, elapsed)
@@ -142,10 +142,10 @@ def test_retry_after_as_an_http_date_and_nonsense():
     from types import SimpleNamespace
 
     soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30)
-    assert 28 <= P._retry_after(SimpleNamespace(headers={"Retry-After": format_datetime(soon, usegmt=True)})) <= 30
-    assert P._retry_after(SimpleNamespace(headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0  # past
+    assert 28 <= download._retry_after(SimpleNamespace(headers={"Retry-After": format_datetime(soon, usegmt=True)})) <= 30
+    assert download._retry_after(SimpleNamespace(headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0  # past
     for nonsense in ("soon", "-5", "1.5e9", ""):
-        assert P._retry_after(SimpleNamespace(headers={"Retry-After": nonsense})) is None
+        assert download._retry_after(SimpleNamespace(headers={"Retry-After": nonsense})) is None
 
 
 def test_a_refused_connection_is_retried_and_reported_beside_a_good_paper(tmp_path, sample):
@@ -153,8 +153,8 @@ def test_a_refused_connection_is_retried_and_reported_beside_a_good_paper(tmp_pa
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    with P.LoopbackServer({"good": pdf}) as server:
-        got = P.download([paper(server, "good", a["title"]),
+    with offline.LoopbackServer({"good": pdf}) as server:
+        got = download.download([paper(server, "good", a["title"]),
                           paper(server, "closed", a["title"], url=f"http://127.0.0.1:{closed}/x.pdf")], tmp_path, **FAST)
     assert got[0].status == "ok" and (tmp_path / "good.pdf").read_bytes() == pdf
     assert got[1].status == "failed" and "connection failed" in got[1].reason and got[1].attempts == 3
@@ -165,8 +165,8 @@ def test_truncation_encodings_and_sizes_report_true_byte_counts(tmp_path, sample
     padded = pdf + b"%" * 300_000  # still a PDF once decoded, but over the cap: a small gzip that inflates
     files = {"cut": pdf, "bad_zip": pdf, "bomb": padded, "empty": pdf, "good": pdf, "zipped": pdf}
     faults = {"cut": "truncate", "bad_zip": "bad_gzip", "bomb": "gzip", "empty": "empty", "zipped": "gzip"}
-    with P.LoopbackServer(files, faults) as server:
-        got = {f.key: f for f in P.download([paper(server, k, a["title"]) for k in files], tmp_path,
+    with offline.LoopbackServer(files, faults) as server:
+        got = {f.key: f for f in download.download([paper(server, k, a["title"]) for k in files], tmp_path,
                                             max_bytes=200_000, **FAST)}
     assert got["cut"].status == "failed" and got["cut"].attempts == 3  # retried, then reported
     assert f"truncated: the connection closed after {len(pdf) // 2} of {len(pdf)} bytes" in got["cut"].reason
@@ -192,12 +192,12 @@ def test_duplicate_keys_are_an_error_naming_both_entries(tmp_path):
 def test_keys_that_sanitise_alike_never_share_a_file(tmp_path, sample):
     (a, pdf_a), (b, pdf_b), (c, pdf_c) = sample.values()
     keys = {"a b": (a, pdf_a), "a_b": (b, pdf_b), "A_B": (c, pdf_c), "x/a_b": (a, pdf_a)}
-    assert len({P.safe_filename(k).lower() for k in keys}) == 1  # what went wrong before
-    with P.LoopbackServer({k: v[1] for k, v in keys.items()}) as server:
+    assert len({download.safe_filename(k).lower() for k in keys}) == 1  # what went wrong before
+    with offline.LoopbackServer({k: v[1] for k, v in keys.items()}) as server:
         papers = [P.Paper(k, v[0]["title"], "ai", url=server.url(k)) for k, v in keys.items()]
         corpus = P.collect(papers, tmp_path, **FAST)
         again = P.collect(papers, tmp_path, **FAST)  # a rerun finds each paper's own file
-    names = P.paper_files(papers)
+    names = download.paper_files(papers)
     assert names[0] == "a_b.pdf" and len({n.lower() for n in names}) == len(keys)
     assert [r["status"] for r in corpus.report] == ["ok"] * 4 and [r["status"] for r in again.report] == ["cached"] * 4
     for (key, (_, pdf)), name in zip(keys.items(), names):
@@ -220,7 +220,7 @@ def test_a_jsonl_file_from_other_tools_keeps_its_good_rows_and_names_the_bad_lin
     path.write_bytes(b"\n".join(lines) + b"\n")
     # raise: the bad line is named by file and FILE line (the blank line counts)
     with pytest.raises(jsonl.JSONLError, match=rf"{path}:4: not UTF-8: byte 0xd3 at column \d+") as err:
-        chat.read_jsonl(path)
+        jsonl.read_jsonl(path, errors="raise")
     assert err.value.line == 4 and err.value.path == str(path)
     # skip: every good row, the U+2028 / U+0085 / U+2029 row whole, rows numbered by file line
     said = []
@@ -240,7 +240,7 @@ def test_dolly_reader_follows_json_lines_and_numbers_by_file_line(tmp_path):
                                  json.dumps(sep, ensure_ascii=False).encode(), "{\"instruction\": \"é\"}".encode("latin-1"),
                                  b"[1, 2]", b"{not json", json.dumps({**good, "instruction": "Last"}).encode()]))
     said = []
-    rows = dolly.read_jsonl(path, report=said.append)
+    rows = dolly.read_jsonl(path, errors="skip", report=said.append)
     assert rows == [good, sep, {**good, "instruction": "Last"}]  # the last line has no "\n": still read
     assert [s.split(": ", 2)[0] for s in said[:-1]] == [f"skipped {path}:{n}" for n in (5, 6, 7)]
     assert "not UTF-8" in said[0] and "not a JSON object but a list" in said[1] and "not valid JSON" in said[2]
@@ -252,13 +252,13 @@ def test_jsonl_edge_files(tmp_path):
     empty.write_bytes(b"")
     bom_only.write_bytes(codecs.BOM_UTF8 + b"\n\n")
     crlf.write_bytes(b'{"a": 1}\r\n\r\n{"a": "\\u2028"}\r\n')
-    assert jsonl.read_jsonl(empty) == [] and jsonl.read_jsonl(bom_only) == []
-    rows = jsonl.read_jsonl(crlf)
+    assert jsonl.read_jsonl(empty, errors="raise") == [] and jsonl.read_jsonl(bom_only, errors="raise") == []
+    rows = jsonl.read_jsonl(crlf, errors="raise")
     assert rows == [{"a": 1}, {"a": "\u2028"}] and rows.lines == [1, 3]
     with pytest.raises(ValueError, match="errors='ignore'"):
         jsonl.read_jsonl(crlf, errors="ignore")
     with pytest.raises(jsonl.JSONLError, match=rf"{crlf}:3: field 'x'"):
-        jsonl.read_jsonl(crlf, check=lambda row: "field 'x' is missing" if row["a"] != 1 else None)
+        jsonl.read_jsonl(crlf, errors="raise", check=lambda row: "field 'x' is missing" if row["a"] != 1 else None)
 
 
 # ---------------------------------------------------------------- rows a model cannot learn from
@@ -302,7 +302,7 @@ def test_validation_and_cleaning_agree():
     """The two checks of a chat row are one: what cleaning raises for, validation raises for too."""
     for content in NOT_TEXT:
         row = {"messages": [{"role": "user", "content": "سلام"}, {"role": "assistant", "content": content}]}
-        for check in (chat.validate_rows, chat.clean_conversations):
+        for check in (chat.validate_rows, persian.clean_conversations):
             with pytest.raises(DataError) as err:
                 check([chat.qa_rows([("الف", "ب")])[0], row])
             assert (err.value.row, err.value.field) == (1, "messages[1].content"), check
@@ -311,7 +311,7 @@ def test_validation_and_cleaning_agree():
 @pytest.mark.parametrize("answer", INVISIBLE)
 def test_persian_cleaning_drops_invisible_answers_and_keeps_the_rest(answer):
     rows = chat.qa_rows([("سلام", "درود"), ("پایتخت ایران؟", answer), ("چطوری؟", "خوبم")])
-    clean, report = chat.clean_conversations(rows)
+    clean, report = persian.clean_conversations(rows)
     assert clean == chat.qa_rows([("سلام", "درود"), ("چطوری؟", "خوبم")])
     assert [(d["row"], d["reason"]) for d in report.dropped] == [(1, "empty_turn")]
     assert "messages[1]" in report.dropped[0]["detail"]
@@ -320,7 +320,7 @@ def test_persian_cleaning_drops_invisible_answers_and_keeps_the_rest(answer):
 
 def test_persian_cleaning_removes_an_invisible_system_turn():
     row = {"messages": [{"role": "system", "content": "\u200f\u200c"}, *chat.qa_rows([("سلام", "درود")])[0]["messages"]]}
-    clean, report = chat.clean_conversations([row])
+    clean, report = persian.clean_conversations([row])
     assert clean == chat.qa_rows([("سلام", "درود")]) and report.fixed["empty_system_removed"] == [0]
 
 
@@ -335,7 +335,7 @@ def test_dolly_rows_without_learnable_text_are_skipped_by_line_and_field(tmp_pat
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in (good, {**good, field: value}, {**good, "response": "Bye."})))
     said = []
-    assert dolly.read_jsonl(path, report=said.append) == [good, {**good, "response": "Bye."}]
+    assert dolly.read_jsonl(path, errors="skip", report=said.append) == [good, {**good, "response": "Bye."}]
     assert said[0].startswith(f"skipped {path}:2: field '{field}' {words}"), said
     assert dolly.check_row({**good, field: value}, "hub row 7").startswith(f"hub row 7: field '{field}' {words}")
 
