@@ -147,7 +147,8 @@ def trial(args) -> dict:
     import torch
 
     import gemma_helpers as gh
-    from gemma_helpers.bench import ModelShape, RssPeak, baseline_train, peak_memory_mb, reset_peak_memory, step_meter
+    from gemma_helpers.bench import ModelShape, baseline_train, step_meter
+    from gemma_helpers.memory import PeakSampler, peak_mb, reset_peak
     from gemma_helpers.train import compute_dtype, padding_free
 
     if args.threads:
@@ -163,13 +164,13 @@ def trial(args) -> dict:
     load_s = time.time() - started
     shape = ModelShape.from_config(model.config)
     meter = step_meter()
-    reset_peak_memory()
-    with tempfile.TemporaryDirectory() as out, RssPeak() as rss:
+    reset_peak()
+    with tempfile.TemporaryDirectory() as out, PeakSampler() as rss:
         if args.trial == "ours":
             result = gh.train(model, tok, rows, spec, out, callbacks=[meter])
         else:
             result = baseline_train(model, tok, rows, spec, out, callbacks=[meter])
-    peak = peak_memory_mb() if torch.cuda.is_available() else rss.peak_mb
+    peak = peak_mb() if torch.cuda.is_available() else rss.peak_mb
     return {
         "side": args.trial, "recipe": args.recipe, "model": args.model, "precision": args.precision,
         "packed": bool(args.trial == "ours" and padding_free(spec)),

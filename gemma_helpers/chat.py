@@ -1,4 +1,4 @@
-"""Gemma turns: the chat template, message validation, and labels on the answers only.
+"""Gemma turns: the chat template, message validation, labels on the answers only, and token counts.
 
 A training row is ``{"messages": [{"role": ..., "content": ...}, ...]}`` with roles
 ``system`` (optional, first), ``user`` and ``assistant`` alternating, or ``{"text": ...}``
@@ -255,7 +255,7 @@ def role_problem(messages: list[dict]) -> tuple[int, str] | None:
 
 
 def token_length_stats(tokenizer, rows: Sequence[dict]) -> tuple[list[int], dict]:
-    """Tokens per rendered conversation, and their mean, p50, p95 and max."""
+    """Tokens per rendered conversation, and their mean, p50, p95 and max (notebook 02, section 2)."""
     import numpy as np
 
     lengths = [len(tokenize_row(tokenizer, row, row_index=i)["input_ids"]) for i, row in enumerate(rows)]
@@ -298,7 +298,7 @@ def prompt_and_target(processor, messages: list[dict]) -> tuple[str, str]:
 
 
 class VisionCollator:
-    """Batches of multimodal rows for a Gemma processor, with labels on the answer only.
+    """Batches of multimodal rows for a Gemma processor, with labels on the answer only (notebook 04, "Model, and what is trained on").
 
     Per row: the prompt (images, text and generation prompt) goes through the processor, which
     expands each image into its placeholder tokens; the answer and its end-of-turn token are

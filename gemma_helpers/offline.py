@@ -73,7 +73,7 @@ def write_pdf(path: str | Path | None, title: str, sections: Sequence[tuple[str,
     """A small paper as a PDF (fpdf2, DejaVu Sans), written to ``path`` when given; returns the bytes.
 
     Like a real paper it has a running header and page numbers, words hyphenated at line ends and
-    "fi"/"fl" ligatures (what :func:`clean_pages` must undo). For tests: ``broken_pages`` (1-based)
+    "fi"/"fl" ligatures (what :func:`gemma_helpers.data.pdf.clean_pages` must undo). For tests: ``broken_pages`` (1-based)
     get a corrupt content stream, ``password`` encrypts the file, ``image_only`` draws the text as
     an image (no text layer)."""
     from fpdf import FPDF

@@ -1,5 +1,5 @@
 """Notebook 02's pieces: cleaning a Persian conversation set, answer-only labels on every assistant
-turn, memory measured during training, real-token generation speed, answer perplexity, Persian charts."""
+turn, real-token generation speed, answer perplexity, Persian charts."""
 import json
 import math
 
@@ -160,26 +160,6 @@ def test_token_length_stats(tokenizer):
     assert lengths == [len(chat.tokenize_row(tokenizer, r)["input_ids"]) for r in rows]
     assert stats["max"] == max(lengths) and stats["p50"] == sorted(lengths)[1]
     assert min(lengths) < stats["mean"] < max(lengths) and stats["p50"] <= stats["p95"] <= stats["max"]
-
-
-def test_memory_monitor_measures_a_real_training_peak(tmp_path, embedded_dir):
-    mem = gh.memory_monitor()
-    model, tok = gh.load_model()
-    mem.mark("loaded")
-    model = gh.attach_lora(model, r=4, alpha=8, target_modules=("q_proj", "v_proj"))
-    mem.mark("adapter")
-    rows = [qa("پایتخت ایران کجاست؟", "پایتخت ایران تهران است.")] * 4
-    spec = gh.TrainSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj"), max_steps=2, batch_size=2, save_steps=100)
-    gh.train(model, tok, rows, spec, tmp_path, callbacks=[mem])
-    report = mem.report()
-    # weights_mb is not asserted here: in a test process that already loaded the model, the allocator
-    # reuses freed pages and the RSS step at loading can be small; the notebook measures it in a fresh kernel
-    # the optimiser state and the gradients are allocated during training: the peak must hold them
-    assert report["training_added_mb"] > report["optimizer_state_mb"] + report["gradients_mb"], report
-    # Adam keeps two float32 moments per trainable parameter, plus a step counter per tensor
-    adapter = report["adapter_params_mb"]
-    assert adapter > 0 and 2 * adapter <= report["optimizer_state_mb"] < 2 * adapter + 0.01
-    assert report["gradients_mb"] == adapter
 
 
 def test_generate_counts_only_the_tokens_each_row_really_generated(base_model):

@@ -59,34 +59,34 @@ class Paper:
 
 # The download list for the GPU / Colab profile. Every id was checked against its title in
 # public citations (2026-11-23); the title check after download catches any mistake left.
-ARXIV_PAPERS = (
-    Paper("attention", "Attention Is All You Need", "ai", "1706.03762"),
-    Paper("lora", "LoRA: Low-Rank Adaptation of Large Language Models", "ai", "2106.09685"),
-    Paper("qlora", "QLoRA: Efficient Finetuning of Quantized LLMs", "ai", "2305.14314"),
-    Paper("llama", "LLaMA: Open and Efficient Foundation Language Models", "ai", "2302.13971"),
-    Paper("llama2", "Llama 2: Open Foundation and Fine-Tuned Chat Models", "ai", "2307.09288"),
-    Paper("mamba", "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", "ai", "2312.00752"),
-    Paper("tackling_climate", "Tackling Climate Change with Machine Learning", "climate", "1906.05433"),
-    Paper("climax", "ClimaX: A foundation model for weather and climate", "climate", "2301.10343"),
-    Paper("fourcastnet", "FourCastNet: A Global Data-driven High-resolution Weather Model using Adaptive "
-          "Fourier Neural Operators", "climate", "2202.11214"),
-    Paper("graphcast", "GraphCast: Learning skillful medium-range global weather forecasting", "climate", "2212.12794"),
-    Paper("climategan", "ClimateGAN: Raising Climate Change Awareness by Generating Images of Floods", "climate",
-          "2110.02871"),
-    Paper("med_palm", "Large Language Models Encode Clinical Knowledge", "healthcare", "2212.13138"),
-    Paper("med_palm2", "Towards Expert-Level Medical Question Answering with Large Language Models", "healthcare",
-          "2305.09617"),
-    Paper("chexnet", "CheXNet: Radiologist-Level Pneumonia Detection on Chest X-Rays with Deep Learning",
-          "healthcare", "1711.05225"),
-    Paper("unet", "U-Net: Convolutional Networks for Biomedical Image Segmentation", "healthcare", "1505.04597"),
-    Paper("resnet", "Deep Residual Learning for Image Recognition", "vision", "1512.03385"),
-    Paper("vit", "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale", "vision", "2010.11929"),
-    Paper("sam", "Segment Anything", "vision", "2304.02643"),
-    Paper("mask_rcnn", "Mask R-CNN", "vision", "1703.06870"),
-    Paper("yolo", "You Only Look Once: Unified, Real-Time Object Detection", "vision", "1506.02640"),
-    Paper("llava", "Visual Instruction Tuning", "vision", "2304.08485"),
-    Paper("instructblip", "InstructBLIP: Towards General-purpose Vision-Language Models with Instruction Tuning",
-          "vision", "2305.06500"),
+ARXIV_PAPERS = tuple(
+    Paper(key, title, field, arxiv_id)
+    for key, field, arxiv_id, title in (
+        [part.strip() for part in line.split("|")] for line in """
+attention        | ai         | 1706.03762 | Attention Is All You Need
+lora             | ai         | 2106.09685 | LoRA: Low-Rank Adaptation of Large Language Models
+qlora            | ai         | 2305.14314 | QLoRA: Efficient Finetuning of Quantized LLMs
+llama            | ai         | 2302.13971 | LLaMA: Open and Efficient Foundation Language Models
+llama2           | ai         | 2307.09288 | Llama 2: Open Foundation and Fine-Tuned Chat Models
+mamba            | ai         | 2312.00752 | Mamba: Linear-Time Sequence Modeling with Selective State Spaces
+tackling_climate | climate    | 1906.05433 | Tackling Climate Change with Machine Learning
+climax           | climate    | 2301.10343 | ClimaX: A foundation model for weather and climate
+fourcastnet      | climate    | 2202.11214 | FourCastNet: A Global Data-driven High-resolution Weather Model using Adaptive Fourier Neural Operators
+graphcast        | climate    | 2212.12794 | GraphCast: Learning skillful medium-range global weather forecasting
+climategan       | climate    | 2110.02871 | ClimateGAN: Raising Climate Change Awareness by Generating Images of Floods
+med_palm         | healthcare | 2212.13138 | Large Language Models Encode Clinical Knowledge
+med_palm2        | healthcare | 2305.09617 | Towards Expert-Level Medical Question Answering with Large Language Models
+chexnet          | healthcare | 1711.05225 | CheXNet: Radiologist-Level Pneumonia Detection on Chest X-Rays with Deep Learning
+unet             | healthcare | 1505.04597 | U-Net: Convolutional Networks for Biomedical Image Segmentation
+resnet           | vision     | 1512.03385 | Deep Residual Learning for Image Recognition
+vit              | vision     | 2010.11929 | An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale
+sam              | vision     | 2304.02643 | Segment Anything
+mask_rcnn        | vision     | 1703.06870 | Mask R-CNN
+yolo             | vision     | 1506.02640 | You Only Look Once: Unified, Real-Time Object Detection
+llava            | vision     | 2304.08485 | Visual Instruction Tuning
+instructblip     | vision     | 2305.06500 | InstructBLIP: Towards General-purpose Vision-Language Models with Instruction Tuning
+""".strip().splitlines()
+    )
 )
 
 
@@ -161,7 +161,7 @@ def sample(path: str | Path = SAMPLE) -> list[dict]:
 
 
 def sample_text(paper: Mapping) -> str:
-    """A bundled mini-paper as :func:`clean_pages` would return it after a perfect extraction."""
+    """A bundled mini-paper as :func:`~gemma_helpers.data.pdf.clean_pages` would return it after a perfect extraction."""
     lines = [paper["title"]] + ([paper["authors"]] if paper.get("authors") else [])
     for section in paper["sections"]:
         lines += [section["heading"], section["text"]]
@@ -221,7 +221,7 @@ _SPLIT_SENTENCES = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
 
 
 def sections(text: str) -> list[tuple[str, list[str]]]:
-    """``[(heading, sentences)]`` of a cleaned text (headings are the short lines :func:`clean_pages` keeps apart)."""
+    """``[(heading, sentences)]`` of a cleaned text (headings are the short lines :func:`~gemma_helpers.data.pdf.clean_pages` keeps apart)."""
     out: list[tuple[str, list[str]]] = []
     heading, sentences = "", []
     for line in text.splitlines():
