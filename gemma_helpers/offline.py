@@ -149,7 +149,7 @@ def write_pdf(path: str | Path | None, title: str, sections: Sequence[tuple[str,
 
 
 def sample_pdf(paper: Mapping, path: str | Path | None = None, **kwargs) -> bytes:
-    """A bundled mini-paper rendered by :func:`write_pdf`."""
+    """A bundled mini-paper rendered by :func:`write_pdf` (notebook 01, section 1: the CPU profile's papers)."""
     return write_pdf(path, paper["title"], [(s["heading"], s["text"]) for s in paper["sections"]],
                      authors=paper.get("authors", ""), references=paper.get("references", ()),
                      running_header=f"gemma-lora-notebooks mini-papers - {paper['field']}", **kwargs)
@@ -191,7 +191,7 @@ class LoopbackServer:
     ``redirect`` a 301 to the file, ``redirect_loop`` two addresses redirecting to each other,
     ``redirect_forever`` a new address every time, ``redirect_file`` a redirect to ``file:///etc/passwd``.
     ``hits`` counts requests per name and ``times`` keeps when each came (``time.monotonic``).
-    Use as a context manager; ``url(name)`` gives the address."""
+    Use as a context manager; ``url(name)`` gives the address (notebook 01, section 1: the CPU profile's arXiv)."""
 
     def __init__(self, files: Mapping[str, bytes], faults: Mapping[str, str] | None = None, hang_s: float = 30.0,
                  trickle_s: float = 2.0):
@@ -377,7 +377,8 @@ def shape_frames(action: str, n_frames: int = 12, size: int = 64, shape: str = "
 def synthetic_clips(out_dir: str | Path, per_action: int = 6, n_frames: int = 12, size: int = 64,
                     seed: int = 0, actions: Sequence[str] = ACTIONS, color=(255, 255, 255),
                     radius: float = 0.22) -> list[tuple[Path, str]]:
-    """Write ``per_action`` clips of moving shapes for every action; ``[(clip path, action), ...]``.
+    """Write ``per_action`` clips of moving shapes for every action; ``[(clip path, action), ...]``
+    (notebook 04, "Data": the CPU profile's clips).
 
     Shape (square or circle) and starting point vary from clip to clip; the colour does not: under a
     random-weight vision tower (the CPU profile) a change of colour moves the image features far more

@@ -47,14 +47,16 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 def safe_filename(name: str, suffix: str = ".pdf") -> str:
-    """``name`` as a file name: its last path part only, letters, digits, ``._-``, at most 100 characters."""
+    """``name`` as a file name: its last path part only, letters, digits, ``._-``, at most 100 characters
+    (notebook 01, section 2)."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("\\", "/").rsplit("/", 1)[-1]).strip("._")[:100]
     stem = stem or hashlib.sha1(name.encode()).hexdigest()[:12]
     return stem if stem.lower().endswith(suffix) else stem + suffix
 
 
 def is_complete_pdf(path: str | Path) -> bool:
-    """Starts with ``%PDF-`` and has the ``%%EOF`` marker in its last kilobytes."""
+    """Starts with ``%PDF-`` and has the ``%%EOF`` marker in its last kilobytes (notebook 01, section 2: a rerun
+    finds the papers already on disk)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -328,7 +330,7 @@ def paper_files(papers: Sequence[Paper]) -> list[str]:
 
 def download(papers: Sequence[Paper], folder: str | Path, progress: bool = True, **kwargs) -> list[Fetch]:
     """:func:`download_one` for every paper into ``folder`` (file names from :func:`paper_files`); one
-    :class:`Fetch` each, in order."""
+    :class:`Fetch` each, in order (notebook 01, section 2, through :func:`gemma_helpers.data.papers.collect`)."""
     import requests
     from tqdm.auto import tqdm
 

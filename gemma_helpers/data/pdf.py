@@ -54,7 +54,7 @@ def _pypdf_warnings():
 
 
 def read_pdf(path: str | Path) -> Parsed:
-    """The text of every page of ``path`` with pypdf.
+    """The text of every page of ``path`` with pypdf (notebook 01, section 2).
 
     A page whose extraction raises, or gives no text while pypdf reports an error, is skipped and
     named in ``problems``. Raises :class:`PDFError` naming the file when it is not a readable PDF,
@@ -138,7 +138,7 @@ def is_heading(line: str) -> bool:
 
 
 def clean_pages(pages: Sequence[str]) -> str:
-    """Extracted page texts to clean text: one heading or one paragraph per line.
+    """Extracted page texts to clean text: one heading or one paragraph per line (notebook 01, section 2).
 
     Ligatures and other compatibility characters (NFKC), soft hyphens, words hyphenated at a line
     end joined, running headers / footers and bare page numbers removed, everything from the last
