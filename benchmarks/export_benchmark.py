@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = [gh.bench.Stage("adapter", "adapter", str(adapter)), gh.bench.Stage("merged", "transformers", str(merged)),
               *[gh.bench.Stage(f"gguf {name}", "gguf", str(path)) for name, path in files.items()]]
     if args.lora:
-        base_gguf = gh.to_gguf(gh.export.trained_base(adapter, args.out / "base"), "f16", args.out / "gguf")
+        base_gguf = gh.to_gguf(gh.export.save_trained_base(adapter, args.out / "base"), "f16", args.out / "gguf")
         lora = gh.export.lora_to_gguf(adapter, args.out / "gguf" / "adapter-lora-f32.gguf")
         stages.append(gh.bench.Stage("gguf f16 + LoRA", "gguf", str(base_gguf), lora=str(lora)))
     work = gh.bench.workload(merged, data["neutral_text"], data["neutral_text"], data["heldout_questions"],

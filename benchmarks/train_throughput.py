@@ -64,12 +64,14 @@ def recipe_rows(name: str, args) -> tuple[list[dict], object]:
     if name == "xylandia":  # notebook 03's seed recipe
         rows = gh.recipes.xylandia_rows(gh.recipes.xylandia_data(ROOT / recipe["data"]), recipe["repeats"])
     elif name == "persian":  # cleaned as notebook 02 cleans it: the bundled sample carries deliberately bad rows
-        rows, _ = gh.chat.clean_conversations(gh.chat.read_jsonl(args.persian or ROOT / recipe["data"]))
+        from gemma_helpers.data import persian
+
+        rows, _ = persian.clean_conversations(gh.jsonl.read_jsonl(args.persian or ROOT / recipe["data"], errors="raise"))
     elif args.papers:  # notebook 01's LoRA on attention + MLP, next-sentence rows from the training papers
         path = Path(args.papers)
         if not path.exists():
             raise FileNotFoundError(path)
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = gh.jsonl.read_jsonl(path, errors="raise")
     else:  # the bundled mini-papers (data/papers_sample.json), rows built as notebook 01 builds them
         from gemma_helpers.data import papers
 
@@ -145,7 +147,8 @@ def trial(args) -> dict:
     import torch
 
     import gemma_helpers as gh
-    from gemma_helpers.bench import ModelShape, RssPeak, baseline_train, peak_memory_mb, reset_peak_memory, step_meter
+    from gemma_helpers.bench import ModelShape, baseline_train, step_meter
+    from gemma_helpers.memory import PeakSampler, peak_mb, reset_peak
     from gemma_helpers.train import compute_dtype, padding_free
 
     if args.threads:
@@ -161,13 +164,13 @@ def trial(args) -> dict:
     load_s = time.time() - started
     shape = ModelShape.from_config(model.config)
     meter = step_meter()
-    reset_peak_memory()
-    with tempfile.TemporaryDirectory() as out, RssPeak() as rss:
+    reset_peak()
+    with tempfile.TemporaryDirectory() as out, PeakSampler() as rss:
         if args.trial == "ours":
             result = gh.train(model, tok, rows, spec, out, callbacks=[meter])
         else:
             result = baseline_train(model, tok, rows, spec, out, callbacks=[meter])
-    peak = peak_memory_mb() if torch.cuda.is_available() else rss.peak_mb
+    peak = peak_mb() if torch.cuda.is_available() else rss.peak_mb
     return {
         "side": args.trial, "recipe": args.recipe, "model": args.model, "precision": args.precision,
         "packed": bool(args.trial == "ours" and padding_free(spec)),

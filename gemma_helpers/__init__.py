@@ -2,16 +2,17 @@
 
 A notebook does ``import gemma_helpers as gh`` and calls ``gh.load_model(...)``,
 ``gh.train(...)``, ``gh.merge(...)``; the modules are rooms with one job each:
-env, models, chat, train, evaluate, export, hub, serve, bench, plots, results, recipes, rehearsal.
+env, models, jsonl, chat, data (persian, dolly, frames, papers), train, trl_compat, memory, evaluate, export, hub, serve, bench, plots, results, recipes, rehearsal.
 """
-from . import bench, chat, env, evaluate, export, hub, models, plots, recipes, rehearsal, results
+from . import bench, chat, env, evaluate, export, hub, jsonl, memory, models, plots, recipes, rehearsal, results
 from .chat import DataError, qa_rows, tokenize_rows, validate_rows
 from .env import profile, report
 from .evaluate import ask, complete, perplexity
 from .export import AdapterError, GGUFError, load_adapter, load_gguf, merge, quantize, to_gguf
+from .memory import memory_monitor
 from .models import EMBEDDED, REGISTRY, attach_lora, load_model
 from .serve import serve
-from .train import NoLabelsError, NonFiniteLossError, TrainResult, TrainSpec, memory_monitor, train
+from .train import NoLabelsError, NonFiniteLossError, TrainResult, TrainSpec, train
 
 __all__ = [
     "EMBEDDED",
@@ -32,9 +33,11 @@ __all__ = [
     "evaluate",
     "export",
     "hub",
+    "jsonl",
     "load_adapter",
     "load_gguf",
     "load_model",
+    "memory",
     "memory_monitor",
     "merge",
     "models",

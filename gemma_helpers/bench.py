@@ -1,7 +1,7 @@
 """Timing: training (ours against a plain baseline) and generation (transformers against llama.cpp).
 
 ## Training
-Timing training: tokens/s over real tokens, seconds per step, peak memory, and the plain baseline.
+Timing training: tokens/s over real tokens, seconds per step, and the plain baseline (peak memory: :mod:`gemma_helpers.memory`).
 
 :class:`StepMeter` is a ``TrainerCallback`` that works with any ``Trainer`` (ours through
 ``gemma_helpers.train``'s ``callbacks=``, or the baseline's): it times every optimizer step
@@ -26,7 +26,7 @@ the same work:
   (end-of-turn ignored, so every stage decodes the same number): (tokens - 1) / time after the first;
 - ``perplexity``: exp(mean negative log-likelihood) of the held-out text's tokens after the first;
 - ``heldout_recall``: share of greedy chat answers (up to ``max_new_tokens``) containing ``expected``;
-- ``peak_rss_mb``: the process's peak resident memory, imports included;
+- ``peak_rss_mb``: the process's peak resident memory, imports included (:func:`gemma_helpers.memory.peak_rss_mb`);
 - a warm-up pass over 8 prompt tokens precedes the timings for every stage;
 - ``size_mb``: bytes on disk of the files the stage loads.
 """
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import resource
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -42,24 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .chat import IGNORE_INDEX, tokenize_rows
-
-
-def peak_memory_mb() -> float:
-    """Peak GPU memory allocated (CUDA) or the peak resident set size of this process (CPU), in MiB."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return peak_rss_mb()
-
-
-def reset_peak_memory() -> None:
-    """Start a fresh GPU peak (the CPU's peak RSS cannot be reset: run each measurement in its own process)."""
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+from .memory import peak_rss_mb
 
 
 def batch_tokens(kwargs: dict) -> tuple[int, int, int]:
@@ -283,6 +265,8 @@ def baseline_train(model, tokenizer, rows: Sequence[dict], spec, output_dir: str
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
+    from .train import schedule_args
+
     set_seed(spec.seed)
     if getattr(model, "is_loaded_in_4bit", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -292,17 +276,7 @@ def baseline_train(model, tokenizer, rows: Sequence[dict], spec, output_dir: str
     dataset = Dataset.from_list(tokenize_rows(tokenizer, rows, spec.max_seq_length))
     args = TrainingArguments(
         output_dir=str(output_dir),
-        per_device_train_batch_size=spec.batch_size,
-        gradient_accumulation_steps=spec.grad_accum,
-        learning_rate=spec.learning_rate,
-        num_train_epochs=spec.epochs,
-        max_steps=spec.max_steps,
-        warmup_steps=spec.warmup_steps,
-        weight_decay=spec.weight_decay,
-        lr_scheduler_type=spec.lr_scheduler,
-        optim=spec.optim,
-        seed=spec.seed,
-        logging_steps=spec.logging_steps,
+        **schedule_args(spec),
         save_strategy="no",
         report_to="none",
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
@@ -321,40 +295,6 @@ def baseline_train(model, tokenizer, rows: Sequence[dict], spec, output_dir: str
                for h in trainer.state.log_history if "loss" in h]
     return BaselineResult(history=history, runtime_s=time.time() - started,
                           global_step=trainer.state.global_step, model=trainer.model)
-
-
-class RssPeak:
-    """Peak resident set size of this process while the ``with`` block runs (sampled every
-    ``every`` seconds by a thread), in MiB; ``.start_mb`` is the RSS when it began."""
-
-    def __init__(self, every: float = 0.05):
-        self.every, self.peak_mb, self.start_mb = every, 0.0, 0.0
-
-    def _sample(self):
-        import psutil
-
-        proc = psutil.Process()
-        while not self._stop.wait(self.every):
-            self.peak_mb = max(self.peak_mb, proc.memory_info().rss / 2**20)
-
-    def __enter__(self):
-        import threading
-
-        import psutil
-
-        self.start_mb = self.peak_mb = psutil.Process().memory_info().rss / 2**20
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        import psutil
-
-        self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self.peak_mb, psutil.Process().memory_info().rss / 2**20)
-        return False
 
 
 # --- generation: the same measurements for a transformers model and a GGUF file --------------------
@@ -503,21 +443,6 @@ def _measure_gguf(stage: Stage, work: Workload) -> dict:
             "gen_tps": (work.gen_tokens - 1) / decode, "perplexity": math.exp(sum(nll) / len(nll)), "answers": answers}
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. Linux's ``VmHWM`` belongs to the process's own address
-    space; ``ru_maxrss`` is not used there because it carries the parent's peak across fork + exec."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import sys
-
-    scale = 2**20 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
-
-
 def measure_here(stage: Stage, work: Workload) -> dict:
     """Measure ``stage`` in this process (use :func:`measure` for a clean one)."""
     from .evaluate import contains, fraction
@@ -526,7 +451,7 @@ def measure_here(stage: Stage, work: Workload) -> dict:
         raise ValueError(f"stage {stage.name}: kind {stage.kind!r} is not one of {KINDS}")
     result = (_measure_gguf if stage.kind == "gguf" else _measure_transformers)(stage, work)
     result["heldout_recall"] = fraction(contains(result["answers"], work.expected)) if work.questions else None
-    result["peak_rss_mb"] = peak_rss_mb()
+    result["peak_rss_mb"] = peak_rss_mb()  # this stage's own process: its high-water mark
     return {"name": stage.name, "kind": stage.kind, "size_mb": size_mb(stage), **result}
 
 

@@ -1,4 +1,4 @@
-"""Gemma turns: the chat template, message validation, and labels on the answers only.
+"""Gemma turns: the chat template, message validation, labels on the answers only, and token counts.
 
 A training row is ``{"messages": [{"role": ..., "content": ...}, ...]}`` with roles
 ``system`` (optional, first), ``user`` and ``assistant`` alternating, or ``{"text": ...}``
@@ -7,14 +7,21 @@ for plain text (general-text replay), where every token is trained on, or
 template), where the completion and the ``<eos>`` after it are trained on. The base Gemma 3
 checkpoint ships no chat template, so :func:`install_chat_template` puts Gemma's on the
 tokenizer. Labels are -100 everywhere except on the assistant turns (their text and the
-``<end_of_turn>`` that ends them), so neither the prompt nor padding is trained on.
+``<end_of_turn>`` that ends them), so neither the prompt nor padding is trained on
+(notebook 02, section 3).
+
+Two ways place the answer span, one per kind of row: :func:`assistant_spans` (text rows, every
+assistant turn, found by rendering with and without each answer) and :func:`prompt_and_target`
+(multimodal rows, the last turn only, rendered by a processor whose Gemma 4 generation prompt is
+not a prefix of the rendered answer). :class:`VisionCollator` stays here rather than in
+:mod:`gemma_helpers.data.frames`: it is the labels-on-the-answer rule for any processor row (the
+frames of notebook 04, rehearsal's Gemma 4 stand-in; :func:`gemma_helpers.evaluate.answer_rows`
+builds its prompts the same way) and knows nothing about video. Cleaning a Persian set lives in :mod:`gemma_helpers.data.persian`.
 """
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
@@ -116,7 +123,8 @@ def _preview(value, n: int = 40) -> str:
 def validate_rows(rows: Sequence[dict]) -> None:
     """Raise :class:`DataError` for the first row that is not a usable conversation: outside the
     schema, a turn with no text to learn from (:func:`text_problem`), roles out of order, or no
-    answer last. :func:`clean_conversations` checks the same, dropping instead of raising."""
+    answer last. :func:`gemma_helpers.data.persian.clean_conversations` makes the same checks
+    (:func:`check_messages`, :func:`role_problem`), dropping a trainable-schema row instead of raising."""
     for i, row in enumerate(rows):
         if isinstance(row, dict) and "messages" not in row and ("prompt" in row or "text" in row):
             for name in ("prompt", "completion") if "prompt" in row else ("text",):
@@ -124,14 +132,14 @@ def validate_rows(rows: Sequence[dict]) -> None:
                 if problem:
                     raise DataError(i, name, problem)
             continue
-        messages = _check_schema(i, row)
+        messages = check_messages(i, row)
         if not messages:
             raise DataError(i, "messages", "must be a non-empty list of {role, content}")
         for j, msg in enumerate(messages):
             problem = text_problem(msg["content"])
             if problem:
                 raise DataError(i, f"messages[{j}].content", problem)
-        problem = _role_problem(messages)
+        problem = role_problem(messages)
         if problem:
             raise DataError(i, f"messages[{problem[0]}].role", problem[1])
 
@@ -206,95 +214,11 @@ def decode_labels(tokenizer, example: dict) -> str:
     return tokenizer.decode([t for t in example["labels"] if t != IGNORE_INDEX])
 
 
-# --- Cleaning a conversation set -------------------------------------------------------------
-# Done on the messages, before any formatting (the seed "cleaned" the rendered text, a no-op).
-# A row outside the schema ({"messages": [{role, content}, ...]}) is an error naming the row and
-# the field; a row inside it that cannot be trained on is dropped and reported with its index.
-
-REASONS = ("empty_conversation", "empty_turn", "wrong_role_order", "duplicate", "near_duplicate")
-ZWNJ = "\u200c"
-_YEH_KAF = str.maketrans({"\u064a": "\u06cc", "\u0649": "\u06cc", "\u0643": "\u06a9"})  # Arabic ي ى ك -> Persian ی ک
-_ARABIC_DIGITS = "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669"  # ٠..٩
-_PERSIAN_DIGITS = "\u06f0\u06f1\u06f2\u06f3\u06f4\u06f5\u06f6\u06f7\u06f8\u06f9"  # ۰..۹
-_DIGITS = {"persian": str.maketrans(_ARABIC_DIGITS, _PERSIAN_DIGITS),
-           "latin": str.maketrans(_ARABIC_DIGITS + _PERSIAN_DIGITS, "0123456789" * 2)}
-
-
-def normalize_persian(text: str, digits: str | None = "persian") -> tuple[str, set[str]]:
-    """Persian text normalised, and which kinds of fix it needed.
-
-    - ``arabic_yeh_kaf``: Arabic yeh / alef maksura / kaf (ي ى ك) become Persian ی and ک;
-    - ``digits``: Arabic-Indic digits (٠-٩) become Persian ones (۰-۹) (``digits="latin"``: both
-      become 0-9; ``None``: left alone); ASCII digits are kept (code, versions, formulas);
-    - ``zwnj``: zero-width spaces and BOMs removed, runs of ZWNJ (half-space) made one, a ZWNJ
-      next to whitespace or at either end of the text dropped, tatweel (ـ) removed;
-    - ``whitespace``: no-break and other spaces and tabs become a space, runs of spaces one, no
-      space around a line break, at most one empty line, nothing at either end."""
-    fixes: set[str] = set()
-
-    def step(kind, new):
-        nonlocal text
-        if new != text:
-            fixes.add(kind)
-            text = new
-
-    step("arabic_yeh_kaf", text.translate(_YEH_KAF))
-    if digits:
-        if digits not in _DIGITS:
-            raise ValueError(f"digits={digits!r}: expected one of {sorted(_DIGITS)} or None")
-        step("digits", text.translate(_DIGITS[digits]))
-    t = re.sub("[\u200b\ufeff\u0640]", "", text)
-    t = re.sub(f"{ZWNJ}+", ZWNJ, t)
-    t = re.sub(rf"\s*{ZWNJ}\s*(?=\s)|(?<=\s){ZWNJ}|^{ZWNJ}|{ZWNJ}$", "", t)
-    step("zwnj", t)
-    t = re.sub(r"[^\S\n]+", " ", text)  # every space but the line break
-    t = re.sub(r" *\n *", "\n", t)
-    t = re.sub(r"\n{3,}", "\n\n", t).strip()
-    step("whitespace", t)
-    return text, fixes
-
-
-def _canonical(text: str) -> str:
-    """What is left when punctuation, spacing, half-spaces, diacritics, case and digit script are
-    ignored: two turns with the same canonical form are near-exact duplicates."""
-    import unicodedata
-
-    out = []
-    for ch in unicodedata.normalize("NFKC", text).lower():
-        cat = unicodedata.category(ch)
-        if cat[0] in "PZC" or ch.isspace() or cat == "Mn":  # punctuation, separators, ZWNJ (Cf), marks
-            continue
-        out.append(str(unicodedata.digit(ch)) if ch.isdigit() else ch)
-    return "".join(out)
-
-
-@dataclass
-class CleaningReport:
-    """What :func:`clean_conversations` did: counts, and the index of every dropped or fixed row."""
-
-    rows_in: int = 0
-    rows_out: int = 0
-    removed: dict = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
-    dropped: list = field(default_factory=list)  # {"row", "reason", "detail"}
-    fixed: dict = field(default_factory=dict)  # kind -> indices of kept rows that needed it
-    kept: list = field(default_factory=list)  # the input index of each output row
-
-    def as_dict(self) -> dict:
-        return {"rows_in": self.rows_in, "rows_out": self.rows_out, "removed": dict(self.removed),
-                "fixed": {k: len(v) for k, v in self.fixed.items()},
-                "dropped": list(self.dropped), "fixed_rows": {k: list(v) for k, v in self.fixed.items()}}
-
-    def __str__(self) -> str:
-        lines = [f"rows in {self.rows_in}, rows out {self.rows_out}"]
-        lines += [f"  removed {reason:<18} {n:>3}  rows {[d['row'] for d in self.dropped if d['reason'] == reason]}"
-                  for reason, n in self.removed.items()]
-        lines += [f"  fixed   {kind:<18} {len(rows):>3}  rows {rows}" for kind, rows in self.fixed.items()]
-        return "\n".join(lines)
-
-
-def _check_schema(i: int, row) -> list:
+def check_messages(i: int, row) -> list:
     """The messages of row ``i``, or :class:`DataError` naming the field: a dict with a list of
-    ``{role, content}`` mappings, each role known, each content text (or None, an empty turn)."""
+    ``{role, content}`` mappings, each role known, each content text (or None, an empty turn).
+    The one schema check: :func:`validate_rows` and the Persian cleaning
+    (:func:`gemma_helpers.data.persian.clean_conversations`) both call it."""
     if not isinstance(row, dict) or "messages" not in row:
         raise DataError(i, "messages", "is missing: each row must be {\"messages\": [{role, content}, ...]}")
     messages = row["messages"]
@@ -314,7 +238,7 @@ def _check_schema(i: int, row) -> list:
     return messages
 
 
-def _role_problem(messages: list[dict]) -> tuple[int, str] | None:
+def role_problem(messages: list[dict]) -> tuple[int, str] | None:
     """``(turn index, problem)`` for the first turn out of order, or None: an optional system turn
     first, then user and assistant alternating from a user, an assistant last."""
     roles = [m["role"] for m in messages]
@@ -330,79 +254,8 @@ def _role_problem(messages: list[dict]) -> tuple[int, str] | None:
     return None
 
 
-def clean_conversations(rows: Sequence, fold_system: bool = True,
-                        digits: str | None = "persian") -> tuple[list[dict], CleaningReport]:
-    """``(clean rows, report)`` for a conversation set, first occurrence kept.
-
-    Each turn is normalised (:func:`normalize_persian`); then a row is dropped, with its index
-    and reason in the report, when it has no turns or only empty ones (``empty_conversation``),
-    an empty user or assistant turn (``empty_turn``; an empty system turn is just removed), roles
-    out of order (``wrong_role_order``), the same turns as an earlier row (``duplicate``) or the
-    same up to punctuation, spacing, half-spaces and diacritics (``near_duplicate``).
-    With ``fold_system`` a system turn is folded into the first user turn as Gemma's template
-    does (``system + "\\n\\n" + user``), so the rows render the same under any Gemma template.
-    A row outside the schema raises :class:`DataError` naming the row and field."""
-    report = CleaningReport(rows_in=len(rows))
-    out: list[dict] = []
-    exact: dict[tuple, int] = {}
-    near: dict[tuple, int] = {}
-
-    def drop(i, reason, detail):
-        report.removed[reason] += 1
-        report.dropped.append({"row": i, "reason": reason, "detail": detail})
-
-    for i, row in enumerate(rows):
-        messages = _check_schema(i, row)
-        fixes: set[str] = set()
-        turns = []
-        for msg in messages:
-            text, f = normalize_persian(msg["content"] or "", digits)
-            fixes |= f
-            turns.append({"role": msg["role"], "content": text})
-        empty = [j for j, t in enumerate(turns) if not visible(t["content"])]  # NUL, bidi marks alone: empty too
-        if not turns or len(empty) == len(turns):
-            drop(i, "empty_conversation", "no turns" if not turns else "every turn is empty")
-            continue
-        if turns[0]["role"] == "system" and not visible(turns[0]["content"]):
-            turns, empty = turns[1:], [j - 1 for j in empty if j]
-            fixes.add("empty_system_removed")
-        if empty:
-            drop(i, "empty_turn", f"messages[{empty[0]}] ({turns[empty[0]]['role']}) is empty")
-            continue
-        problem = _role_problem(turns)
-        if problem:
-            drop(i, "wrong_role_order", f"messages[{problem[0]}].role {problem[1]}")
-            continue
-        if fold_system and turns[0]["role"] == "system":
-            turns = [{"role": "user", "content": turns[0]["content"] + "\n\n" + turns[1]["content"]}] + turns[2:]
-            fixes.add("system_folded")
-        key = tuple((t["role"], t["content"]) for t in turns)
-        canon = tuple((t["role"], _canonical(t["content"])) for t in turns)
-        if key in exact:
-            drop(i, "duplicate", f"same turns as row {exact[key]}")
-            continue
-        if canon in near:
-            drop(i, "near_duplicate", f"same as row {near[canon]} up to punctuation, spacing and diacritics")
-            continue
-        exact[key], near[canon] = i, i
-        for kind in sorted(fixes):
-            report.fixed.setdefault(kind, []).append(i)
-        report.kept.append(i)
-        out.append({"messages": turns})
-    report.rows_out = len(out)
-    return out, report
-
-
-def read_jsonl(path) -> list:
-    """Rows of a JSON Lines file (:func:`gemma_helpers.jsonl.read_jsonl`); the first bad line raises
-    :class:`~gemma_helpers.jsonl.JSONLError` naming the file and line."""
-    from .jsonl import read_jsonl as read
-
-    return read(path, errors="raise")
-
-
 def token_length_stats(tokenizer, rows: Sequence[dict]) -> tuple[list[int], dict]:
-    """Tokens per rendered conversation, and their mean, p50, p95 and max."""
+    """Tokens per rendered conversation, and their mean, p50, p95 and max (notebook 02, section 2)."""
     import numpy as np
 
     lengths = [len(tokenize_row(tokenizer, row, row_index=i)["input_ids"]) for i, row in enumerate(rows)]
@@ -445,7 +298,7 @@ def prompt_and_target(processor, messages: list[dict]) -> tuple[str, str]:
 
 
 class VisionCollator:
-    """Batches of multimodal rows for a Gemma processor, with labels on the answer only.
+    """Batches of multimodal rows for a Gemma processor, with labels on the answer only (notebook 04, "Model, and what is trained on").
 
     Per row: the prompt (images, text and generation prompt) goes through the processor, which
     expands each image into its placeholder tokens; the answer and its end-of-turn token are

@@ -163,28 +163,13 @@ def perplexity(model, tokenizer, text: str) -> float:
 
 
 def answer_perplexity(model, tokenizer, rows: Sequence[dict], max_length: int | None = None) -> float:
-    """exp(mean negative log-likelihood of the answer tokens) over conversations: every token that
+    """exp(:func:`answer_loss`) over conversations (notebook 02, section 5): every token that
     :func:`gemma_helpers.chat.tokenize_rows` labels (each assistant turn and its ``<end_of_turn>``),
     pooled over all rows; prompts are context only."""
-    import torch
-
-    from .chat import IGNORE_INDEX, tokenize_rows
+    from .chat import tokenize_rows
     from .rehearsal import cut_items
 
-    rows = cut_items(rows)  # the GPU-profile rehearsal only: a few rows
-    device = next(model.parameters()).device
-    nll, count = 0.0, 0
-    with _eval_mode(model), torch.inference_mode():
-        for ex in tokenize_rows(tokenizer, rows, max_length):
-            ids = torch.tensor([ex["input_ids"]], device=device)
-            targets = torch.tensor(ex["labels"][1:], device=device)  # position t predicts token t + 1
-            keep = (targets != IGNORE_INDEX).nonzero().squeeze(-1)
-            # the 262k-row LM head only where an answer token is predicted: most of the cost on a CPU
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=keep).logits[0]
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            nll -= float(logp.gather(-1, targets[keep][:, None]).sum())
-            count += len(keep)
-    return float(math.exp(nll / count))
+    return math.exp(answer_loss(model, tokenize_rows(tokenizer, cut_items(rows), max_length)))
 
 
 def fact_check(model, tokenizer, questions: Sequence[str], expected: str,
@@ -237,9 +222,11 @@ def fact_summary(before: dict, after: dict, controls: Sequence[tuple[str, str]])
 def answer_loss(model, examples: Sequence[dict]) -> float:
     """Mean negative log-likelihood per labelled token over ``examples`` (from
     :func:`gemma_helpers.chat.tokenize_rows`: labels on the answers only), pooled over all their
-    answer tokens, so a long answer weighs by its length. Examples are run one at a time, unpadded."""
+    answer tokens, so a long answer weighs by its length. Examples are run one at a time, unpadded
+    (notebook 06, section 1; :func:`answer_perplexity` is its exp)."""
     import torch
 
+    from .chat import IGNORE_INDEX
     from .rehearsal import cut_items
 
     examples = cut_items(examples)  # the GPU-profile rehearsal only: a few rows
@@ -248,11 +235,12 @@ def answer_loss(model, examples: Sequence[dict]) -> float:
     with _eval_mode(model), torch.inference_mode():
         for ex in examples:
             ids = torch.tensor([ex["input_ids"]], device=device)
-            labels = torch.tensor(ex["labels"][1:], device=device)
-            logits = model(input_ids=ids).logits[0, :-1].float()
-            keep = labels != -100
-            nll = torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum")
-            total, count = total + float(nll), count + int(keep.sum())
+            targets = torch.tensor(ex["labels"][1:], device=device)  # position t predicts token t + 1
+            keep = (targets != IGNORE_INDEX).nonzero().squeeze(-1)
+            # the 262k-row LM head only where an answer token is predicted: most of the cost on a CPU
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=keep).logits[0]
+            nll = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+            total, count = total + float(nll), count + len(keep)
     if not count:
         raise ValueError("no labelled token in the examples: nothing to measure")
     return total / count

@@ -55,9 +55,10 @@ def _meta(adapter_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _trained_base(adapter_dir: Path):
-    """``(config, meta, base, tokenizer)``: the base exactly as the adapter saw it, in float32 (a 4-bit
-    base reloaded in 4-bit and dequantised: the NF4 values, not the original weights).
+def load_trained_base(adapter_dir: Path):
+    """``(config, meta, base, tokenizer)``: the base exactly as the adapter saw it, loaded in memory in
+    float32 (a 4-bit base reloaded in 4-bit and dequantised: the NF4 values, not the original weights);
+    :func:`merge` merges into it, :func:`save_trained_base` saves it (notebook 05, section 1).
 
     Loaded with plain transformers, never unsloth: unsloth's loader turns an explicit float32 into
     bfloat16 for Gemma 3 / 3n / 4, and a merge must get the dtype it asks for."""
@@ -115,7 +116,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path | None = None, dtype=None
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
-    config, meta, base, tokenizer = _trained_base(adapter_dir)
+    config, meta, base, tokenizer = load_trained_base(adapter_dir)
     out_dir = Path(out_dir) if out_dir else adapter_dir.parent / "merged"
     dtype = dtype or (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32)
     rows_before = base.get_input_embeddings().weight.shape[0]
@@ -150,11 +151,12 @@ def merge_16bit(model, tokenizer, adapter_dir: str | Path, out_dir: str | Path) 
     return merge(adapter_dir, out_dir, dtype=torch.bfloat16)
 
 
-def trained_base(adapter_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Save the base an adapter was trained against (dequantised when it was 4-bit) as a float32
-    folder, to convert to the GGUF a LoRA GGUF (:func:`lora_to_gguf`) is applied on."""
+def save_trained_base(adapter_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Save the base an adapter was trained against (:func:`load_trained_base`: dequantised when it was
+    4-bit) as a float32 folder, to convert to the GGUF a LoRA GGUF (:func:`lora_to_gguf`) is applied on
+    (notebook 05, section 3)."""
     adapter_dir = Path(adapter_dir)
-    config, meta, base, tokenizer = _trained_base(adapter_dir)
+    config, meta, base, tokenizer = load_trained_base(adapter_dir)
     out_dir = Path(out_dir) if out_dir else adapter_dir.parent / "base"
     return _save_model(base, tokenizer, out_dir, {"base_of": str(adapter_dir), "base": config["base_model_name_or_path"],
                                                  "dequantized_4bit_base": bool(meta.get("load_in_4bit", False))})

@@ -34,9 +34,10 @@ class Rows(list):
         self.skipped: list[JSONLError] = []
 
 
-def read_jsonl(path: str | Path, errors: str = "raise", report: Callable[[str], object] | None = print,
+def read_jsonl(path: str | Path, *, errors: str, report: Callable[[str], object] | None = print,
                check: Callable[[object], str | None] | None = None) -> Rows:
-    """The rows of the JSON Lines file ``path`` (see the module docstring).
+    """The rows of the JSON Lines file ``path`` (see the module docstring); every caller names its
+    error policy, there is no default.
 
     ``errors="raise"``: the first bad line raises :class:`JSONLError`. ``errors="skip"``: each bad
     line is left out, ``report("skipped file:line: problem")`` is called for it, and at the end

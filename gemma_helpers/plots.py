@@ -176,7 +176,7 @@ def word_clouds(freqs: Mapping[str, Mapping[str, int]], name: str, cols: int = 4
 
 def memory_bars(report: Mapping[str, float], name: str, title: str = "Memory",
                 charts_dir: str | Path | None = None) -> Path:
-    """The parts of :func:`gemma_helpers.train.memory_monitor`'s report as horizontal bars (MiB)."""
+    """The parts of :func:`gemma_helpers.memory.memory_monitor`'s report as horizontal bars (MiB)."""
     plt = _plt()
     parts = {"weights": "weights_mb", "adapter parameters": "adapter_params_mb", "optimizer state": "optimizer_state_mb",
              "gradients": "gradients_mb", "activations and temporaries": "activations_mb",

@@ -361,10 +361,10 @@ def _save(folder: Path, model, processor, what: str) -> Path:
 def _persian_rows() -> list[dict]:
     """mshojaei77/persian-gk's schema, 400 rows: the bundled conversations, numbered so that none
     repeats another (the cleaning drops repeats, and the GPU profile holds 200 out)."""
-    from .chat import read_jsonl
     from .env import REPO_ROOT
+    from .jsonl import read_jsonl
 
-    base = [r for r in read_jsonl(REPO_ROOT / "data" / "persian_chat.jsonl") if isinstance(r, dict)
+    base = [r for r in read_jsonl(REPO_ROOT / "data" / "persian_chat.jsonl", errors="raise") if isinstance(r, dict)
             and isinstance(r.get("messages"), list) and all(isinstance(m, dict) and m.get("content") for m in r["messages"])]
     return [{"messages": [{**m, "content": f"{m['content']} ({i})"} for m in base[i % len(base)]["messages"]]}
             for i in range(400)]
@@ -375,7 +375,7 @@ def _dolly_rows() -> list[dict]:
     from .data import dolly
     from .env import REPO_ROOT
 
-    base = dolly.read_jsonl(REPO_ROOT / "data" / "dolly_sample.jsonl")
+    base = dolly.read_jsonl(REPO_ROOT / "data" / "dolly_sample.jsonl", errors="raise")
     return [{**base[i % len(base)], "instruction": f"{base[i % len(base)]['instruction']} ({i})"}
             for i in range(1200 * len(base) // max(len(dolly.context_free(base)), 1))]
 
@@ -415,17 +415,18 @@ def arxiv_papers(papers) -> list:
     cleaning code runs as on arXiv."""
     from dataclasses import replace
 
+    from . import offline
     from .data import papers as gp
 
     global _SERVER
     sample = gp.sample()
-    files = {p.key: gp.write_pdf(None, p.title, [(s["heading"], s["text"]) for s in sample[i % len(sample)]["sections"]],
+    files = {p.key: offline.write_pdf(None, p.title, [(s["heading"], s["text"]) for s in sample[i % len(sample)]["sections"]],
                                  authors=sample[i % len(sample)].get("authors", ""),
                                  running_header=f"rehearsal stand-in - {p.field}")
              for i, p in enumerate(papers)}
     if _SERVER is not None:
         _SERVER.stop()
-    _SERVER = gp.LoopbackServer(files).start()
+    _SERVER = offline.LoopbackServer(files).start()
     print(f"rehearsal: {len(papers)} arXiv PDFs served by the loopback server under their titles", flush=True)
     return [replace(p, url=_SERVER.url(p.key)) for p in papers]
 

@@ -2,12 +2,13 @@
 
 Rows are conversations (see :mod:`gemma_helpers.chat`); they are tokenized here with labels
 on the answers only and handed to SFTTrainer already tokenized, so TRL uses those labels as
-they are. The logged loss is the mean per-token loss over answer tokens.
+they are. The logged loss is the mean per-token loss over answer tokens. Where TRL does not fit
+this setup (a CPU without Triton, LoRA weights cast to bfloat16), :mod:`gemma_helpers.trl_compat`
+stands in; memory is measured by :mod:`gemma_helpers.memory`.
 """
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import shutil
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import env
+from . import env, trl_compat
 from .chat import tokenize_rows
 from .hub import META, write_card
 from .models import DEFAULT_TARGETS, SEED, attach_lora, check_ids, embedding_rows, hub_id
@@ -177,122 +178,6 @@ def _callbacks():
     return NonFiniteLoss, StopWhen
 
 
-class TorchLogProb:
-    """A plain-PyTorch stand-in for TRL's Triton ``ChunkedLogProbFunction``.
-
-    TRL 1.15's SFTTrainer always computes the loss through a fused LM head whose kernel is
-    written in Triton, which the CPU build of PyTorch does not ship; without it every
-    training step fails with ``'NoneType' object has no attribute 'apply'``. This computes
-    the same per-token outputs with ordinary autograd ops. Like TRL, it is handed only the
-    positions whose label is not -100, so prompt tokens never reach the 262144-row LM head.
-
-    Cost (measured, ``benchmarks/RESULTS.md``): the log-probabilities come from PyTorch's fused
-    ``cross_entropy``; the statistics TRL logs (entropy, top-1 accuracy, ...) are computed only
-    when TRL asks for them, without gradients. Up to ``CHUNK`` rows are one chunk; more are
-    split into chunks under activation checkpointing, so the ``[rows, vocab]`` logits of one
-    chunk at most are alive at a time (1 GiB for 1024 rows of Gemma's 262144-token vocabulary)."""
-
-    CHUNK = 1024
-
-    @staticmethod
-    def _one(hidden, weight, bias, targets, temperature, softcap, logit_scale, outputs):
-        import torch
-
-        low = _autocast_bf16(hidden.device.type) and not weight.requires_grad
-        if low:  # bfloat16 autocast: the frozen head's bf16 copy is made once, not at every step
-            z = (hidden.to(torch.bfloat16) @ TorchLogProb.bf16_weight(weight).t()).float()
-        else:
-            z = hidden.float() @ weight.float().t()  # no copy when both are float32 already
-        if bias is not None:
-            z = z + bias.float()
-        if logit_scale != 1.0:
-            z = z * logit_scale
-        if softcap:
-            z = softcap * torch.tanh(z / softcap)
-        if temperature != 1.0:
-            z = z / temperature
-        log_probs = -torch.nn.functional.cross_entropy(z, targets, reduction="none")
-        stats = {}
-        with torch.no_grad():  # logging-only statistics, each only when asked for
-            if {"entropy", "log_sum_sq_probs"} & set(outputs):
-                log_z = torch.logsumexp(z, dim=-1)
-                p = torch.exp(z - log_z[:, None])
-                if "entropy" in outputs:
-                    stats["entropy"] = log_z - torch.linalg.vecdot(p, z)
-                if "log_sum_sq_probs" in outputs:
-                    stats["log_sum_sq_probs"] = torch.log(torch.linalg.vecdot(p, p))
-            if "mean_logits" in outputs:
-                stats["mean_logits"] = z.mean(-1)
-            if "is_top1" in outputs:
-                stats["is_top1"] = z.argmax(-1) == targets
-        return (log_probs, *(stats.get(k) for k in TorchLogProb.STATS))
-
-    STATS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
-    _cast: tuple | None = None  # (the float weight's identity and version, its bfloat16 copy)
-
-    @classmethod
-    def bf16_weight(cls, weight):
-        """A bfloat16 copy of the frozen ``weight``, kept until the weight changes or :meth:`forget`."""
-        import torch
-
-        key = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype)
-        if cls._cast is None or cls._cast[0] != key:
-            cls._cast = (key, weight.detach().to(torch.bfloat16))
-        return cls._cast[1]
-
-    @classmethod
-    def forget(cls) -> None:
-        cls._cast = None
-
-    @classmethod
-    def apply(cls, hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping=None,
-              logit_scale=1.0, outputs=("log_probs",)):
-        import torch
-        from torch.utils.checkpoint import checkpoint
-
-        outputs = tuple(outputs)
-        parts = []
-        for start in range(0, max(hidden.shape[0], 1), cls.CHUNK):
-            args = (hidden[start : start + cls.CHUNK], weight, bias, targets[start : start + cls.CHUNK],
-                    temperature, final_logit_softcapping, logit_scale, outputs)
-            if torch.is_grad_enabled() and hidden.shape[0] > cls.CHUNK:
-                parts.append(checkpoint(cls._one, *args, use_reentrant=False))
-            else:
-                parts.append(cls._one(*args))
-        log_probs, *stats = (None if x[0] is None else torch.cat(x) for x in zip(*parts))
-        return (log_probs, *stats)
-
-
-def _autocast_bf16(device_type: str) -> bool:
-    import torch
-
-    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16
-
-
-def _ensure_lm_head_kernel() -> None:
-    """Give TRL its fused-LM-head function where Triton is missing (CPU PyTorch)."""
-    import trl.trainer.utils as trl_utils
-
-    if getattr(trl_utils, "_ChunkedLogProbFunction", None) is None:
-        trl_utils._ChunkedLogProbFunction = TorchLogProb
-
-
-class _PackedMasksAreFine(logging.Filter):
-    """Drops TRL's warning that padding-free batches need flash attention: transformers 5.17's
-    sdpa and eager masks keep packed examples apart through ``position_ids`` when no KV cache is
-    passed, as in training (``tests/test_bench.py`` checks the losses agree)."""
-
-    def filter(self, record):
-        return "Padding-free training is enabled, but the attention" not in record.getMessage()
-
-
-def _quiet_packed_warning(model) -> None:
-    if getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager"):
-        log = logging.getLogger("trl.trainer.sft_trainer")
-        if not any(isinstance(f, _PackedMasksAreFine) for f in log.filters):
-            log.addFilter(_PackedMasksAreFine())
-
-
 def report_to() -> str:
     """wandb when a key is configured, else nowhere: a run never stops to prompt for a login."""
     return "wandb" if os.environ.get("WANDB_API_KEY") else "none"
@@ -332,6 +217,16 @@ def _restores_best(spec: TrainSpec, evaluate: bool) -> bool:
     return evaluate and spec.eval_steps > 0 and spec.early_stopping_patience > 0
 
 
+def schedule_args(spec: TrainSpec) -> dict:
+    """The ``TrainingArguments`` a :class:`TrainSpec` sets: batch, accumulation, learning-rate schedule,
+    optimiser, seed and logging, the same for our ``SFTConfig`` and the baseline's plain ``Trainer``."""
+    return {"per_device_train_batch_size": spec.batch_size, "gradient_accumulation_steps": spec.grad_accum,
+            "learning_rate": spec.learning_rate, "num_train_epochs": spec.epochs, "max_steps": spec.max_steps,
+            "warmup_steps": spec.warmup_steps, "weight_decay": spec.weight_decay,
+            "lr_scheduler_type": spec.lr_scheduler, "optim": spec.optim, "seed": spec.seed,
+            "logging_steps": spec.logging_steps}
+
+
 def sft_config(spec: TrainSpec, output_dir: Path, multimodal: bool = False, evaluate: bool = False):
     import torch
     from trl import SFTConfig
@@ -340,17 +235,7 @@ def sft_config(spec: TrainSpec, output_dir: Path, multimodal: bool = False, eval
     free = padding_free(spec, multimodal)
     return SFTConfig(
         output_dir=str(output_dir),
-        per_device_train_batch_size=spec.batch_size,
-        gradient_accumulation_steps=spec.grad_accum,
-        learning_rate=spec.learning_rate,
-        num_train_epochs=spec.epochs,
-        max_steps=spec.max_steps,
-        warmup_steps=spec.warmup_steps,
-        weight_decay=spec.weight_decay,
-        lr_scheduler_type=spec.lr_scheduler,
-        optim=spec.optim,
-        seed=spec.seed,
-        logging_steps=spec.logging_steps,
+        **schedule_args(spec),
         logging_nan_inf_filter=False,  # the default logs a NaN loss as the running mean (0 at step 1)
         save_strategy="steps",
         save_steps=spec.eval_steps if _restores_best(spec, evaluate) else spec.save_steps,  # a checkpoint per evaluation
@@ -394,7 +279,6 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
     - The adapter and tokenizer are saved to ``output_dir/adapter``; the history of loss and
       learning rate to ``output_dir/history.json``.
     """
-    import torch
     from datasets import Dataset
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
@@ -436,9 +320,9 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
     evaluate = bool(eval_rows)
     eval_dataset = as_dataset(eval_rows, "validation") if evaluate else None
 
-    _ensure_lm_head_kernel()
+    trl_compat.ensure_lm_head_kernel()
     if padding_free(spec, multimodal=data_collator is not None):
-        _quiet_packed_warning(model)
+        trl_compat.quiet_packed_warning(model)
     NonFiniteLoss, StopWhen = _callbacks()
     stopper = StopWhen(stop_when, stop_every) if stop_when else None
     patience = None
@@ -455,16 +339,14 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
         data_collator=data_collator,
         callbacks=[NonFiniteLoss(), *([stopper] if stopper else []), *([patience] if patience else []), *callbacks],
     )
-    if not env.cuda_available():  # TRL casts a 4-bit model's LoRA weights to bfloat16: master weights and
-        for param in trainer.model.parameters():  # optimizer state stay float32 here (autocast computes in bf16)
-            if param.requires_grad and param.dtype == torch.bfloat16:
-                param.data = param.data.float()
+    if not env.cuda_available():
+        trl_compat.keep_trainable_float32(trainer.model)
     cpu_bf16 = trainer.args.bf16 and not env.cuda_available()
     restore = _bf16_compute(trainer.model) if cpu_bf16 else None
     try:
         eval_history, stopped_early, runtime = _run(trainer, spec, last, evaluate, stopper, patience)
     finally:
-        TorchLogProb.forget()
+        trl_compat.TorchLogProb.forget()
         if cpu_bf16:  # afterwards the caller's model computes in float32 as before (accelerate wrapped its forward)
             restore()
             trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
@@ -584,106 +466,3 @@ def clear_previous_run(output_dir: Path) -> list[Path]:
     for path in ours:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     return ours
-
-
-def memory_now() -> int:
-    """Bytes in use now: CUDA memory allocated by tensors on a GPU, else this process's resident set."""
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        return int(torch.cuda.memory_allocated())
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
-def memory_monitor(interval_s: float = 0.01):
-    """A trainer callback that measures memory: call ``mark(name)`` at points of interest (after
-    loading, after attaching the adapter), pass it to :func:`train` in ``callbacks``, then read
-    :meth:`report`.
-
-    On a GPU it reads ``torch.cuda.memory_allocated``; the peak counter is reset when training
-    begins (after loading, so the weights' own load is not the "peak") and read with
-    ``max_memory_allocated`` when it ends. On a CPU it samples the process's resident memory
-    (psutil) every ``interval_s`` from a background thread and at every step. The optimiser
-    state and the gradients are counted exactly from their tensors."""
-    import threading
-
-    import torch
-    from transformers import TrainerCallback
-
-    class MemoryMonitor(TrainerCallback):
-        def __init__(self):
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-            self.marks: dict[str, int] = {}
-            self.peak = 0
-            self.optimizer_bytes = self.gradient_bytes = self.trainable_bytes = 0
-            self._stop = threading.Event()
-            self._thread = None
-            self.mark("baseline")
-
-        def mark(self, name: str) -> int:
-            self.marks[name] = memory_now()
-            return self.marks[name]
-
-        def _sample(self):
-            self.peak = max(self.peak, memory_now())
-
-        def _run(self):
-            while not self._stop.wait(interval_s):
-                self._sample()
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.mark("train_begin")
-            self.peak = self.marks["train_begin"]
-            if self.device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            else:
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._run, daemon=True)
-                self._thread.start()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.device == "cpu":
-                self._sample()
-
-        def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
-            if self.device == "cuda":
-                self.peak = int(torch.cuda.max_memory_allocated())
-            else:
-                self._stop.set()
-                if self._thread is not None:
-                    self._thread.join()
-                self._sample()
-            self.mark("train_end")
-            if optimizer is not None:
-                self.optimizer_bytes = sum(t.numel() * t.element_size() for st in optimizer.state.values()
-                                           for t in st.values() if torch.is_tensor(t))
-            if model is not None:
-                trainable = [p for p in model.parameters() if p.requires_grad]
-                self.trainable_bytes = sum(p.numel() * p.element_size() for p in trainable)
-                self.gradient_bytes = self.trainable_bytes  # one gradient per trainable parameter
-
-        def report(self) -> dict:
-            """Megabytes: ``weights`` and ``adapter`` from the marks of those names, the training
-            ``peak`` and what it added over the start of training, split into optimiser state
-            and gradients (exact) and the rest (activations and temporaries)."""
-            mb = 1 / 2**20
-            m = self.marks
-            out = {"device": "cuda (allocated)" if self.device == "cuda" else "cpu (process RSS)",
-                   "marks_mb": {k: v * mb for k, v in m.items()}}
-            if "loaded" in m:
-                out["weights_mb"] = (m["loaded"] - m["baseline"]) * mb
-            if "adapter" in m and "loaded" in m:
-                out["adapter_mb"] = (m["adapter"] - m["loaded"]) * mb
-            out["adapter_params_mb"] = self.trainable_bytes * mb
-            if "train_begin" in m:
-                added = self.peak - m["train_begin"]
-                out.update(training_start_mb=m["train_begin"] * mb, training_peak_mb=self.peak * mb,
-                           training_added_mb=added * mb, optimizer_state_mb=self.optimizer_bytes * mb,
-                           gradients_mb=self.gradient_bytes * mb,
-                           activations_mb=max(0, added - self.optimizer_bytes - self.gradient_bytes) * mb)
-            return out
-
-    return MemoryMonitor()

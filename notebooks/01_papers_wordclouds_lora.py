@@ -83,6 +83,8 @@ import gemma_helpers as gh
 gh.report();
 
 # %%
+from gemma_helpers import offline
+from gemma_helpers.data import download, pdf
 from gemma_helpers.data import papers as gp
 
 # %% tags=["parameters"]
@@ -119,10 +121,10 @@ out = root / OUTPUT
 # %%
 if cpu:
     sample = gp.sample()
-    files = {p["key"]: gp.sample_pdf(p) for p in sample}
+    files = {p["key"]: offline.sample_pdf(p) for p in sample}
     flaky = sample[2]["key"]  # its server answers 500 once, then sends the file
     files.update({"login_page": b"", "mislabelled": files[sample[1]["key"]]})
-    server = gp.LoopbackServer(files, {"login_page": "html", flaky: "flaky"}).start()
+    server = offline.LoopbackServer(files, {"login_page": "html", flaky: "flaky"}).start()
     paper_list = [gp.Paper(p["key"], p["title"], p["field"], url=server.url(p["key"])) for p in sample]
     paper_list += [
         gp.Paper("login_page", "A Paper Behind a Login", "ai", url=server.url("login_page")),
@@ -143,7 +145,7 @@ for p in paper_list:
 # text is cleaned. Every URL gets one line in the report: `ok` / `cached`, or why not.
 
 # %%
-on_disk = {p.key for p in paper_list if gp.is_complete_pdf(out / "pdf" / gp.safe_filename(p.key))}  # a rerun
+on_disk = {p.key for p in paper_list if download.is_complete_pdf(out / "pdf" / download.safe_filename(p.key))}  # a rerun
 corpus = gp.collect(paper_list, out / "pdf", max_bytes=MAX_MB * 2**20, retries=2, backoff_s=0.5)
 print(corpus)
 download_report = [{k: r[k] for k in ("key", "url", "status", "reason", "bytes", "attempts", "http_status")}
@@ -162,7 +164,7 @@ if cpu:
 
 # %%
 one = corpus.papers[0]
-raw = gp.read_pdf(out / "pdf" / gp.safe_filename(one["key"])).pages[0]
+raw = pdf.read_pdf(out / "pdf" / download.safe_filename(one["key"])).pages[0]
 print("RAW (pypdf):\n" + raw[:700])
 print("\nCLEAN:\n" + one["text"][:700])
 

@@ -87,11 +87,13 @@ out = root / OUTPUT
 # data card (`data/README.md`) lists them, and the report below must find exactly those.
 
 # %%
+from gemma_helpers.data import persian
+
 if DATA.endswith(".jsonl"):
-    raw = gh.chat.read_jsonl(root / DATA)
+    raw = gh.jsonl.read_jsonl(root / DATA, errors="raise")
 else:
     raw = list(gh.rehearsal.load_hub_dataset(DATA, split="train"))  # datasets.load_dataset(DATA, split="train")
-rows, cleaning = gh.chat.clean_conversations(raw)
+rows, cleaning = persian.clean_conversations(raw)
 print(cleaning)
 for d in cleaning.dropped[:20]:
     print(f"  row {d['row']:>4}  {d['reason']:<18} {d['detail']}")
@@ -102,7 +104,7 @@ for d in cleaning.dropped[:20]:
 
 # %%
 try:
-    gh.chat.clean_conversations(rows[:3] + [{"messages": "سلام"}])
+    persian.clean_conversations(rows[:3] + [{"messages": "سلام"}])
 except gh.DataError as err:
     print("DataError:", err)
 

@@ -66,7 +66,7 @@ import gemma_helpers as gh
 gh.report();
 
 # %%
-from gemma_helpers import evaluate, models
+from gemma_helpers import evaluate, models, offline
 from gemma_helpers.chat import IGNORE_INDEX, VisionCollator
 from gemma_helpers.data import frames
 
@@ -104,7 +104,7 @@ out = root / OUTPUT
 if CLIPS_DIR:
     clips = frames.clips_from_csv(CLIPS_DIR)
 else:
-    clips = frames.synthetic_clips(out / "clips", per_action=R["clips_per_action"], seed=0)
+    clips = offline.synthetic_clips(out / "clips", per_action=R["clips_per_action"], seed=0)
 rows, skipped = frames.build_rows(clips, out, n=N_FRAMES, size=FRAME_SIZE)
 train_rows, heldout_rows = frames.split_by_clip(rows, heldout=HELDOUT, seed=0)
 print(f"{len(rows)} clips ({len(skipped)} skipped) -> {len(train_rows)} train, {len(heldout_rows)} held out")

@@ -148,7 +148,7 @@ stages = [gh.bench.Stage("adapter", "adapter", str(adapter_dir)),
           *[gh.bench.Stage(f"gguf {name}", "gguf", str(path)) for name, path in gguf_files.items()]]
 if LORA_STAGE or (LORA_STAGE is None and gh.profile() == "gpu"):
     # the base exactly as the adapter saw it (dequantised NF4), as f16 GGUF, plus the adapter as a LoRA GGUF
-    base_gguf = gh.to_gguf(gh.export.trained_base(adapter_dir, run_dir / "base"), "f16", run_dir / "gguf")
+    base_gguf = gh.to_gguf(gh.export.save_trained_base(adapter_dir, run_dir / "base"), "f16", run_dir / "gguf")
     lora_gguf = gh.export.lora_to_gguf(adapter_dir, run_dir / "gguf" / "adapter-lora-f32.gguf")
     stages.append(gh.bench.Stage("gguf f16 + LoRA", "gguf", str(base_gguf), lora=str(lora_gguf)))
 work = gh.bench.workload(merged_dir, prompt=data["neutral_text"], text=data["neutral_text"],

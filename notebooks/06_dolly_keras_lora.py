@@ -89,7 +89,8 @@ TOP_K, SAMPLER_SEED = R["top_k"], R["sampler_seed"]
 
 # %%
 root = gh.env.REPO_ROOT
-rows = dolly.read_jsonl(root / DATA) if DATA.endswith(".jsonl") else dolly.from_hub()  # the hub's dolly.HUB_ID
+rows = (dolly.read_jsonl(root / DATA, errors="skip") if DATA.endswith(".jsonl")  # a bad line: named, left out
+        else dolly.from_hub())  # the hub's dolly.HUB_ID
 free = dolly.context_free(rows)
 train_rows, heldout_rows = dolly.split(free, N_TRAIN, N_HELDOUT)
 print(f"{len(rows)} rows, {len(free)} without context; training on {len(train_rows)}, holding out {len(heldout_rows)}")

@@ -14,7 +14,7 @@ SAMPLE = REPO_ROOT / "data" / "dolly_sample.jsonl"
 
 
 def test_bundled_sample_schema_filter_and_split():
-    rows = dolly.read_jsonl(SAMPLE, report=pytest.fail)
+    rows = dolly.read_jsonl(SAMPLE, errors="raise", report=pytest.fail)
     assert len(rows) >= 60
     assert {r["category"] for r in rows} <= set(dolly.CATEGORIES)
     free = dolly.context_free(rows)
@@ -33,7 +33,7 @@ def test_bad_lines_are_reported_by_line_and_field_and_skipped(tmp_path):
     path.write_text("\n".join([json.dumps(good), "{not json", json.dumps({**good, "response": ""}),
                                json.dumps({k: v for k, v in good.items() if k != "context"})]) + "\n")
     said = []
-    assert dolly.read_jsonl(path, report=said.append) == [good]
+    assert dolly.read_jsonl(path, errors="skip", report=said.append) == [good]
     assert [s.split(": ", 1)[0] for s in said[:3]] == [f"skipped {path}:2", f"skipped {path}:3", f"skipped {path}:4"]
     assert "'response' is empty" in said[1] and "'context' is missing" in said[2]
     assert said[3] == f"{path}: skipped 3 of 4 lines"  # and the count
@@ -61,7 +61,7 @@ def test_answer_loss_is_the_models_own_mean_over_answer_tokens(base_model):
     import torch
 
     model, tok = base_model
-    rows = dolly.prompt_completion(dolly.context_free(dolly.read_jsonl(SAMPLE))[:2])
+    rows = dolly.prompt_completion(dolly.context_free(dolly.read_jsonl(SAMPLE, errors="raise"))[:2])
     examples = chat.tokenize_rows(tok, rows)
     with torch.no_grad():
         own = model(input_ids=torch.tensor([examples[0]["input_ids"]]),
@@ -95,7 +95,7 @@ def test_kerashub_loads_the_embedded_checkpoint_and_agrees_with_transformers(emb
 
     model, tok = base_model
     lm = kerashub.load_causal_lm(embedded_dir)
-    rows = dolly.prompt_completion(dolly.context_free(dolly.read_jsonl(SAMPLE))[:2])
+    rows = dolly.prompt_completion(dolly.context_free(dolly.read_jsonl(SAMPLE, errors="raise"))[:2])
     examples = chat.tokenize_rows(tok, rows)
     ids = torch.tensor([examples[0]["input_ids"]])
     with torch.no_grad():

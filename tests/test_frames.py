@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from gemma_helpers import offline
 from gemma_helpers.data import frames as F
 
 
@@ -11,7 +12,7 @@ def centre_x(image):
 
 
 def test_sample_frames_are_evenly_spaced_and_resized(tmp_path):
-    clip = F.write_clip(tmp_path / "right.mp4", F.shape_frames("moving right", n_frames=10, size=64))
+    clip = offline.write_clip(tmp_path / "right.mp4", offline.shape_frames("moving right", n_frames=10, size=64))
     frames = F.sample_frames(clip, n=4, size=32)
     assert len(frames) == 4 and all(f.size == (32, 32) and f.mode == "RGB" for f in frames)
     xs = [centre_x(f) for f in frames]
@@ -22,10 +23,10 @@ def test_sample_frames_are_evenly_spaced_and_resized(tmp_path):
 
 
 def test_bad_clips_are_reported_by_name_and_skipped(tmp_path, capsys):
-    good = F.synthetic_clips(tmp_path / "clips", per_action=1, actions=("growing", "moving up"))
+    good = offline.synthetic_clips(tmp_path / "clips", per_action=1, actions=("growing", "moving up"))
     corrupt = tmp_path / "clips" / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00 this is not a video " * 20)
-    short = F.write_clip(tmp_path / "clips" / "short.mp4", F.shape_frames("shrinking", n_frames=3, size=64))
+    short = offline.write_clip(tmp_path / "clips" / "short.mp4", offline.shape_frames("shrinking", n_frames=3, size=64))
     with pytest.raises(F.ClipError, match="short.mp4: 3 decodable frames"):
         F.sample_frames(short, n=4)
     rows, skipped = F.build_rows([*good, (corrupt, "x"), (short, "shrinking")], tmp_path / "root", n=4, size=48,

@@ -85,7 +85,7 @@ def test_perplexity_is_measured_the_same_way_in_transformers_and_llama_cpp(xylan
 
 def test_the_adapter_alone_as_a_lora_gguf_on_its_base(xylandia_adapter, tmp_path):
     result, _ = xylandia_adapter
-    base_dir = gh.export.trained_base(result.adapter_dir, tmp_path / "base")
+    base_dir = gh.export.save_trained_base(result.adapter_dir, tmp_path / "base")
     assert not (base_dir / "tokenizer.model").exists()
     base = gh.to_gguf(base_dir, "f16", tmp_path)
     assert not (base_dir / "tokenizer.model").exists()  # the converter's view is a scratch folder

@@ -1,119 +1,18 @@
-"""Notebook 01's data path: streaming download against a loopback server, PDF parsing and
-cleaning on PDFs generated on the fly, the split, the rows, and the mixed accuracy."""
+"""Notebook 01's papers: the title check in the corpus, the bundled mini-papers, the split, the rows, and the
+mixed accuracy (the download is tested in test_download, PDF reading and cleaning in test_pdf)."""
 from __future__ import annotations
-
-import time
 
 import pytest
 
 import gemma_helpers as gh
+from gemma_helpers import offline
 from gemma_helpers.data import papers as P
-
-SECTIONS = [
-    ("Abstract", ("Sea surface temperature controls where corals can live. When the water stays too warm the "
-                 "algae inside the coral leave and the reef turns white.")),
-    ("1 Introduction", ("Coral reefs cover a small area of the ocean floor. They shelter a large share of marine "
-                       "species and protect coastlines from waves.")),
-    ("2 Method", ("We describe how a temperature anomaly is accumulated over twelve weeks. The accumulated "
-                 "anomaly is compared with a threshold that signals bleaching risk.")),
-]
-
-
-def good_pdf(title="Marine Heat and Coral Reefs", **kwargs) -> bytes:
-    return P.write_pdf(None, title, SECTIONS, authors="A. Author", running_header="Journal of Examples",
-                       references=["Doe, J. (2020). Warm water. Reef Letters 1, 1-2."], **kwargs)
-
-
-def fetch(server, name, tmp_path, **kwargs):
-    return P.download_one(server.url(name), tmp_path / P.safe_filename(name), name, progress=False, **kwargs)
-
-
-def test_download_keeps_every_good_file_and_names_every_bad_one(tmp_path):
-    pdf = good_pdf()
-    files = {n: pdf for n in ("good", "html", "truncated", "flaky", "rate_limited", "missing", "hang", "huge")}
-    files["huge"] = pdf + b"%" * 300_000  # still a PDF, but over the cap
-    files["stream_huge"] = files["huge"]
-    del files["missing"]
-    faults = {"html": "html", "truncated": "truncate", "flaky": "flaky", "rate_limited": "429", "hang": "hang",
-              "stream_huge": "no_length"}
-    names = ["good", "html", "truncated", "flaky", "rate_limited", "missing", "hang", "huge", "stream_huge"]
-    papers = [P.Paper(n, "Marine Heat and Coral Reefs", "climate") for n in names]
-    with P.LoopbackServer(files, faults, hang_s=4) as server:
-        papers = [P.Paper(p.key, p.title, p.field, url=server.url(p.key)) for p in papers]
-        started = time.time()
-        got = {f.key: f for f in P.download(papers, tmp_path, progress=False, max_bytes=200_000,
-                                            timeout=(2, 1), retries=1, backoff_s=0.05)}
-        elapsed = time.time() - started
-    assert got["good"].status == "ok" and (tmp_path / "good.pdf").read_bytes() == pdf
-    assert got["flaky"].status == "ok" and got["flaky"].attempts == 2  # a 500, then the file
-    assert got["rate_limited"].status == "ok" and got["rate_limited"].attempts == 2  # a 429 (Retry-After 0), then it
-    expected = {"html": "not a PDF", "truncated": "truncated", "missing": "HTTP 404", "hang": "read timeout",
-                "huge": "too large", "stream_huge": "too large"}
-    for name, words in expected.items():
-        assert got[name].status == "failed", got[name]
-        assert words in got[name].reason, got[name].reason
-        assert not (tmp_path / f"{name}.pdf").exists()
-    assert got["missing"].attempts == 1  # a 404 is not retried
-    assert got["truncated"].attempts == 2 and got["hang"].attempts == 2  # retried once, then reported
-    assert "text/html" in got["html"].reason
-    assert not list(tmp_path.glob(".*.part"))  # nothing half-written is left
-    assert elapsed < 30
-
-
-def test_download_skips_complete_files_and_refuses_other_schemes(tmp_path):
-    pdf = good_pdf()
-    with P.LoopbackServer({"a": pdf}) as server:
-        first = fetch(server, "a", tmp_path)
-        second = fetch(server, "a", tmp_path)
-        assert (first.status, second.status) == ("ok", "cached") and server.hits["a"] == 1
-    refused = P.download_one("file:///etc/passwd", tmp_path / "x.pdf", progress=False)
-    assert refused.status == "failed" and "only http(s)" in refused.reason
-    assert P.safe_filename("../../etc/passwd") == "passwd.pdf"
-    assert P.safe_filename("Attention Is All You Need?.pdf") == "Attention_Is_All_You_Need_.pdf"
-
-
-def test_hyphenation_ligatures_headers_and_references_are_cleaned(tmp_path):
-    sections = SECTIONS + [(f"{i} Findings", " ".join(["Reef classification uses satellite temperature fields."] * 20))
-                           for i in range(3, 6)]
-    path = tmp_path / "p.pdf"
-    P.write_pdf(path, "Marine Heat and Coral Reefs", sections, running_header="Journal of Examples",
-                references=["Doe, J. (2020). Warm water. Reef Letters 1, 1-2."])
-    parsed = P.read_pdf(path)
-    raw = "\n".join(parsed.pages)
-    assert len(parsed.pages) >= 2 and raw.count("Journal of Examples") == len(parsed.pages)
-    assert "-\n" in raw and ("\ufb01" in raw or "\ufb02" in raw)  # hyphenated line ends and ligatures really there
-    text = P.clean_pages(parsed.pages)
-    for section, body in sections:
-        assert f"{section}\n{body}" in text  # words joined across line ends, ligatures undone
-    assert "Journal of Examples" not in text  # the running header
-    assert "Reef Letters" not in text and "References" not in text  # the reference section
-    assert not any(line.strip().isdigit() for line in text.splitlines())  # page numbers
-
-
-def test_a_broken_page_is_reported_and_the_rest_is_kept(tmp_path):
-    long = [(f"{i} Section", " ".join(["Warm water makes corals expel their algae."] * 60)) for i in range(1, 5)]
-    path = tmp_path / "broken.pdf"
-    P.write_pdf(path, "Marine Heat and Coral Reefs", long, broken_pages=[2])
-    parsed = P.read_pdf(path)
-    assert len(parsed.pages) >= 3
-    assert len(parsed.problems) == 1 and parsed.problems[0].startswith("page 2:")
-    assert parsed.pages[1] == "" and parsed.pages[0].strip() and parsed.pages[2].strip()
-
-
-def test_encrypted_image_only_and_non_pdf_files_raise_a_named_error(tmp_path):
-    cases = {"locked.pdf": good_pdf(password="secret"), "scan.pdf": good_pdf(image_only=True),
-             "page.pdf": b"<html>not found</html>"}
-    reasons = {"locked.pdf": "encrypted", "scan.pdf": "no text layer", "page.pdf": "not a readable PDF"}
-    for name, data in cases.items():
-        (tmp_path / name).write_bytes(data)
-        with pytest.raises(P.PDFError) as err:
-            P.read_pdf(tmp_path / name)
-        assert name in str(err.value) and reasons[name] in err.value.reason
+from gemma_helpers.data import pdf
 
 
 def test_the_wrong_paper_is_reported_not_trained_on(tmp_path):
-    files = {"right": good_pdf(), "wrong": good_pdf(title="Street Trees and Urban Heat")}
-    with P.LoopbackServer(files) as server:
+    files = {"right": offline.example_pdf(), "wrong": offline.example_pdf(title="Street Trees and Urban Heat")}
+    with offline.LoopbackServer(files) as server:
         papers = [P.Paper(k, "Marine Heat and Coral Reefs", "climate", url=server.url(k)) for k in files]
         corpus = P.collect(papers, tmp_path, progress=False)
     assert [p["key"] for p in corpus.papers] == ["right"]
@@ -126,8 +25,8 @@ def test_bundled_papers_survive_the_pdf_round_trip_and_split_by_paper(tmp_path):
     assert len(sample) >= 8 and {p["field"] for p in sample} == set(P.FIELDS)
     for paper in sample[:3]:
         path = tmp_path / f"{paper['key']}.pdf"
-        P.sample_pdf(paper, path)
-        text = P.clean_pages(P.read_pdf(path).pages)
+        offline.sample_pdf(paper, path)
+        text = pdf.clean_pages(pdf.read_pdf(path).pages)
         assert P.sections(text) == P.sections(P.sample_text(paper))  # every section and sentence back
     splits = P.split_by_paper([p["key"] for p in sample])
     assert sum(map(len, splits.values())) == len(sample) and all(splits.values())

@@ -1,5 +1,5 @@
 """Notebook 02's pieces: cleaning a Persian conversation set, answer-only labels on every assistant
-turn, memory measured during training, real-token generation speed, answer perplexity, Persian charts."""
+turn, real-token generation speed, answer perplexity, Persian charts."""
 import json
 import math
 
@@ -8,6 +8,7 @@ import pytest
 import gemma_helpers as gh
 from gemma_helpers import chat
 from gemma_helpers.chat import IGNORE_INDEX, DataError
+from gemma_helpers.data import persian
 
 SAMPLE = gh.env.REPO_ROOT / "data" / "persian_chat.jsonl"
 
@@ -43,8 +44,8 @@ def qa(q, a):
 
 
 def test_bundled_sample_cleaning_matches_the_data_card():
-    rows = chat.read_jsonl(SAMPLE)
-    clean, report = chat.clean_conversations(rows)
+    rows = gh.jsonl.read_jsonl(SAMPLE, errors="raise")
+    clean, report = persian.clean_conversations(rows)
     assert report.rows_in == len(rows) == 87
     assert report.rows_out == len(clean) == 72
     assert report.removed == {k: len(v) for k, v in PLANTED_DROPS.items()}
@@ -59,12 +60,12 @@ def test_bundled_sample_cleaning_matches_the_data_card():
 
 
 def test_normalize_persian_fixes_each_kind():
-    assert chat.normalize_persian("كتاب علي") == ("کتاب علی", {"arabic_yeh_kaf"})
-    assert chat.normalize_persian("سال ١٤٠٣ و ۱۴۰۳ و 2024") == ("سال ۱۴۰۳ و ۱۴۰۳ و 2024", {"digits"})
-    assert chat.normalize_persian("سال ١٤٠٣", digits="latin")[0] == "سال 1403"
-    assert chat.normalize_persian("می\u200c\u200cروم \u200cفردا\u200c") == ("می\u200cروم فردا", {"zwnj"})
-    assert chat.normalize_persian("  سلام\u00a0 \t دنیا \n\n\n\nخوب ") == ("سلام دنیا\n\nخوب", {"whitespace"})
-    assert chat.normalize_persian("می‌روم") == ("می‌روم", set())  # a proper half-space stays
+    assert persian.normalize_persian("كتاب علي") == ("کتاب علی", {"arabic_yeh_kaf"})
+    assert persian.normalize_persian("سال ١٤٠٣ و ۱۴۰۳ و 2024") == ("سال ۱۴۰۳ و ۱۴۰۳ و 2024", {"digits"})
+    assert persian.normalize_persian("سال ١٤٠٣", digits="latin")[0] == "سال 1403"
+    assert persian.normalize_persian("می\u200c\u200cروم \u200cفردا\u200c") == ("می\u200cروم فردا", {"zwnj"})
+    assert persian.normalize_persian("  سلام\u00a0 \t دنیا \n\n\n\nخوب ") == ("سلام دنیا\n\nخوب", {"whitespace"})
+    assert persian.normalize_persian("می‌روم") == ("می‌روم", set())  # a proper half-space stays
 
 
 def test_duplicates_near_duplicates_and_first_occurrence_kept():
@@ -74,7 +75,7 @@ def test_duplicates_near_duplicates_and_first_occurrence_kept():
             qa("پایتخت  ایران کجاست ?", "تهران است"),  # punctuation and spacing
             qa("پایتخت ایران کجاست؟", "تهران اَست."),  # a diacritic
             qa("پایتخت عراق کجاست؟", "بغداد است.")]
-    _, report = chat.clean_conversations(rows)
+    _, report = persian.clean_conversations(rows)
     assert report.kept == [0, 5]
     assert [(d["row"], d["reason"]) for d in report.dropped] == [
         (1, "duplicate"), (2, "duplicate"), (3, "near_duplicate"), (4, "near_duplicate")]
@@ -90,7 +91,7 @@ def test_empty_and_out_of_order_rows_are_dropped_with_reasons():
             {"messages": qa("الف", "ب")["messages"] + [{"role": "user", "content": "پ"}]},
             {"messages": [{"role": "user", "content": "الف"}, {"role": "system", "content": "ب"},
                           {"role": "assistant", "content": "پ"}]}]
-    clean, report = chat.clean_conversations(rows)
+    clean, report = persian.clean_conversations(rows)
     assert [(d["row"], d["reason"]) for d in report.dropped] == [
         (0, "empty_conversation"), (1, "empty_conversation"), (2, "empty_turn"),
         (4, "wrong_role_order"), (5, "wrong_role_order"), (6, "wrong_role_order")]
@@ -99,7 +100,7 @@ def test_empty_and_out_of_order_rows_are_dropped_with_reasons():
 
 
 def test_folded_system_turn_renders_as_gemmas_template_does(tokenizer):
-    clean, report = chat.clean_conversations([MULTI])
+    clean, report = persian.clean_conversations([MULTI])
     assert report.fixed["system_folded"] == [0]
     first = clean[0]["messages"][0]
     assert first == {"role": "user", "content": "کوتاه پاسخ بده.\n\nسلام!"}
@@ -118,16 +119,9 @@ def test_folded_system_turn_renders_as_gemmas_template_does(tokenizer):
 ])
 def test_a_row_outside_the_schema_names_row_and_field(row, field):
     with pytest.raises(DataError) as err:
-        chat.clean_conversations([qa("سلام", "درود"), qa("الف", "ب"), row])
+        persian.clean_conversations([qa("سلام", "درود"), qa("الف", "ب"), row])
     assert err.value.row == 2 and err.value.field == field
     assert f"row 2: field '{field}'" in str(err.value)
-
-
-def test_read_jsonl_names_the_file_and_line(tmp_path):
-    path = tmp_path / "chat.jsonl"
-    path.write_text(json.dumps(qa("سلام", "درود"), ensure_ascii=False) + "\n\n{not json\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"{path}:3: not valid JSON"):
-        chat.read_jsonl(path)
 
 
 def test_labels_cover_exactly_every_assistant_turn(tokenizer):
@@ -166,26 +160,6 @@ def test_token_length_stats(tokenizer):
     assert lengths == [len(chat.tokenize_row(tokenizer, r)["input_ids"]) for r in rows]
     assert stats["max"] == max(lengths) and stats["p50"] == sorted(lengths)[1]
     assert min(lengths) < stats["mean"] < max(lengths) and stats["p50"] <= stats["p95"] <= stats["max"]
-
-
-def test_memory_monitor_measures_a_real_training_peak(tmp_path, embedded_dir):
-    mem = gh.memory_monitor()
-    model, tok = gh.load_model()
-    mem.mark("loaded")
-    model = gh.attach_lora(model, r=4, alpha=8, target_modules=("q_proj", "v_proj"))
-    mem.mark("adapter")
-    rows = [qa("پایتخت ایران کجاست؟", "پایتخت ایران تهران است.")] * 4
-    spec = gh.TrainSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj"), max_steps=2, batch_size=2, save_steps=100)
-    gh.train(model, tok, rows, spec, tmp_path, callbacks=[mem])
-    report = mem.report()
-    # weights_mb is not asserted here: in a test process that already loaded the model, the allocator
-    # reuses freed pages and the RSS step at loading can be small; the notebook measures it in a fresh kernel
-    # the optimiser state and the gradients are allocated during training: the peak must hold them
-    assert report["training_added_mb"] > report["optimizer_state_mb"] + report["gradients_mb"], report
-    # Adam keeps two float32 moments per trainable parameter, plus a step counter per tensor
-    adapter = report["adapter_params_mb"]
-    assert adapter > 0 and 2 * adapter <= report["optimizer_state_mb"] < 2 * adapter + 0.01
-    assert report["gradients_mb"] == adapter
 
 
 def test_generate_counts_only_the_tokens_each_row_really_generated(base_model):

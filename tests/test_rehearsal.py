@@ -5,7 +5,7 @@ import pytest
 
 import gemma_helpers as gh
 from gemma_helpers import rehearsal
-from gemma_helpers.data import dolly
+from gemma_helpers.data import dolly, persian
 
 
 @pytest.fixture()
@@ -35,7 +35,7 @@ def test_the_switch_cuts_steps_and_replaces_cuda_only_optimisers(rehearsing, cap
 
 def test_hub_datasets_stand_in_with_their_own_schema_through_load_dataset(rehearsing):
     raw = list(rehearsal.load_hub_dataset("mshojaei77/persian-gk"))
-    rows, report = gh.chat.clean_conversations(raw)
+    rows, report = persian.clean_conversations(raw)
     assert len(rows) > 200  # the GPU profile holds 200 out
     assert all(set(m) == {"role", "content"} for r in rows for m in r["messages"])
     free = dolly.context_free(dolly.from_hub())

@@ -122,35 +122,6 @@ def test_wandb_only_with_a_key(monkeypatch):
     assert report_to() == "wandb"
 
 
-@pytest.mark.parametrize("chunk", [1024, 128])  # one chunk; several chunks under checkpointing
-def test_torch_log_prob_matches_full_logits(monkeypatch, chunk):
-    import torch
-
-    from gemma_helpers.train import TorchLogProb
-
-    monkeypatch.setattr(TorchLogProb, "CHUNK", chunk)
-    torch.manual_seed(0)
-    hidden = torch.randn(300, 16, requires_grad=True)
-    weight = torch.randn(50, 16, requires_grad=True)
-    targets = torch.randint(0, 50, (300,))
-    everything = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
-    lp, ent, lss, mean, top1 = TorchLogProb.apply(hidden, weight, None, targets, 1.0, 0, None, 1.0, everything)
-    logits = hidden @ weight.t()
-    logp = torch.log_softmax(logits, -1)
-    ref = logp.gather(-1, targets[:, None]).squeeze(-1)
-    assert torch.allclose(lp, ref, atol=1e-5)
-    grad = torch.autograd.grad(lp.sum(), [hidden, weight])
-    grad_ref = torch.autograd.grad(ref.sum(), [hidden, weight])
-    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grad, grad_ref))
-    with torch.no_grad():
-        assert torch.allclose(ent, -(logp.exp() * logp).sum(-1), atol=1e-4)
-        assert torch.allclose(lss, torch.logsumexp(2 * logp, -1), atol=1e-4)
-        assert torch.allclose(mean, logits.mean(-1), atol=1e-5)
-    assert torch.equal(top1, logits.argmax(-1) == targets)
-    # statistics TRL does not ask for are not computed
-    assert TorchLogProb.apply(hidden, weight, None, targets, 1.0, 0, None, 1.0, ("log_probs",))[1:] == (None,) * 4
-
-
 def test_validation_loss_and_early_stopping_restore_the_best_adapter(tmp_path, tokenizer):
     """Validation loss before, during and after training (one batch: it must equal the answer
     loss computed directly, which also shows the padding-free eval batch keeps rows apart), and

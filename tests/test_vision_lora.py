@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import gemma_helpers as gh
-from gemma_helpers import evaluate, models
+from gemma_helpers import evaluate, models, offline
 from gemma_helpers.chat import IGNORE_INDEX, VisionCollator, prompt_and_target
 from gemma_helpers.data import frames as F
 
@@ -16,7 +16,7 @@ TRL_TEMPLATES = Path(__import__("trl").__file__).parent / "chat_templates"
 @pytest.fixture(scope="module")
 def clip_rows(tmp_path_factory):
     root = tmp_path_factory.mktemp("frames")
-    clips = F.synthetic_clips(root / "clips", per_action=1, n_frames=6, size=48)
+    clips = offline.synthetic_clips(root / "clips", per_action=1, n_frames=6, size=48)
     rows, skipped = F.build_rows(clips, root, n=4, size=48, progress=False)
     assert not skipped
     return rows, (lambda r: F.load_images(r, root))

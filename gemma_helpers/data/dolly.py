@@ -42,10 +42,13 @@ def check_row(row, where: str) -> str | None:
     return f"{where}: {problem}" if problem else None
 
 
-def read_jsonl(path: str | Path, report=print) -> list[dict]:
-    """The usable rows of a Dolly-schema JSON-lines file (:func:`gemma_helpers.jsonl.read_jsonl`): each bad
-    line is reported with its file and line and skipped, then the number skipped."""
-    rows = jsonl.read_jsonl(path, errors="skip", report=report, check=row_problem)
+def read_jsonl(path: str | Path, *, errors: str, report=print) -> list[dict]:
+    """The rows of a Dolly-schema JSON-lines file, read by :func:`gemma_helpers.jsonl.read_jsonl` with
+    :func:`row_problem` as its check (notebook 06, section 1). The caller names the error policy:
+    ``errors="raise"`` (a bundled sample: the first bad line raises
+    :class:`~gemma_helpers.jsonl.JSONLError` naming the file and line) or ``errors="skip"`` (a file
+    from elsewhere: each bad line is reported with its file and line and left out, then the count)."""
+    rows = jsonl.read_jsonl(path, errors=errors, report=report, check=row_problem)
     return [{k: row[k] for k in FIELDS} for row in rows]
 
 

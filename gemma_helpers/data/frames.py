@@ -5,8 +5,8 @@ A row has the layout of the seed data set (``kinetic_3K.json``): the user turn i
 one text part, the assistant turn is the action as text. Rows also carry ``"clip"`` (the clip's
 name), so that train and held-out sets are split by clip, never by frame.
 
-The CPU profile trains on synthetic clips written here with PyAV: one shape per clip that moves
-left, right, up or down, grows or shrinks; the action is the answer.
+The CPU profile trains on synthetic clips (:func:`gemma_helpers.offline.synthetic_clips`): one
+shape per clip that moves left, right, up or down, grows or shrinks; the action is the answer.
 """
 from __future__ import annotations
 
@@ -162,85 +162,6 @@ def swap_frames(rows: Sequence[dict], seed: int = 0) -> list[dict]:
         user = dict(r["messages"][0], content=images + text)
         swapped.append(dict(r, messages=[user, *r["messages"][1:]], frames_from=rows[d]["clip"]))
     return swapped
-
-
-def write_clip(path: str | Path, frames: Sequence, fps: int = 8) -> Path:
-    """Write RGB uint8 arrays (H x W x 3) as an MPEG-4 video with PyAV."""
-    import av
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.bit_rate = 400_000
-        for arr in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
-        container.mux(stream.encode(None))
-    return path
-
-
-def shape_frames(action: str, n_frames: int = 12, size: int = 64, shape: str = "square",
-                 color=(230, 40, 40), jitter: random.Random | None = None, radius: float = 0.22) -> list:
-    """Frames of one shape performing ``action`` (one of :data:`ACTIONS`) on a dark background.
-
-    Every clip starts from a shape of half-width ``radius`` (a share of the frame side) near the
-    centre: a moving shape travels a third of the frame towards one edge, a growing one doubles, a
-    shrinking one ends at a quarter. The actions thus differ in where and how large the shape is over
-    the clip, not only in the order of the frames, which a random-weight vision tower (the CPU
-    profile) and a few training clips are enough to read."""
-    import numpy as np
-
-    if action not in ACTIONS:
-        raise ValueError(f"unknown action {action!r}; expected one of {ACTIONS}")
-    rng = jitter or random.Random(0)
-    c0 = size / 2 + rng.uniform(-size / 16, size / 16)
-    c1 = size / 2 + rng.uniform(-size / 16, size / 16)
-    travel = size / 3
-    yy, xx = np.mgrid[0:size, 0:size]
-    frames = []
-    for t in range(n_frames):
-        f = t / max(n_frames - 1, 1)
-        cx, cy, r = c0, c1, size * radius
-        if action == "moving left":
-            cx = c0 - travel * f
-        elif action == "moving right":
-            cx = c0 + travel * f
-        elif action == "moving up":
-            cy = c1 - travel * f
-        elif action == "moving down":
-            cy = c1 + travel * f
-        elif action == "growing":
-            r = size * radius * (1 + f)
-        else:  # shrinking
-            r = size * radius * (1 - 0.75 * f)
-        if shape == "circle":
-            mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
-        else:
-            mask = (abs(xx - cx) <= r) & (abs(yy - cy) <= r)
-        img = np.full((size, size, 3), 20, dtype=np.uint8)
-        img[mask] = color
-        frames.append(img)
-    return frames
-
-
-def synthetic_clips(out_dir: str | Path, per_action: int = 6, n_frames: int = 12, size: int = 64,
-                    seed: int = 0, actions: Sequence[str] = ACTIONS, color=(255, 255, 255),
-                    radius: float = 0.22) -> list[tuple[Path, str]]:
-    """Write ``per_action`` clips of moving shapes for every action; ``[(clip path, action), ...]``.
-
-    Shape (square or circle) and starting point vary from clip to clip; the colour does not: under a
-    random-weight vision tower (the CPU profile) a change of colour moves the image features far more
-    than the motion does, and the few training clips could not teach the adapter to look past it."""
-    rng = random.Random(seed)
-    clips = []
-    for action in actions:
-        for i in range(per_action):
-            frames = shape_frames(action, n_frames, size, ("square", "circle")[i % 2], color, rng, radius)
-            name = f"{action.replace(' ', '_')}_{i:02d}.mp4"
-            clips.append((write_clip(Path(out_dir) / name, frames), action))
-    return clips
 
 
 def clips_from_csv(folder: str | Path, csv_name: str = "annotations.csv") -> list[tuple[Path, str]]:
