@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# the random seed of every run: unsloth's notebooks' random_state, which the seed projects copied
+SEED = 3407
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("gpu", "cpu")
 

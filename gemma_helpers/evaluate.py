@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 
 from .chat import END_OF_TURN, prompt_text
+from .env import SEED
 from .models import check_ids, embedding_rows
 
 
@@ -116,7 +117,7 @@ def _stop_ids(model, tokenizer) -> set[int]:
 
 
 def generation_speed(model, tokenizer, questions: Sequence[str], batch_size: int, max_new_tokens: int = 64,
-                     temperature: float = 0.7, top_p: float = 0.95, seed: int = 3407) -> dict:
+                     temperature: float = 0.7, top_p: float = 0.95, seed: int = SEED) -> dict:
     """Generated tokens per second answering ``questions`` (chat turns), ``batch_size`` at a time.
 
     One short warm-up call is made first, so one-time costs (kernel selection, caches) are not
@@ -324,7 +325,7 @@ def correct(scores: dict) -> list[float]:
     return [float(item["mixed"] >= scores["threshold"]) for item in scores["items"]]
 
 
-def bootstrap_ci(values: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = 3407) -> list[float]:
+def bootstrap_ci(values: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = SEED) -> list[float]:
     """Percentile bootstrap interval ``[low, high]`` of ``mean(values)``: the rows are drawn with
     replacement ``resamples`` times (a fixed ``seed``: the same interval on every run), and the
     interval holds the middle ``level`` of the resampled means. For a difference between two models on

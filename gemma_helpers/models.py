@@ -20,8 +20,6 @@ from .chat import END_OF_TURN, install_chat_template
 
 EMBEDDED = "gemma-3-270m"
 EMBEDDED_HUB_ID = "google/gemma-3-270m"  # what the embedded model is, on the Hugging Face Hub
-# the random seed of every run: unsloth's notebooks' random_state, which the seed projects copied
-SEED = 3407
 # LoRA on every linear layer of the decoder: unsloth's and this series' default
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # LoRA on the text decoder of a multimodal Gemma only: a regular expression over module names, because
@@ -344,7 +342,7 @@ def keep_4bit_trainable(model) -> int:
 
 
 def attach_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0,
-                target_modules=DEFAULT_TARGETS, seed: int = SEED):
+                target_modules=DEFAULT_TARGETS, seed: int = env.SEED):
     """Wrap a model with fresh LoRA adapters (unsloth's ``get_peft_model`` on a GPU).
 
     ``target_modules`` is a list of module names, or one regular expression over full module

@@ -5,7 +5,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .env import REPO_ROOT
+from .env import REPO_ROOT, SEED
 
 CHARTS = REPO_ROOT / "charts"
 
@@ -154,7 +154,7 @@ def word_count_bars(words: Mapping[str, int], groups: Mapping[str, str], name: s
 
 
 def word_clouds(freqs: Mapping[str, Mapping[str, int]], name: str, cols: int = 4, max_words: int = 60,
-                seed: int = 3407, charts_dir: str | Path | None = None) -> Path:
+                seed: int = SEED, charts_dir: str | Path | None = None) -> Path:
     """A grid of word clouds, one per ``{title: {word: count}}`` (the wordcloud package)."""
     from wordcloud import WordCloud
 
@@ -248,7 +248,7 @@ def persian_words(texts: Sequence[str], stopwords=PERSIAN_STOPWORDS, min_len: in
     return dict(counts)
 
 
-def word_cloud(texts: Sequence[str], name: str, title: str = "", max_words: int = 120, seed: int = 3407,
+def word_cloud(texts: Sequence[str], name: str, title: str = "", max_words: int = 120, seed: int = SEED,
                charts_dir: str | Path | None = None) -> Path:
     """A word cloud of Persian text: each word shaped right to left, drawn in DejaVu Sans."""
     from wordcloud import WordCloud

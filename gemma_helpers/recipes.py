@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .env import REPO_ROOT
-from .models import DEFAULT_TARGETS, EMBEDDED, LANGUAGE_TARGETS, SEED, TINY_VISION
+from .env import REPO_ROOT, SEED
+from .models import DEFAULT_TARGETS, EMBEDDED, LANGUAGE_TARGETS, TINY_VISION
 
 NEW = object()  # a number a recipe adds to the one it is based on
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules")

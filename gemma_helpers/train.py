@@ -21,7 +21,7 @@ from pathlib import Path
 from . import env, trl_compat
 from .chat import tokenize_rows
 from .hub import META, write_card
-from .models import DEFAULT_TARGETS, SEED, attach_lora, check_ids, embedding_rows, hub_id
+from .models import DEFAULT_TARGETS, attach_lora, check_ids, embedding_rows, hub_id
 
 
 @dataclass
@@ -41,7 +41,7 @@ class TrainSpec:
     weight_decay: float = 0.0
     lr_scheduler: str = "linear"
     optim: str = "adamw_torch"
-    seed: int = SEED
+    seed: int = env.SEED
     max_seq_length: int = 512
     save_steps: int = 25
     save_total_limit: int = 2

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..chat import visible
+from ..env import SEED
 from .download import download, short_error
 from .pdf import (
     KNOWN_HEADING,
@@ -190,7 +191,7 @@ def word_counts(text: str, min_len: int = 3) -> Counter:
 
 # ---------------------------------------------------------------- training rows
 def split_by_paper(keys: Sequence[str], validation: float = 0.2, holdout: float = 0.2,
-                   seed: int = 3407) -> dict[str, list[str]]:
+                   seed: int = SEED) -> dict[str, list[str]]:
     """Papers into train / validation / holdout (at least one each); no paper in two splits.
 
     Each paper's split is decided by its own key alone: a hash of seed and key, read as a number
