@@ -312,6 +312,28 @@ class LoopbackServer:
 
 
 
+def sample_papers() -> tuple[LoopbackServer, list, dict[str, str]]:
+    """Notebook 01, section 1 on CPU: the project's eight mini-papers served as PDFs on a started
+    :class:`LoopbackServer`, one of them from a server that answers 500 once and then sends the file,
+    plus three entries a download report must name: an HTML page served as ``.pdf`` (``login_page``),
+    a 404 (``gone``) and the file of one paper under another's title (``mislabelled``, the seed's
+    "DreamFusion" problem). Returns ``(server, papers, expected)``: ``expected`` is each entry's
+    status in a first download (``ok``, or what is wrong); the caller stops the server."""
+    from .data import papers as gp
+
+    sample = gp.sample()
+    files = {p["key"]: sample_pdf(p) for p in sample}
+    flaky = sample[2]["key"]
+    files.update({"login_page": b"", "mislabelled": files[sample[1]["key"]]})
+    server = LoopbackServer(files, {"login_page": "html", flaky: "flaky"}).start()
+    listed = [gp.Paper(p["key"], p["title"], p["field"], url=server.url(p["key"])) for p in sample]
+    listed += [gp.Paper("login_page", "A Paper Behind a Login", "ai", url=server.url("login_page")),
+               gp.Paper("gone", "A Paper That Was Moved", "vision", url=server.url("gone")),
+               gp.Paper("mislabelled", "Efficient Attention for Long Documents", "ai", url=server.url("mislabelled"))]
+    expected = {**{p["key"]: "ok" for p in sample}, "login_page": "failed", "gone": "failed", "mislabelled": "wrong_paper"}
+    return server, listed, expected
+
+
 # ---------------------------------------------------------------- video clips (notebook 04's CPU profile, tests)
 def write_clip(path: str | Path, frames: Sequence, fps: int = 8) -> Path:
     """Write RGB uint8 arrays (H x W x 3) as an MPEG-4 video with PyAV."""

@@ -119,19 +119,8 @@ out = root / OUTPUT
 # that is another paper than its title says (the seed's "DreamFusion" problem).
 
 # %%
-if cpu:
-    sample = gp.sample()
-    files = {p["key"]: offline.sample_pdf(p) for p in sample}
-    flaky = sample[2]["key"]  # its server answers 500 once, then sends the file
-    files.update({"login_page": b"", "mislabelled": files[sample[1]["key"]]})
-    server = offline.LoopbackServer(files, {"login_page": "html", flaky: "flaky"}).start()
-    paper_list = [gp.Paper(p["key"], p["title"], p["field"], url=server.url(p["key"])) for p in sample]
-    paper_list += [
-        gp.Paper("login_page", "A Paper Behind a Login", "ai", url=server.url("login_page")),
-        gp.Paper("gone", "A Paper That Was Moved", "vision", url=server.url("gone")),
-        # the file of one paper under the title of another (the seed's "DreamFusion" problem)
-        gp.Paper("mislabelled", "Efficient Attention for Long Documents", "ai", url=server.url("mislabelled")),
-    ]
+if cpu:  # the mini-papers on 127.0.0.1, one flaky server and three bad entries (offline.sample_papers)
+    server, paper_list, _ = offline.sample_papers()
 else:
     paper_list = gp.arxiv_papers()
 for p in paper_list:
@@ -145,19 +134,12 @@ for p in paper_list:
 # text is cleaned. Every URL gets one line in the report: `ok` / `cached`, or why not.
 
 # %%
-on_disk = {p.key for p in paper_list if download.is_complete_pdf(out / "pdf" / download.safe_filename(p.key))}  # a rerun
 corpus = gp.collect(paper_list, out / "pdf", max_bytes=MAX_MB * 2**20, retries=2, backoff_s=0.5)
-print(corpus)
+print(corpus)  # a rerun finds the good papers complete on disk ("cached") and fetches none again
 download_report = [{k: r[k] for k in ("key", "url", "status", "reason", "bytes", "attempts", "http_status")}
                    for r in corpus.report]
 if cpu:
     server.stop()
-    # good papers: downloaded now ("ok"), or already complete on disk from an earlier run ("cached")
-    expected = {p["key"]: "cached" if p["key"] in on_disk else "ok" for p in sample}
-    expected.update({"login_page": "failed", "gone": "failed", "mislabelled": "wrong_paper"})
-    got = {r["key"]: r["status"] for r in corpus.report}
-    assert all(got[k] == v for k, v in expected.items()), got
-    assert len(corpus.papers) == len(sample)  # every good paper kept
 
 # %% [markdown]
 # What cleaning did to one page: the raw text from pypdf, then the same passage cleaned.

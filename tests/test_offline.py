@@ -26,3 +26,20 @@ def test_synthetic_clips_write_every_action_as_a_decodable_clip(tmp_path):
     assert [action for _, action in clips] == list(frames.ACTIONS)
     for path, _ in clips:
         assert len(frames.sample_frames(path, n=4, size=32)) == 4
+
+
+def test_notebook_01s_offline_papers_report_every_fault_and_keep_every_good_paper_across_a_rerun(tmp_path):
+    from gemma_helpers.data import papers as gp
+
+    server, listed, expected = offline.sample_papers()
+    try:
+        first = gp.collect(listed, tmp_path, progress=False, retries=2, backoff_s=0.05)
+        again = gp.collect(listed, tmp_path, progress=False, retries=2, backoff_s=0.05)  # a rerun of the cell
+    finally:
+        server.stop()
+    assert {r["key"]: r["status"] for r in first.report} == expected
+    flaky = [r for r in first.report if r["attempts"] > 1]
+    assert [r["status"] for r in flaky] == ["ok"]  # the server that answered 500 once was retried
+    good = [k for k, status in expected.items() if status == "ok"]
+    assert sorted(p["key"] for p in first.papers) == sorted(good) == sorted(p["key"] for p in again.papers)
+    assert {r["key"]: r["status"] for r in again.report if r["key"] in good} == dict.fromkeys(good, "cached")
