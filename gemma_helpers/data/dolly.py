@@ -23,7 +23,9 @@ HUB_ID = "databricks/databricks-dolly-15k"
 
 def row_problem(row) -> str | None:
     """Why ``row`` is unusable (naming the field), or None when it is fine: every field text, and the
-    instruction and response with something visible in them (:func:`gemma_helpers.chat.text_problem`)."""
+    instruction and response with something visible in them (:func:`gemma_helpers.chat.text_problem`).
+
+    Not shown in a notebook: used by gemma_helpers.data.dolly.check_row and gemma_helpers.data.dolly.read_jsonl."""
     if not isinstance(row, dict):
         return f"not a JSON object but a {type(row).__name__}"
     for name in FIELDS:
@@ -37,7 +39,9 @@ def row_problem(row) -> str | None:
 
 
 def check_row(row, where: str) -> str | None:
-    """Why ``row`` is unusable, ``where`` first (:func:`row_problem`), or None when it is fine."""
+    """Why ``row`` is unusable, ``where`` first (:func:`row_problem`), or None when it is fine.
+
+    Not shown in a notebook: used by gemma_helpers.data.dolly.from_hub and the tests."""
     problem = row_problem(row)
     return f"{where}: {problem}" if problem else None
 
@@ -47,13 +51,17 @@ def read_jsonl(path: str | Path, *, errors: str, report=print) -> list[dict]:
     :func:`row_problem` as its check (notebook 06, section 1). The caller names the error policy:
     ``errors="raise"`` (a bundled sample: the first bad line raises
     :class:`~gemma_helpers.jsonl.JSONLError` naming the file and line) or ``errors="skip"`` (a file
-    from elsewhere: each bad line is reported with its file and line and left out, then the count)."""
+    from elsewhere: each bad line is reported with its file and line and left out, then the count).
+
+    Notebook 06, "The data"."""
     rows = jsonl.read_jsonl(path, errors=errors, report=report, check=row_problem)
     return [{k: row[k] for k in FIELDS} for row in rows]
 
 
 def from_hub(limit: int | None = None) -> list[dict]:
-    """databricks-dolly-15k from the hub (Colab; CI is offline and uses the bundled sample)."""
+    """databricks-dolly-15k from the hub (Colab; CI is offline and uses the bundled sample).
+
+    Notebook 06, "The data"."""
     from ..rehearsal import load_hub_dataset
 
     split = "train" if limit is None else f"train[:{limit}]"
@@ -69,27 +77,39 @@ def from_hub(limit: int | None = None) -> list[dict]:
 
 
 def context_free(rows: Sequence[dict]) -> list[dict]:
-    """The rows whose ``context`` is empty (the tutorial's filter)."""
+    """The rows whose ``context`` is empty (the tutorial's filter).
+
+    Notebook 06, "The data"."""
     return [r for r in rows if not r["context"].strip()]
 
 
 def split(rows: Sequence[dict], n_train: int, n_heldout: int) -> tuple[list[dict], list[dict]]:
     """The first ``n_train`` rows to train on and the next ``n_heldout`` held out: a fixed split
-    (the tutorial trains on the *first* 1,000 context-free rows, so the held-out rows follow them)."""
+    (the tutorial trains on the *first* 1,000 context-free rows, so the held-out rows follow them).
+
+    Notebook 06, "The data"."""
     if n_train + n_heldout > len(rows):
         raise ValueError(f"asked for {n_train} training + {n_heldout} held-out rows, only {len(rows)} available")
     return list(rows[:n_train]), list(rows[n_train : n_train + n_heldout])
 
 
 def prompt(row: dict) -> str:
+    """The Dolly prompt of a row, ending where the response starts.
+
+    Not shown in a notebook: used by gemma_helpers.data.dolly.prompt_completion."""
     return PROMPT.format(instruction=row["instruction"].strip())
 
 
 def text(row: dict) -> str:
+    """The Dolly prompt and response of a row as one training text.
+
+    Notebook 06, "The data"."""
     return TEMPLATE.format(instruction=row["instruction"].strip(), response=row["response"].strip())
 
 
 def prompt_completion(rows: Sequence[dict]) -> list[dict]:
     """``{"prompt", "completion"}`` rows (see :func:`gemma_helpers.chat.tokenize_row`): the
-    template up to ``Response:\\n``, then the response."""
+    template up to ``Response:\\n``, then the response.
+
+    Notebook 06, "What each stack trains on"."""
     return [{"prompt": prompt(r), "completion": r["response"].strip()} for r in rows]

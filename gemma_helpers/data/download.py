@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class Fetch:
-    """What happened to one URL."""
+    """What happened to one URL.
+
+    Not shown in a notebook: used by gemma_helpers.data.download.download and
+    gemma_helpers.data.download.download_one."""
 
     key: str
     url: str
@@ -48,7 +51,9 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 def safe_filename(name: str, suffix: str = ".pdf") -> str:
     """``name`` as a file name: its last path part only, letters, digits, ``._-``, at most 100 characters
-    (notebook 01, section 2)."""
+    (notebook 01, section 2).
+
+    Notebook 01, section 2."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("\\", "/").rsplit("/", 1)[-1]).strip("._")[:100]
     stem = stem or hashlib.sha1(name.encode()).hexdigest()[:12]
     return stem if stem.lower().endswith(suffix) else stem + suffix
@@ -56,7 +61,9 @@ def safe_filename(name: str, suffix: str = ".pdf") -> str:
 
 def is_complete_pdf(path: str | Path) -> bool:
     """Starts with ``%PDF-`` and has the ``%%EOF`` marker in its last kilobytes (notebook 01, section 2: a rerun
-    finds the papers already on disk)."""
+    finds the papers already on disk).
+
+    Not shown in a notebook: used by gemma_helpers.data.download and gemma_helpers.data.download.download_one."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -84,7 +91,9 @@ def _retry_after(response) -> float | None:
 
 
 def url_problem(url) -> str | None:
-    """Why ``url`` is not fetched (not http(s), no host, a bad port, spaces or control characters), or None."""
+    """Why ``url`` is not fetched (not http(s), no host, a bad port, spaces or control characters), or None.
+
+    Not shown in a notebook: used by gemma_helpers.data.download and gemma_helpers.data.download.download_one."""
     if not isinstance(url, str):
         return f"the URL is a {type(url).__name__}, not text"
     try:
@@ -235,7 +244,10 @@ def _fetch_body(session, url: str, tmp: Path, *, timeout, end: float, deadline_s
 
 
 def short_error(exc: BaseException, n: int = 160) -> str:
-    """An exception's message on one line, at most ``n`` characters (for a report's ``reason``)."""
+    """An exception's message on one line, at most ``n`` characters (for a report's ``reason``).
+
+    Not shown in a notebook: used by gemma_helpers.data.download, gemma_helpers.data.download.download_one and
+    gemma_helpers.data.papers.collect."""
     text = " ".join(str(exc).split())
     return text if len(text) <= n else text[: n - 3] + "..."
 
@@ -253,7 +265,9 @@ def download_one(url: str, dest: str | Path, key: str = "", *, session=None, max
     ``backoff_s``, then twice that, and so on (at most ``max_wait_s``), or after the server's
     ``Retry-After`` when it sends one; a wait that would pass ``max_wait_s`` or the deadline ends
     the tries. Redirects are followed by hand: at most ``max_redirects``, http(s) targets only, a loop
-    named. A content encoding (gzip) is decoded before the size cap and the completeness check."""
+    named. A content encoding (gzip) is decoded before the size cap and the completeness check.
+
+    Not shown in a notebook: used by gemma_helpers.data.download.download and the tests."""
     import requests
 
     dest = Path(dest)
@@ -307,7 +321,9 @@ def download_one(url: str, dest: str | Path, key: str = "", *, session=None, max
 def paper_files(papers: Sequence[Paper]) -> list[str]:
     """The file name of each paper: :func:`safe_filename` of its key, with a short hash of the key added
     where two keys would otherwise share a file (``a b`` and ``a_b``, or ``A`` and ``a`` on a
-    case-insensitive disk). The same key twice is a :class:`ValueError` naming both entries."""
+    case-insensitive disk). The same key twice is a :class:`ValueError` naming both entries.
+
+    Not shown in a notebook: used by gemma_helpers.data.download.download and the tests."""
     first: dict[str, int] = {}
     for i, paper in enumerate(papers):
         if paper.key in first:
@@ -330,7 +346,9 @@ def paper_files(papers: Sequence[Paper]) -> list[str]:
 
 def download(papers: Sequence[Paper], folder: str | Path, progress: bool = True, **kwargs) -> list[Fetch]:
     """:func:`download_one` for every paper into ``folder`` (file names from :func:`paper_files`); one
-    :class:`Fetch` each, in order (notebook 01, section 2, through :func:`gemma_helpers.data.papers.collect`)."""
+    :class:`Fetch` each, in order (notebook 01, section 2, through :func:`gemma_helpers.data.papers.collect`).
+
+    Not shown in a notebook: used by gemma_helpers.data.papers.collect and the tests."""
     import requests
     from tqdm.auto import tqdm
 

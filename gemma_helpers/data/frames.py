@@ -21,11 +21,18 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 
 
 class ClipError(ValueError):
-    """A clip that cannot be used; the message names the file."""
+    """A clip that cannot be used; the message names the file.
+
+    Not shown in a notebook: used by gemma_helpers.data.frames.build_rows and
+    gemma_helpers.data.frames.sample_frames."""
 
 
 @dataclass
 class Skipped:
+    """A clip that build_rows left out, with the reason.
+
+    Not shown in a notebook: used by gemma_helpers.data.frames.build_rows."""
+
     clip: str
     reason: str
 
@@ -34,7 +41,9 @@ def sample_frames(path: str | Path, n: int = 4, size: int | None = 336) -> list:
     """``n`` evenly spaced frames of a video file as RGB PIL images, resized to ``size`` x ``size``.
 
     The first and the last frame are always among them. Raises :class:`ClipError` naming the file
-    when it cannot be decoded or has fewer than ``n`` frames."""
+    when it cannot be decoded or has fewer than ``n`` frames.
+
+    Not shown in a notebook: used by gemma_helpers.data.frames.write_frames and the tests."""
     import av
 
     path = Path(path)
@@ -62,7 +71,9 @@ def sample_frames(path: str | Path, n: int = 4, size: int | None = 336) -> list:
 
 def write_frames(clip: str | Path, out_dir: str | Path, n: int = 4, size: int | None = 336,
                  quality: int = 90) -> list[Path]:
-    """Sample ``n`` frames of ``clip`` and write them as ``out_dir/frame_0.jpg`` ... (JPEG)."""
+    """Sample ``n`` frames of ``clip`` and write them as ``out_dir/frame_0.jpg`` ... (JPEG).
+
+    Not shown in a notebook: used by gemma_helpers.data.frames.build_rows."""
     out_dir = Path(out_dir)
     images = sample_frames(clip, n, size)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +86,10 @@ def write_frames(clip: str | Path, out_dir: str | Path, n: int = 4, size: int | 
 
 
 def row(frame_paths: Sequence[str], answer: str, clip: str, prompt: str = PROMPT) -> dict:
-    """One training row in the seed's messages format: N image parts, then the text; the answer as assistant."""
+    """One training row in the seed's messages format: N image parts, then the text; the answer as assistant.
+
+    Not shown in a notebook: used by gemma_helpers.data.frames.answer_of, gemma_helpers.data.frames.build_rows and
+    gemma_helpers.data.frames.load_images."""
     content = [{"type": "image", "image": str(p)} for p in frame_paths] + [{"type": "text", "text": prompt}]
     return {"messages": [{"role": "user", "content": content},
                          {"role": "assistant", "content": [{"type": "text", "text": answer}]}],
@@ -87,7 +101,9 @@ def build_rows(clips: Iterable[tuple[str | Path, str]], root: str | Path, n: int
     """Rows for ``(clip path, answer)`` pairs; frames go to ``root/frames/<clip name>/``.
 
     Image paths in the rows are relative to ``root``. A clip that cannot be decoded or is shorter
-    than ``n`` frames is reported by name and skipped; the others are kept."""
+    than ``n`` frames is reported by name and skipped; the others are kept.
+
+    Notebook 04, "Data"."""
     from tqdm.auto import tqdm
 
     root = Path(root)
@@ -106,7 +122,9 @@ def build_rows(clips: Iterable[tuple[str | Path, str]], root: str | Path, n: int
 
 
 def load_images(row: dict, root: str | Path) -> list:
-    """The PIL images of a row's user turn, in order (paths relative to ``root``)."""
+    """The PIL images of a row's user turn, in order (paths relative to ``root``).
+
+    Notebook 04, "Data"."""
     from PIL import Image
 
     images = []
@@ -119,14 +137,18 @@ def load_images(row: dict, root: str | Path) -> list:
 
 
 def answer_of(row: dict) -> str:
-    """The text of a row's last (assistant) turn."""
+    """The text of a row's last (assistant) turn.
+
+    Notebook 04, "Ablation: the same adapter, frames from other clips"."""
     content = row["messages"][-1]["content"]
     return content if isinstance(content, str) else "".join(p.get("text") or "" for p in content)
 
 
 def split_by_clip(rows: Sequence[dict], heldout: float = 0.25, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Train / held-out rows, split by clip name (every row of a clip lands on one side),
-    stratified by answer so each action appears on both sides when it has at least two clips."""
+    stratified by answer so each action appears on both sides when it has at least two clips.
+
+    Notebook 04, "Data"."""
     by_answer: dict[str, list[str]] = {}
     for r in rows:
         clips = by_answer.setdefault(answer_of(r), [])
@@ -147,7 +169,9 @@ def swap_frames(rows: Sequence[dict], seed: int = 0) -> list[dict]:
     ablation that tells whether a model's answers come from the frames.
 
     The donors follow one random cycle through the rows (Sattolo's shuffle), so no row keeps its own
-    frames and every row's frames are used once; ``"frames_from"`` names the donor clip."""
+    frames and every row's frames are used once; ``"frames_from"`` names the donor clip.
+
+    Notebook 04, "Ablation: the same adapter, frames from other clips"."""
     if len(rows) < 2:
         raise ValueError(f"swapping frames needs at least 2 rows, got {len(rows)}")
     rng = random.Random(seed)
@@ -166,7 +190,9 @@ def swap_frames(rows: Sequence[dict], seed: int = 0) -> list[dict]:
 
 def clips_from_csv(folder: str | Path, csv_name: str = "annotations.csv") -> list[tuple[Path, str]]:
     """``[(clip path, answer), ...]`` from ``folder/annotations.csv`` (columns ``clip,answer``; ``clip``
-    is a file name in ``folder/clips/``). A listed clip that is missing is reported and left out."""
+    is a file name in ``folder/clips/``). A listed clip that is missing is reported and left out.
+
+    Notebook 04, "Data"."""
     import csv
 
     folder = Path(folder)

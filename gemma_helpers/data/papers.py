@@ -47,6 +47,11 @@ SAMPLE = Path(__file__).resolve().parents[2] / "data" / "papers_sample.json"
 
 @dataclass(frozen=True)
 class Paper:
+    """One paper of the download list: key, the title its PDF must carry, field and URL.
+
+    Not shown in a notebook: used by gemma_helpers.data.papers, gemma_helpers.data.papers.arxiv_papers and
+    gemma_helpers.data.papers.collect."""
+
     key: str  # short name, also the file name
     title: str  # the title the PDF must carry
     field: str
@@ -93,7 +98,9 @@ instructblip     | vision     | 2305.06500 | InstructBLIP: Towards General-purpo
 
 def arxiv_papers() -> list[Paper]:
     """:data:`ARXIV_PAPERS`, the GPU profile's download list; in the GPU-profile rehearsal the same
-    papers served by the loopback server (:func:`gemma_helpers.rehearsal.arxiv_papers`)."""
+    papers served by the loopback server (:func:`gemma_helpers.rehearsal.arxiv_papers`).
+
+    Notebook 01, section 1."""
     from .. import rehearsal
 
     return rehearsal.arxiv_papers(ARXIV_PAPERS) if rehearsal.rehearsing() else list(ARXIV_PAPERS)
@@ -102,6 +109,10 @@ def arxiv_papers() -> list[Paper]:
 # ---------------------------------------------------------------- the corpus
 @dataclass
 class Corpus:
+    """What collect returns: the usable papers and one report entry per URL.
+
+    Not shown in a notebook: used by gemma_helpers.data.papers.collect."""
+
     papers: list[dict]  # key, title, field, text, pages, words, problems
     report: list[dict]  # one entry per URL: key, url, status, reason, ...
 
@@ -113,7 +124,9 @@ class Corpus:
 
 
 def read_paper(paper: Paper, path: str | Path) -> tuple[dict | None, str, str]:
-    """``(paper record or None, status, reason)`` for a downloaded file."""
+    """``(paper record or None, status, reason)`` for a downloaded file.
+
+    Not shown in a notebook: used by gemma_helpers.data.papers.collect."""
     try:
         parsed = read_pdf(path)
     except PDFError as exc:
@@ -137,7 +150,9 @@ def collect(papers: Sequence[Paper], folder: str | Path, progress: bool = True, 
     """Download, read, check and clean ``papers``; a paper that fails any step is reported, never trained on.
 
     Never raises for a bad URL or file; a paper list with the same key twice is a :class:`ValueError`
-    (:func:`paper_files`). ``download_kwargs`` go to :func:`download_one` (``deadline_s``, ``retries``, ...)."""
+    (:func:`paper_files`). ``download_kwargs`` go to :func:`download_one` (``deadline_s``, ``retries``, ...).
+
+    Notebook 01, section 2."""
     fetches = download(papers, folder, progress=progress, **download_kwargs)
     kept, report = [], []
     for paper, fetch in zip(papers, fetches):
@@ -157,12 +172,17 @@ def collect(papers: Sequence[Paper], folder: str | Path, progress: bool = True, 
 
 
 def sample(path: str | Path = SAMPLE) -> list[dict]:
-    """The project's own mini-papers (``data/papers_sample.json``), as written."""
+    """The project's own mini-papers (``data/papers_sample.json``), as written.
+
+    Not shown in a notebook: used by gemma_helpers.data.papers.sample_rows, gemma_helpers.offline.sample_papers and
+    the GPU-profile rehearsal."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def sample_text(paper: Mapping) -> str:
-    """A bundled mini-paper as :func:`~gemma_helpers.data.pdf.clean_pages` would return it after a perfect extraction."""
+    """A bundled mini-paper as :func:`~gemma_helpers.data.pdf.clean_pages` would return it after a perfect extraction.
+
+    Not shown in a notebook: used by gemma_helpers.data.papers.sample_rows and the tests."""
     lines = [paper["title"]] + ([paper["authors"]] if paper.get("authors") else [])
     for section in paper["sections"]:
         lines += [section["heading"], section["text"]]
@@ -177,12 +197,16 @@ STOPWORDS_EXTRA = {"also", "using", "used", "use", "based", "however", "one", "t
 
 
 def body(text: str) -> str:
-    """A cleaned text without its front matter (title, authors, affiliations): its :func:`sections`."""
+    """A cleaned text without its front matter (title, authors, affiliations): its :func:`sections`.
+
+    Notebook 01, section 3."""
     return "\n".join(f"{heading}\n{' '.join(sentences)}" for heading, sentences in sections(text))
 
 
 def word_counts(text: str, min_len: int = 3) -> Counter:
-    """Lower-cased words of ``text`` without wordcloud's English stopwords (and a few of papers' own)."""
+    """Lower-cased words of ``text`` without wordcloud's English stopwords (and a few of papers' own).
+
+    Notebook 01, section 3."""
     from wordcloud import STOPWORDS
 
     stop = STOPWORDS | STOPWORDS_EXTRA
@@ -199,7 +223,9 @@ def split_by_paper(keys: Sequence[str], validation: float = 0.2, holdout: float 
     or above (train). So adding a paper never moves the others, and the shares are the expected
     ones, not exact counts. Only while a split would be empty (very few papers) does it borrow
     the paper whose number is nearest to its interval, and that paper returns to its own split
-    once another paper falls in the empty one."""
+    once another paper falls in the empty one.
+
+    Notebook 01, section 4."""
     keys = list(dict.fromkeys(keys))
     if len(keys) < 3:
         raise ValueError(f"{len(keys)} papers: at least 3 are needed for train, validation and holdout")
@@ -222,7 +248,9 @@ _SPLIT_SENTENCES = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
 
 
 def sections(text: str) -> list[tuple[str, list[str]]]:
-    """``[(heading, sentences)]`` of a cleaned text (headings are the short lines :func:`~gemma_helpers.data.pdf.clean_pages` keeps apart)."""
+    """``[(heading, sentences)]`` of a cleaned text (headings are the short lines :func:`~gemma_helpers.data.pdf.clean_pages` keeps apart).
+
+    Notebook 01, section 4."""
     out: list[tuple[str, list[str]]] = []
     heading, sentences = "", []
     for line in text.splitlines():
@@ -240,7 +268,9 @@ def sections(text: str) -> list[tuple[str, list[str]]]:
 
 
 def spread(items: Sequence, n: int | None) -> list:
-    """At most ``n`` of ``items``, evenly spaced from the first to the last (all of them when ``n`` is None)."""
+    """At most ``n`` of ``items``, evenly spaced from the first to the last (all of them when ``n`` is None).
+
+    Notebook 01, section 4."""
     items = list(items)
     if not n or len(items) <= n:
         return items
@@ -256,7 +286,9 @@ def continuation_rows(paper: Mapping, context: int = 2, min_words: int = 6, max_
     sentences; the answer is the sentence that follows in the paper. Answers shorter than
     ``min_words`` or longer than ``max_words`` words are left out (a word is one with a visible
     character: bidi marks or NUL alone are not words); ``max_rows`` spreads the kept rows evenly over
-    the paper. Each row passes :func:`gemma_helpers.chat.validate_rows`."""
+    the paper. Each row passes :func:`gemma_helpers.chat.validate_rows`.
+
+    Not shown in a notebook: used by gemma_helpers.data.papers.build_rows and the tests."""
     rows = []
     for heading, sentences in sections(paper["text"]):
         for i in range(1, len(sentences)):
@@ -288,7 +320,9 @@ def section_role(heading: str) -> str | None:
     """The part of a paper a section heading names, one of :data:`ROLES`: by its words ("3 Experiments",
     "Discussion" -> ``results``; "Related Work" -> ``introduction``), else ``method`` for any other
     numbered heading ("2 How Trees Cool Streets"); ``None`` for appendices, acknowledgements,
-    limitations and unnumbered headings of no known part (no row is made of them)."""
+    limitations and unnumbered headings of no known part (no row is made of them).
+
+    Notebook 01, section 4."""
     for role, words in _ROLE_WORDS:
         if words.search(heading):
             return role
@@ -305,7 +339,9 @@ def section_rows(paper: Mapping, context: int = 2, min_words: int = 6, max_words
     follows from the passage's wording ("This article reviews...", "In our experiments...") in any
     paper, seen or not. Passages shorter than ``min_words`` or longer than ``max_words`` words are left
     out; ``max_rows`` spreads the kept rows evenly over the paper. Each row passes
-    :func:`gemma_helpers.chat.validate_rows` and keeps its ``passage`` (copying it is a trivial baseline)."""
+    :func:`gemma_helpers.chat.validate_rows` and keeps its ``passage`` (copying it is a trivial baseline).
+
+    Notebook 01, section 4."""
     rows = []
     for heading, sentences in sections(paper["text"]):
         role = section_role(heading)
@@ -323,13 +359,17 @@ def section_rows(paper: Mapping, context: int = 2, min_words: int = 6, max_words
 
 def build_rows(papers: Sequence[Mapping], splits: Mapping[str, Sequence[str]], task=continuation_rows,
                **kwargs) -> dict[str, list[dict]]:
-    """``{split: rows}`` from ``task`` (:func:`continuation_rows` or :func:`section_rows`) of the papers in each split."""
+    """``{split: rows}`` from ``task`` (:func:`continuation_rows` or :func:`section_rows`) of the papers in each split.
+
+    Notebook 01, section 4."""
     by_key = {p["key"]: p for p in papers}
     return {name: [row for key in keys for row in task(by_key[key], **kwargs)]
             for name, keys in splits.items()}
 
 
 def sample_rows(split: str = "train", **kwargs) -> list[dict]:
-    """Training rows of the bundled mini-papers straight from their text (the throughput benchmark's papers recipe)."""
+    """Training rows of the bundled mini-papers straight from their text (the throughput benchmark's papers recipe).
+
+    Not shown in a notebook: used by benchmarks/train_throughput.py and the tests."""
     papers = [{**p, "text": sample_text(p)} for p in sample()]
     return build_rows(papers, split_by_paper([p["key"] for p in papers]), **kwargs)[split]

@@ -19,7 +19,9 @@ from pathlib import Path
 
 
 class PDFError(ValueError):
-    """A file that cannot be used as a paper; the message names the file and the reason."""
+    """A file that cannot be used as a paper; the message names the file and the reason.
+
+    Not shown in a notebook: used by gemma_helpers.data.papers.read_paper and gemma_helpers.data.pdf.read_pdf."""
 
     def __init__(self, path, reason: str):
         super().__init__(f"{path}: {reason}")
@@ -28,6 +30,10 @@ class PDFError(ValueError):
 
 @dataclass
 class Parsed:
+    """What read_pdf returns: the page texts, the pages skipped and the metadata title.
+
+    Not shown in a notebook: used by gemma_helpers.data.pdf.read_pdf."""
+
     path: str
     pages: list[str]
     problems: list[str] = field(default_factory=list)  # "page 3: ..." for each page skipped
@@ -58,7 +64,9 @@ def read_pdf(path: str | Path) -> Parsed:
 
     A page whose extraction raises, or gives no text while pypdf reports an error, is skipped and
     named in ``problems``. Raises :class:`PDFError` naming the file when it is not a readable PDF,
-    is encrypted, or has no text layer at all (a scan needs OCR)."""
+    is encrypted, or has no text layer at all (a scan needs OCR).
+
+    Notebook 01, section 2."""
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
@@ -125,7 +133,9 @@ KNOWN_HEADING = re.compile(r"^(abstract|introduction|background|related work|met
 
 
 def is_heading(line: str) -> bool:
-    """A numbered heading ("2 Method", "3.1 Data"), a usual section name, or a short Title Case line."""
+    """A numbered heading ("2 Method", "3.1 Data"), a usual section name, or a short Title Case line.
+
+    Not shown in a notebook: used by gemma_helpers.data.papers.sections and gemma_helpers.data.pdf.clean_pages."""
     line = line.strip()
     words = line.split()
     if not words or len(line) > 100 or _SENTENCE_END.search(line):
@@ -142,7 +152,9 @@ def clean_pages(pages: Sequence[str]) -> str:
 
     Ligatures and other compatibility characters (NFKC), soft hyphens, words hyphenated at a line
     end joined, running headers / footers and bare page numbers removed, everything from the last
-    "References" heading on cut, lines that are mostly symbols (equation residue) dropped."""
+    "References" heading on cut, lines that are mostly symbols (equation residue) dropped.
+
+    Not shown in a notebook: used by gemma_helpers.data.papers.read_paper and the tests."""
     split = []
     for page in pages:
         text = unicodedata.normalize("NFKC", page).replace("\u00ad", "")
@@ -187,7 +199,9 @@ _TITLE_STOP = {"a", "an", "and", "the", "of", "for", "with", "in", "on", "to", "
 
 def title_score(expected: str, found: str) -> float:
     """How much of the expected title ``found`` carries in one place: the largest fraction of the
-    title's words (stopwords aside) inside any run of ``len(title) + 6`` consecutive words."""
+    title's words (stopwords aside) inside any run of ``len(title) + 6`` consecutive words.
+
+    Not shown in a notebook: used by gemma_helpers.data.papers.read_paper."""
     want = {w for w in _title_words(expected) if w not in _TITLE_STOP} or set(_title_words(expected))
     have = _title_words(found)
     if not want or not have:

@@ -32,7 +32,9 @@ def normalize_persian(text: str, digits: str | None = "persian") -> tuple[str, s
     - ``zwnj``: zero-width spaces and BOMs removed, runs of ZWNJ (half-space) made one, a ZWNJ
       next to whitespace or at either end of the text dropped, tatweel (ـ) removed;
     - ``whitespace``: no-break and other spaces and tabs become a space, runs of spaces one, no
-      space around a line break, at most one empty line, nothing at either end."""
+      space around a line break, at most one empty line, nothing at either end.
+
+    Not shown in a notebook: used by gemma_helpers.data.persian.clean_conversations and the tests."""
     fixes: set[str] = set()
 
     def step(kind, new):
@@ -73,7 +75,9 @@ def _canonical(text: str) -> str:
 
 @dataclass
 class CleaningReport:
-    """What :func:`clean_conversations` did: counts, and the index of every dropped or fixed row."""
+    """What :func:`clean_conversations` did: counts, and the index of every dropped or fixed row.
+
+    Not shown in a notebook: used by gemma_helpers.data.persian.clean_conversations."""
 
     rows_in: int = 0
     rows_out: int = 0
@@ -107,7 +111,9 @@ def clean_conversations(rows: Sequence, fold_system: bool = True,
     With ``fold_system`` a system turn is folded into the first user turn as Gemma's template
     does (``system + "\\n\\n" + user``), so the rows render the same under any Gemma template.
     A row outside the schema raises :class:`~gemma_helpers.chat.DataError` naming the row and field
-    (:func:`gemma_helpers.chat.check_messages`, the check :func:`gemma_helpers.chat.validate_rows` makes)."""
+    (:func:`gemma_helpers.chat.check_messages`, the check :func:`gemma_helpers.chat.validate_rows` makes).
+
+    Notebook 02, section 1."""
     report = CleaningReport(rows_in=len(rows))
     out: list[dict] = []
     exact: dict[tuple, int] = {}
