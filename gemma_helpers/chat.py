@@ -67,7 +67,9 @@ GEMMA3_CHAT_TEMPLATE = (
 
 
 class DataError(ValueError):
-    """A training row that cannot be used; the message names the row index and the field."""
+    """A training row that cannot be used; the message names the row index and the field.
+
+    Notebook 02, section 1."""
 
     def __init__(self, row: int, field: str, problem: str):
         self.row, self.field, self.problem = row, field, problem
@@ -75,13 +77,17 @@ class DataError(ValueError):
 
 
 def install_chat_template(tokenizer) -> None:
-    """Give a tokenizer Gemma's chat template unless it already has one."""
+    """Give a tokenizer Gemma's chat template unless it already has one.
+
+    Not shown in a notebook: used by gemma_helpers.models.embedded_path and gemma_helpers.models.prepare_tokenizer."""
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = GEMMA3_CHAT_TEMPLATE
 
 
 def qa_rows(pairs: Iterable[tuple[str, str]], system: str | None = None) -> list[dict]:
-    """``[(question, answer), ...]`` as single-exchange training rows."""
+    """``[(question, answer), ...]`` as single-exchange training rows.
+
+    Not shown in a notebook: used by gemma_helpers.recipes.xylandia_rows and the tests."""
     rows = []
     for question, answer in pairs:
         messages = [{"role": "system", "content": system}] if system else []
@@ -92,7 +98,10 @@ def qa_rows(pairs: Iterable[tuple[str, str]], system: str | None = None) -> list
 
 def visible(text: str) -> str:
     """``text`` without what draws nothing: whitespace, control characters (NUL...), format characters
-    (ZWNJ, bidi marks such as U+200F, BOM...), unassigned or private code points, Hangul fillers."""
+    (ZWNJ, bidi marks such as U+200F, BOM...), unassigned or private code points, Hangul fillers.
+
+    Not shown in a notebook: used by gemma_helpers.chat.text_problem, gemma_helpers.data.papers.continuation_rows and
+    gemma_helpers.data.papers.section_rows."""
     return "".join(c for c in text if unicodedata.category(c)[0] not in "CZ" and not c.isspace() and c not in _BLANK)
 
 
@@ -101,7 +110,9 @@ _BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800")  # letters or symbols that 
 
 def text_problem(value) -> str | None:
     """Why ``value`` is no text a model can learn from (for a message naming the field), or None:
-    missing, not a string (an int, a dict, a list), empty, or nothing visible (:func:`visible`) in it."""
+    missing, not a string (an int, a dict, a list), empty, or nothing visible (:func:`visible`) in it.
+
+    Not shown in a notebook: used by gemma_helpers.chat.validate_rows and gemma_helpers.data.dolly.row_problem."""
     if value is None:
         return "is missing"
     if not isinstance(value, str):
@@ -124,7 +135,9 @@ def validate_rows(rows: Sequence[dict]) -> None:
     """Raise :class:`DataError` for the first row that is not a usable conversation: outside the
     schema, a turn with no text to learn from (:func:`text_problem`), roles out of order, or no
     answer last. :func:`gemma_helpers.data.persian.clean_conversations` makes the same checks
-    (:func:`check_messages`, :func:`role_problem`), dropping a trainable-schema row instead of raising."""
+    (:func:`check_messages`, :func:`role_problem`), dropping a trainable-schema row instead of raising.
+
+    Not shown in a notebook: used by gemma_helpers.chat.tokenize_rows and the tests."""
     for i, row in enumerate(rows):
         if isinstance(row, dict) and "messages" not in row and ("prompt" in row or "text" in row):
             for name in ("prompt", "completion") if "prompt" in row else ("text",):
@@ -145,11 +158,16 @@ def validate_rows(rows: Sequence[dict]) -> None:
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The chat template applied to messages, as text.
+
+    Not shown in a notebook: used by gemma_helpers.chat.assistant_spans and gemma_helpers.chat.prompt_text."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def prompt_text(tokenizer, question: str, system: str | None = None) -> str:
-    """The generation prompt for one user question."""
+    """The generation prompt for one user question.
+
+    Not shown in a notebook: used by gemma_helpers.evaluate.ask and gemma_helpers.evaluate.generation_speed."""
     messages = [{"role": "system", "content": system}] if system else []
     return render(tokenizer, messages + [{"role": "user", "content": question}], add_generation_prompt=True)
 
@@ -159,7 +177,9 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
 
     Each span runs from after ``<start_of_turn>model\\n`` to the end of that turn's
     ``<end_of_turn>\\n``; it is found by rendering the conversation up to that turn with and
-    without the answer, so it follows whatever the template does (trimming, system folding)."""
+    without the answer, so it follows whatever the template does (trimming, system folding).
+
+    Not shown in a notebook: used by gemma_helpers.chat.tokenize_row."""
     full = render(tokenizer, messages)
     spans = []
     for k, msg in enumerate(messages):
@@ -179,7 +199,10 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
 def tokenize_row(tokenizer, row: dict, max_length: int | None = None, row_index: int = 0, strict: bool = True) -> dict:
     """``input_ids``, ``attention_mask`` and ``labels`` (answer tokens only) for one row; a row left
     with no label raises :class:`DataError` unless ``strict=False`` (training's label preflight,
-    :func:`gemma_helpers.train.label_preflight`, then names every such row at once)."""
+    :func:`gemma_helpers.train.label_preflight`, then names every such row at once).
+
+    Not shown in a notebook: used by gemma_helpers.chat.token_length_stats, gemma_helpers.chat.tokenize_rows and
+    gemma_helpers.train.label_preflight."""
     if "prompt" in row and "messages" not in row:  # plain prompt + completion: the completion and <eos>
         head = tokenizer.bos_token + row["prompt"]
         text = head + row["completion"] + tokenizer.eos_token
@@ -204,13 +227,17 @@ def tokenize_row(tokenizer, row: dict, max_length: int | None = None, row_index:
 
 
 def tokenize_rows(tokenizer, rows: Sequence[dict], max_length: int | None = None, strict: bool = True) -> list[dict]:
-    """Validate, then tokenize every row with answer-only labels (``strict``: see :func:`tokenize_row`)."""
+    """Validate, then tokenize every row with answer-only labels (``strict``: see :func:`tokenize_row`).
+
+    Notebook 01, section 4; Notebook 02, section 3; Notebook 03, "What is trained on" (also notebook 06)."""
     validate_rows(rows)
     return [tokenize_row(tokenizer, row, max_length, i, strict) for i, row in enumerate(rows)]
 
 
 def decode_labels(tokenizer, example: dict) -> str:
-    """The text that carries a label: what the model is trained to produce (a masking check)."""
+    """The text that carries a label: what the model is trained to produce (a masking check).
+
+    Notebook 01, section 4; Notebook 02, section 3; Notebook 03, "What is trained on" (also notebook 06)."""
     return tokenizer.decode([t for t in example["labels"] if t != IGNORE_INDEX])
 
 
@@ -218,7 +245,10 @@ def check_messages(i: int, row) -> list:
     """The messages of row ``i``, or :class:`DataError` naming the field: a dict with a list of
     ``{role, content}`` mappings, each role known, each content text (or None, an empty turn).
     The one schema check: :func:`validate_rows` and the Persian cleaning
-    (:func:`gemma_helpers.data.persian.clean_conversations`) both call it."""
+    (:func:`gemma_helpers.data.persian.clean_conversations`) both call it.
+
+    Not shown in a notebook: used by gemma_helpers.chat.validate_rows and
+    gemma_helpers.data.persian.clean_conversations."""
     if not isinstance(row, dict) or "messages" not in row:
         raise DataError(i, "messages", "is missing: each row must be {\"messages\": [{role, content}, ...]}")
     messages = row["messages"]
@@ -240,7 +270,10 @@ def check_messages(i: int, row) -> list:
 
 def role_problem(messages: list[dict]) -> tuple[int, str] | None:
     """``(turn index, problem)`` for the first turn out of order, or None: an optional system turn
-    first, then user and assistant alternating from a user, an assistant last."""
+    first, then user and assistant alternating from a user, an assistant last.
+
+    Not shown in a notebook: used by gemma_helpers.chat.validate_rows and
+    gemma_helpers.data.persian.clean_conversations."""
     roles = [m["role"] for m in messages]
     start = 1 if roles[:1] == ["system"] else 0
     for k in range(start, len(roles)):
@@ -255,7 +288,9 @@ def role_problem(messages: list[dict]) -> tuple[int, str] | None:
 
 
 def token_length_stats(tokenizer, rows: Sequence[dict]) -> tuple[list[int], dict]:
-    """Tokens per rendered conversation, and their mean, p50, p95 and max (notebook 02, section 2)."""
+    """Tokens per rendered conversation, and their mean, p50, p95 and max (notebook 02, section 2).
+
+    Notebook 02, section 2."""
     import numpy as np
 
     lengths = [len(tokenize_row(tokenizer, row, row_index=i)["input_ids"]) for i, row in enumerate(rows)]
@@ -265,7 +300,9 @@ def token_length_stats(tokenizer, rows: Sequence[dict]) -> tuple[list[int], dict
 
 
 def message_text(message: dict) -> str:
-    """The text of one turn: a string, or the text parts of a content list joined."""
+    """The text of one turn: a string, or the text parts of a content list joined.
+
+    Not shown in a notebook: used by gemma_helpers.chat.prompt_and_target."""
     content = message["content"]
     return content if isinstance(content, str) else "".join(p.get("text") or "" for p in content if p.get("type") == "text")
 
@@ -277,7 +314,9 @@ def prompt_and_target(processor, messages: list[dict]) -> tuple[str, str]:
     what inference will. The target is the answer followed by the end-of-turn token the template
     writes after it (``<end_of_turn>`` for Gemma 3 / 3n, ``<turn|>`` for Gemma 4). No prefix of the
     rendered conversation is matched against the prompt: Gemma 4 templates whose generation prompt
-    ends in an empty thought channel that a rendered answer lacks would silently mask everything."""
+    ends in an empty thought channel that a rendered answer lacks would silently mask everything.
+
+    Not shown in a notebook: used by gemma_helpers.chat.VisionCollator and gemma_helpers.evaluate.answer_rows."""
     tok = getattr(processor, "tokenizer", processor)
     answer = message_text(messages[-1]).strip()
     if messages[-1]["role"] != "assistant" or not answer:
@@ -304,7 +343,9 @@ class VisionCollator:
     expands each image into its placeholder tokens; the answer and its end-of-turn token are
     tokenized alone and appended. Labels are -100 on the prompt, every image placeholder and the
     padding; ``token_type_ids`` (Gemma 3 / 3n, required in training) and ``mm_token_type_ids``
-    (Gemma 4) are kept and padded with 0. ``load_images(row)`` returns a row's PIL images."""
+    (Gemma 4) are kept and padded with 0. ``load_images(row)`` returns a row's PIL images.
+
+    Notebook 04, "Model, and what is trained on"."""
 
     def __init__(self, processor, load_images):
         self.processor, self.load_images = processor, load_images

