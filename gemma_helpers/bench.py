@@ -46,7 +46,9 @@ from .memory import peak_rss_mb
 
 def batch_tokens(kwargs: dict) -> tuple[int, int, int]:
     """``(real, processed, labelled)`` tokens of one model call: real excludes padding, processed
-    is every position the model runs on, labelled the positions whose label is not -100."""
+    is every position the model runs on, labelled the positions whose label is not -100.
+
+    Not shown in a notebook: used by gemma_helpers.bench.step_meter."""
     ids = kwargs.get("input_ids")
     if ids is None:
         return 0, 0, 0
@@ -59,7 +61,9 @@ def batch_tokens(kwargs: dict) -> tuple[int, int, int]:
 
 def sequence_lengths(kwargs: dict) -> list[int]:
     """Lengths of the examples in one model call: a padding-free row split where its
-    ``position_ids`` restart at 0, padded rows by their attention mask."""
+    ``position_ids`` restart at 0, padded rows by their attention mask.
+
+    Not shown in a notebook: used by gemma_helpers.bench.step_meter and the tests."""
     ids = kwargs.get("input_ids")
     if ids is None:
         return []
@@ -92,7 +96,10 @@ FLOPS_FORMULA = (
 
 @dataclass
 class ModelShape:
-    """The sizes of a decoder that its training FLOPs depend on (from a transformers config)."""
+    """The sizes of a decoder that its training FLOPs depend on (from a transformers config).
+
+    Not shown in a notebook: used by gemma_helpers.bench.StepStats, gemma_helpers.bench.step_flops and
+    benchmarks/train_throughput.py."""
 
     hidden: int
     intermediate: int
@@ -130,7 +137,9 @@ class ModelShape:
 
 
 def step_flops(shape: ModelShape, lengths: Sequence[int], labelled: int, r: int, targets: Sequence[str]) -> dict:
-    """The model FLOPs of one training step (:data:`FLOPS_FORMULA`), by part and in total."""
+    """The model FLOPs of one training step (:data:`FLOPS_FORMULA`), by part and in total.
+
+    Not shown in a notebook: used by gemma_helpers.bench.StepStats and the tests."""
     tokens = sum(lengths)
     linear = shape.linear()
     base = 4 * shape.layers * sum(i * o for i, o in linear.values()) * tokens
@@ -144,7 +153,9 @@ def step_flops(shape: ModelShape, lengths: Sequence[int], labelled: int, r: int,
 
 def matmul_peak_gflops(m: int, k: int, n: int, dtype: str, seconds: float = 1.0) -> float:
     """The best rate of an ``(m, k) @ (k, n)`` matrix product in ``dtype`` ("float32" / "bfloat16")
-    over about ``seconds`` of repeats, in GFLOP/s: the machine's peak at that shape."""
+    over about ``seconds`` of repeats, in GFLOP/s: the machine's peak at that shape.
+
+    Not shown in a notebook: used by benchmarks/train_throughput.py."""
     import torch
 
     a = torch.randn(m, k).to(getattr(torch, dtype))
@@ -161,6 +172,10 @@ def matmul_peak_gflops(m: int, k: int, n: int, dtype: str, seconds: float = 1.0)
 
 @dataclass
 class StepStats:
+    """What step_meter records for each optimiser step: time, real, processed and labelled tokens.
+
+    Not shown in a notebook: used by gemma_helpers.bench.step_meter."""
+
     step_s: list[float] = field(default_factory=list)
     real_tokens: list[int] = field(default_factory=list)
     processed_tokens: list[int] = field(default_factory=list)
@@ -195,7 +210,9 @@ class StepStats:
 
 
 def step_meter():
-    """A fresh :class:`StepMeter` callback (built lazily so importing this module stays light)."""
+    """A fresh :class:`StepMeter` callback (built lazily so importing this module stays light).
+
+    Not shown in a notebook: used by benchmarks/train_throughput.py and the tests."""
     import torch
     from transformers import TrainerCallback
 
@@ -245,6 +262,10 @@ def step_meter():
 
 @dataclass
 class BaselineResult:
+    """What baseline_train returns: the log history, the runtime and the step reached.
+
+    Not shown in a notebook: used by gemma_helpers.bench.baseline_train."""
+
     history: list[dict]
     runtime_s: float
     global_step: int
@@ -259,7 +280,9 @@ def baseline_train(model, tokenizer, rows: Sequence[dict], spec, output_dir: str
     seed, batch, optimizer and schedule as ``gemma_helpers.train`` with ``spec``; what differs
     is what a copied notebook does: batches padded to their longest row, and the model's own
     forward, which computes the logits of every position (prompt and padding included) before
-    the loss. Nothing is saved."""
+    the loss. Nothing is saved.
+
+    Not shown in a notebook: used by benchmarks/train_throughput.py and the tests."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -304,6 +327,10 @@ KINDS = ("adapter", "transformers", "gguf")
 
 @dataclass
 class Stage:
+    """One file the export benchmark measures: a name, its kind and its path.
+
+    Notebook 05, section 3."""
+
     name: str  # shown in tables: "adapter", "merged", "gguf f16", ...
     kind: str  # "adapter" (PEFT folder), "transformers" (model folder) or "gguf" (file)
     path: str
@@ -312,7 +339,10 @@ class Stage:
 
 @dataclass
 class Workload:
-    """What every stage is asked to do; token ids come from the transformers tokenizer."""
+    """What every stage is asked to do; token ids come from the transformers tokenizer.
+
+    Not shown in a notebook: used by gemma_helpers.bench, gemma_helpers.bench.measure and
+    gemma_helpers.bench.measure_all."""
 
     prompt_ids: list[int]  # prefill and decode prompt (with <bos>)
     text_ids: list[int]  # perplexity text (with <bos>)
@@ -325,7 +355,9 @@ class Workload:
 
 def workload(tokenizer, prompt: str, text: str, questions=(), expected: str = "", gen_tokens: int = 64,
              max_new_tokens: int = 24, threads: int | None = None) -> Workload:
-    """The token ids every stage gets; ``tokenizer`` is a transformers tokenizer or a model folder."""
+    """The token ids every stage gets; ``tokenizer`` is a transformers tokenizer or a model folder.
+
+    Notebook 05, section 3."""
     if isinstance(tokenizer, (str, Path)):
         from transformers import AutoTokenizer
 
@@ -336,7 +368,9 @@ def workload(tokenizer, prompt: str, text: str, questions=(), expected: str = ""
 
 def size_mb(stage: Stage) -> float:
     """Bytes on disk the stage loads: the GGUF file (and its LoRA), a model folder's weights, or an
-    adapter plus the base weights it is loaded on."""
+    adapter plus the base weights it is loaded on.
+
+    Not shown in a notebook: used by gemma_helpers.bench.measure_here."""
     from .export import check_adapter
 
     path = Path(stage.path)
@@ -444,7 +478,9 @@ def _measure_gguf(stage: Stage, work: Workload) -> dict:
 
 
 def measure_here(stage: Stage, work: Workload) -> dict:
-    """Measure ``stage`` in this process (use :func:`measure` for a clean one)."""
+    """Measure ``stage`` in this process (use :func:`measure` for a clean one).
+
+    Not shown in a notebook: used by gemma_helpers.bench.measure and the tests."""
     from .evaluate import contains, fraction
 
     if stage.kind not in KINDS:
@@ -456,13 +492,17 @@ def measure_here(stage: Stage, work: Workload) -> dict:
 
 
 def measure(stage: Stage, work: Workload) -> dict:
-    """Measure ``stage`` in a fresh process; the figures in this module's docstring, as a dict."""
+    """Measure ``stage`` in a fresh process; the figures in this module's docstring, as a dict.
+
+    Not shown in a notebook: used by gemma_helpers.bench.measure_all and the tests."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(measure_here, stage, work).result()
 
 
 def measure_all(stages, work: Workload, progress: bool = True) -> list[dict]:
-    """Every stage in turn, each in its own process, with a progress bar."""
+    """Every stage in turn, each in its own process, with a progress bar.
+
+    Notebook 05, section 3."""
     from tqdm.auto import tqdm
 
     results = []
@@ -472,7 +512,9 @@ def measure_all(stages, work: Workload, progress: bool = True) -> list[dict]:
 
 
 def table(results) -> str:
-    """One row per stage: the columns of the notebook's table."""
+    """One row per stage: the columns of the notebook's table.
+
+    Notebook 05, section 3."""
     from .results import table as fmt
 
     columns = ("size_mb", "load_s", "prompt_tps", "gen_tps", "ttft_s", "peak_rss_mb", "perplexity", "heldout_recall")
@@ -480,6 +522,9 @@ def table(results) -> str:
 
 
 def speedup(results, numerator: str, denominator: str, key: str = "gen_tps") -> float:
+    """The ratio of one stage's ``key`` (generation tokens/s by default) over another's.
+
+    Notebook 05, section 4."""
     by_name = {r["name"]: r for r in results}
     return by_name[numerator][key] / by_name[denominator][key]
 

@@ -30,7 +30,10 @@ _PIN = re.compile(r"^\s*([A-Za-z0-9_.\-\[\]]+)\s*==\s*([^\s;#]+)")
 def parse_pins(path: str | Path) -> dict[str, str]:
     """``name -> version`` for every ``name==version`` line of a requirements file.
 
-    Names are normalised (lower case, ``_`` and ``.`` as ``-``, extras dropped)."""
+    Names are normalised (lower case, ``_`` and ``.`` as ``-``, extras dropped).
+
+    Not shown in a notebook: used by gemma_helpers.env.pin_line, gemma_helpers.env.pin_mismatches and
+    gemma_helpers.env.report."""
     pins: dict[str, str] = {}
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0]
@@ -44,11 +47,16 @@ def parse_pins(path: str | Path) -> dict[str, str]:
 
 
 def normalise(name: str) -> str:
+    """A distribution name as pip compares it (lower case, runs of -_. as one -, no extras).
+
+    Not shown in a notebook: used by gemma_helpers.env.parse_pins and gemma_helpers.env.pin_line."""
     return re.sub(r"[-_.]+", "-", name.split("[", 1)[0]).lower()
 
 
 def pin_mismatches(local: str | Path | None = None, colab: str | Path | None = None) -> list[str]:
-    """Messages for each shared package whose pins differ (or is missing) between the files."""
+    """Messages for each shared package whose pins differ (or is missing) between the files.
+
+    Not shown in a notebook: used by gemma_helpers.env.report and the tests."""
     local_pins = parse_pins(local or REPO_ROOT / "requirements-local.txt")
     colab_pins = parse_pins(colab or REPO_ROOT / "requirements-colab.txt")
     problems = []
@@ -62,6 +70,9 @@ def pin_mismatches(local: str | Path | None = None, colab: str | Path | None = N
 
 
 def installed_version(name: str) -> str | None:
+    """The installed version of a distribution, or None when it is not installed.
+
+    Not shown in a notebook: used by gemma_helpers.env.kept_versions and gemma_helpers.env.report."""
     try:
         return md.version(name)
     except md.PackageNotFoundError:
@@ -69,13 +80,19 @@ def installed_version(name: str) -> str | None:
 
 
 def matches_pin(installed: str | None, pinned: str | None) -> bool:
-    """An installed version satisfies an ``==`` pin; a local label (``2.13.0+cpu``) is ignored."""
+    """An installed version satisfies an ``==`` pin; a local label (``2.13.0+cpu``) is ignored.
+
+    Not shown in a notebook: used by gemma_helpers.env.Report."""
     if pinned is None:
         return True
     return installed is not None and installed.split("+", 1)[0] == pinned.split("+", 1)[0]
 
 
 def cuda_available() -> bool:
+    """True when torch is installed and sees a CUDA GPU.
+
+    Not shown in a notebook: used by gemma_helpers.env.bf16_supported, gemma_helpers.env.four_bit_supported and
+    gemma_helpers.env.profile."""
     try:
         import torch
     except ImportError:
@@ -86,23 +103,34 @@ def cuda_available() -> bool:
 def unsloth_available() -> bool:
     """True when unsloth can be used: a CUDA GPU and the package installed.
 
-    unsloth raises on import without an accelerator, so it is never imported without one."""
+    unsloth raises on import without an accelerator, so it is never imported without one.
+
+    Not shown in a notebook: used by gemma_helpers.env.report, gemma_helpers.export.merge_16bit and
+    gemma_helpers.models.attach_lora."""
     return cuda_available() and importlib.util.find_spec("unsloth") is not None
 
 
 def in_colab() -> bool:
+    """True inside Google Colab.
+
+    Not shown in a notebook: used by gemma_helpers.env.ensure, gemma_helpers.env.report and
+    gemma_helpers.env.watched."""
     return "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.environ)
 
 
 def in_ci() -> bool:
     """A CI run or a headless test: ``CI`` or ``NBMAKE`` set, or inside pytest (nbmake's kernels inherit
-    ``PYTEST_CURRENT_TEST``)."""
+    ``PYTEST_CURRENT_TEST``).
+
+    Not shown in a notebook: used by gemma_helpers.env.watched and gemma_helpers.hub.push_to_hub."""
     return any(os.environ.get(k) for k in ("CI", "NBMAKE", "PYTEST_CURRENT_TEST"))
 
 
 def watched() -> bool:
     """Whether a person is watching this run: an interactive Colab or Jupyter session that is not CI
-    (streamed answers are on then, and only then, by default)."""
+    (streamed answers are on then, and only then, by default).
+
+    Notebook 03, "Ask it yourself"; Notebook 05, "Ollama, and a server any OpenAI client can talk to"."""
     if in_ci():
         return False
     if in_colab():
@@ -113,7 +141,9 @@ def watched() -> bool:
 
 
 def profile() -> str:
-    """``gpu`` when a CUDA GPU is present, else ``cpu``; ``GEMMA_PROFILE`` overrides."""
+    """``gpu`` when a CUDA GPU is present, else ``cpu``; ``GEMMA_PROFILE`` overrides.
+
+    Notebook 01, "Parameters"; Notebook 02, "Parameters"; Notebook 03, "Results" (also notebooks 04, 05, 06)."""
     forced = os.environ.get("GEMMA_PROFILE", "").strip().lower()
     if forced:
         if forced not in PROFILES:
@@ -123,6 +153,10 @@ def profile() -> str:
 
 
 def bf16_supported() -> bool:
+    """True when the CUDA GPU computes in bfloat16.
+
+    Not shown in a notebook: used by gemma_helpers.env.report, gemma_helpers.env.train_dtype and
+    gemma_helpers.train.compute_dtype."""
     if not cuda_available():
         return False
     import torch
@@ -133,7 +167,9 @@ def bf16_supported() -> bool:
 def cpu_bf16_native() -> bool:
     """Whether this CPU computes bfloat16 matrix products natively (AVX512-BF16 or AMX), where a
     bfloat16 product runs about 2.3x a float32 one (benchmarks/RESULTS.md); elsewhere bfloat16 is
-    emulated and slower than float32."""
+    emulated and slower than float32.
+
+    Not shown in a notebook: used by gemma_helpers.train.compute_dtype."""
     import torch
 
     cpu = getattr(torch, "cpu", None)
@@ -148,7 +184,9 @@ def cpu_bf16_native() -> bool:
 
 
 def four_bit_supported() -> tuple[bool, str]:
-    """Whether bitsandbytes NF4 can be used here, and why not when it cannot."""
+    """Whether bitsandbytes NF4 can be used here, and why not when it cannot.
+
+    Not shown in a notebook: used by gemma_helpers.env.report."""
     if importlib.util.find_spec("bitsandbytes") is None:
         return False, "bitsandbytes is not installed"
     try:
@@ -161,7 +199,10 @@ def four_bit_supported() -> tuple[bool, str]:
 def train_dtype():
     """The dtype to train Gemma 3/3n/4 in: bf16 where the GPU has it, else float32.
 
-    Never float16: Gemma 3 activations exceed float16's range (the T4 case)."""
+    Never float16: Gemma 3 activations exceed float16's range (the T4 case).
+
+    Not shown in a notebook: used by gemma_helpers.models.load_model, gemma_helpers.models.load_vision_model and
+    benchmarks/train_throughput.py."""
     import torch
 
     return torch.bfloat16 if bf16_supported() else torch.float32
@@ -169,6 +210,10 @@ def train_dtype():
 
 @dataclass
 class Report:
+    """The environment report: Python, platform, profile, GPU and the pinned packages.
+
+    Not shown in a notebook: used by gemma_helpers.env.report."""
+
     python: str
     platform: str
     profile: str
@@ -209,7 +254,9 @@ class Report:
 def report(requirements: str | Path | None = None, show: bool = True) -> Report:
     """Versions against the pins, Python, CUDA device and capability, bf16, 4-bit, unsloth.
 
-    ``requirements`` defaults to the Colab file on Colab and the local file elsewhere."""
+    ``requirements`` defaults to the Colab file on Colab and the local file elsewhere.
+
+    Notebook 00, "The report" (and the setup cell of every notebook)."""
     if requirements is None:
         requirements = REPO_ROOT / ("requirements-colab.txt" if in_colab() else "requirements-local.txt")
     pins = parse_pins(requirements) if Path(requirements).exists() else {}
@@ -258,27 +305,35 @@ LLAMA_CMAKE_ARGS = ("-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXA
 
 
 def write_constraints(path: str | Path, versions: dict[str, str]) -> Path:
-    """A pip constraint file pinning each ``name`` to ``version`` (one ``name==version`` a line)."""
+    """A pip constraint file pinning each ``name`` to ``version`` (one ``name==version`` a line).
+
+    Not shown in a notebook: used by gemma_helpers.env.colab_install and the tests."""
     path = Path(path)
     path.write_text("".join(f"{name}=={version}\n" for name, version in sorted(versions.items())), encoding="utf-8")
     return path
 
 
 def kept_versions(names: tuple[str, ...] = KEEP) -> dict[str, str]:
-    """The installed version of each of ``names`` that is installed (Colab's torch, torchvision, torchaudio)."""
+    """The installed version of each of ``names`` that is installed (Colab's torch, torchvision, torchaudio).
+
+    Not shown in a notebook: used by gemma_helpers.env.colab_install and the tests."""
     return {n: v for n in names if (v := installed_version(n)) is not None}
 
 
 def colab_pip_calls(repo: str | Path, constraints: str | Path) -> list[list[str]]:
     """The pip calls (arguments after ``python -m pip``) that install the series on Colab, in order:
-    the pinned stack under the constraint that keeps Colab's torch, then this package without deps."""
+    the pinned stack under the constraint that keeps Colab's torch, then this package without deps.
+
+    Not shown in a notebook: used by gemma_helpers.env.colab_install and the tests."""
     repo = Path(repo)
     return [["install", "-q", "-c", str(constraints), "-r", str(repo / "requirements-colab.txt")],
             ["install", "-q", "--no-deps", "-e", str(repo)]]
 
 
 def colab_install(repo: str | Path) -> None:
-    """Install the series into Colab's Python, keeping its torch; skipped when already done here."""
+    """Install the series into Colab's Python, keeping its torch; skipped when already done here.
+
+    Notebook 00 (and every notebook): the setup cell calls it on Colab."""
     import subprocess
 
     repo = Path(repo)
@@ -306,7 +361,9 @@ EXTRAS = {
 
 
 def pin_line(name: str, requirements: str | Path | None = None) -> str:
-    """``name==version`` as requirements-local.txt pins it."""
+    """``name==version`` as requirements-local.txt pins it.
+
+    Not shown in a notebook: used by gemma_helpers.env."""
     version = parse_pins(requirements or REPO_ROOT / "requirements-local.txt").get(normalise(name))
     if version is None:
         raise KeyError(f"{name} is not pinned in {requirements or 'requirements-local.txt'}")
@@ -315,7 +372,9 @@ def pin_line(name: str, requirements: str | Path | None = None) -> str:
 
 def ensure(module: str) -> None:
     """Make the extra one notebook needs importable: on Colab, pip-install it (pinned); elsewhere, where
-    ``make setup`` installs everything, raise with the command that installs it."""
+    ``make setup`` installs everything, raise with the command that installs it.
+
+    Notebook 05, "Setup" (llama_cpp); Notebook 06, "Setup" (keras_hub)."""
     import subprocess
 
     if importlib.util.find_spec(module) is not None:

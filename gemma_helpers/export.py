@@ -18,11 +18,16 @@ from .hub import META
 
 
 class AdapterError(FileNotFoundError):
-    """An adapter folder that is missing or incomplete; the message names the path."""
+    """An adapter folder that is missing or incomplete; the message names the path.
+
+    Not shown in a notebook: used by gemma_helpers.export.check_adapter and gemma_helpers.recipes.xylandia_adapter."""
 
 
 def check_adapter(adapter_dir: str | Path) -> dict:
-    """The adapter's config, or :class:`AdapterError` naming what is wrong with the folder."""
+    """The adapter's config, or :class:`AdapterError` naming what is wrong with the folder.
+
+    Not shown in a notebook: used by gemma_helpers.bench.size_mb, gemma_helpers.export.load_adapter and
+    gemma_helpers.export.load_trained_base."""
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
         raise AdapterError(f"adapter folder {adapter_dir} does not exist")
@@ -38,7 +43,9 @@ def check_adapter(adapter_dir: str | Path) -> dict:
 
 
 def load_adapter(adapter_dir: str | Path):
-    """``(model, tokenizer)``: the base the adapter was trained on (4-bit if it was) with the adapter."""
+    """``(model, tokenizer)``: the base the adapter was trained on (4-bit if it was) with the adapter.
+
+    Not shown in a notebook: used by gemma_helpers.bench and the tests."""
     from peft import PeftModel
 
     from .models import load_model
@@ -61,7 +68,9 @@ def load_trained_base(adapter_dir: Path):
     :func:`merge` merges into it, :func:`save_trained_base` saves it (notebook 05, section 1).
 
     Loaded with plain transformers, never unsloth: unsloth's loader turns an explicit float32 into
-    bfloat16 for Gemma 3 / 3n / 4, and a merge must get the dtype it asks for."""
+    bfloat16 for Gemma 3 / 3n / 4, and a merge must get the dtype it asks for.
+
+    Not shown in a notebook: used by gemma_helpers.export.merge and gemma_helpers.export.save_trained_base."""
     import torch
 
     from .models import load_model
@@ -111,7 +120,9 @@ def merge(adapter_dir: str | Path, out_dir: str | Path | None = None, dtype=None
     """Merge a LoRA adapter into a full-precision copy of its base; return the merged folder.
 
     The folder is written under a temporary name and renamed when complete, so an interrupted
-    merge leaves nothing that looks finished."""
+    merge leaves nothing that looks finished.
+
+    Notebook 02, section 8; Notebook 03, section 3; Notebook 05, section 1."""
     import torch
     from peft import PeftModel
 
@@ -138,7 +149,9 @@ def merge(adapter_dir: str | Path, out_dir: str | Path | None = None, dtype=None
 def merge_16bit(model, tokenizer, adapter_dir: str | Path, out_dir: str | Path) -> Path:
     """A model too large to merge in float32 on a T4 (Gemma 3n E4B): unsloth's ``save_pretrained_merged``
     (``merged_16bit``, shard by shard) on a GPU; elsewhere (the GPU-profile rehearsal) :func:`merge`
-    of ``adapter_dir`` in bfloat16."""
+    of ``adapter_dir`` in bfloat16.
+
+    Notebook 02, section 8."""
     import torch
 
     from . import env, rehearsal
@@ -154,7 +167,9 @@ def merge_16bit(model, tokenizer, adapter_dir: str | Path, out_dir: str | Path) 
 def save_trained_base(adapter_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Save the base an adapter was trained against (:func:`load_trained_base`: dequantised when it was
     4-bit) as a float32 folder, to convert to the GGUF a LoRA GGUF (:func:`lora_to_gguf`) is applied on
-    (notebook 05, section 3)."""
+    (notebook 05, section 3).
+
+    Notebook 05, section 3."""
     adapter_dir = Path(adapter_dir)
     config, meta, base, tokenizer = load_trained_base(adapter_dir)
     out_dir = Path(out_dir) if out_dir else adapter_dir.parent / "base"
@@ -171,12 +186,18 @@ OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
 
 class GGUFError(ValueError):
-    """A path that is not a complete GGUF file, or a conversion that failed; the message names the path."""
+    """A path that is not a complete GGUF file, or a conversion that failed; the message names the path.
+
+    Not shown in a notebook: used by gemma_helpers.export, gemma_helpers.export.check_gguf and
+    gemma_helpers.export.load_gguf."""
 
 
 def check_gguf(path: str | Path) -> Path:
     """``path`` if it is a GGUF file (magic bytes, a readable header, at least one tensor), else
-    :class:`GGUFError` saying what it is instead (missing, a directory, another format, truncated, header only)."""
+    :class:`GGUFError` saying what it is instead (missing, a directory, another format, truncated, header only).
+
+    Not shown in a notebook: used by gemma_helpers.export.load_gguf, gemma_helpers.export.lora_to_gguf and
+    gemma_helpers.export.quantize."""
     if not read_gguf(path).tensors:
         raise GGUFError(f"{path} has a GGUF header but no tensors: no model weights to load")
     return Path(path)
@@ -184,7 +205,9 @@ def check_gguf(path: str | Path) -> Path:
 
 def read_gguf(path: str | Path):
     """The ``gguf.GGUFReader`` of a GGUF file, or :class:`GGUFError` naming the path (reading the
-    header of a 262144-token vocabulary takes seconds: read once, ask it everything)."""
+    header of a 262144-token vocabulary takes seconds: read once, ask it everything).
+
+    Not shown in a notebook: used by gemma_helpers.export.check_gguf and gemma_helpers.export.gguf_chat_metadata."""
     path = Path(path)
     if path.is_dir():
         raise GGUFError(f"{path} is a directory, not a GGUF file (pass the .gguf file inside it)")
@@ -217,7 +240,9 @@ def converter_dir() -> Path:
 
     The converter ships its own, newer copy of the ``gguf`` module; installed into the
     environment it would overwrite the ``gguf`` release transformers reads GGUF files with, so it
-    lives in its own folder and runs in a subprocess with that folder first on the path."""
+    lives in its own folder and runs in a subprocess with that folder first on the path.
+
+    Not shown in a notebook: used by gemma_helpers.export.to_gguf and the tests."""
     import subprocess
     import sys
 
@@ -290,7 +315,9 @@ def to_gguf(model_dir: str | Path, outtype: str = "f16", out_dir: str | Path | N
 
     The file lands in ``out_dir`` (default: ``<model_dir>/../gguf/``) as ``<folder>-<outtype>.gguf``;
     it is written under a temporary name and renamed only once the converter finished and the
-    header reads back, so an interrupted export leaves no file that looks complete."""
+    header reads back, so an interrupted export leaves no file that looks complete.
+
+    Notebook 05, sections 2 and 3."""
     import subprocess
     import sys
 
@@ -326,7 +353,9 @@ def quantize(gguf_path: str | Path, qtype: str = "Q4_K_M", out_path: str | Path 
     """Quantise a GGUF file with llama.cpp (llama-cpp-python's ``llama_model_quantize``).
 
     Output: ``<name without the -f16/-f32/-bf16 suffix>-<qtype>.gguf`` beside the input, written
-    under a temporary name and renamed when llama.cpp reports success."""
+    under a temporary name and renamed when llama.cpp reports success.
+
+    Notebook 05, section 2."""
     import llama_cpp
 
     source = check_gguf(gguf_path)
@@ -365,18 +394,24 @@ TURN_END = "<end_of_turn>"
 
 class ModelfileError(ValueError):
     """A Modelfile that disagrees with its GGUF (template, stop token), or a GGUF that lacks what a
-    runtime needs to end a turn; the message names the file and what differs."""
+    runtime needs to end a turn; the message names the file and what differs.
+
+    Not shown in a notebook: used by gemma_helpers.export and gemma_helpers.export.check_modelfile."""
 
 
 def modelfile_path(gguf_path: str | Path) -> Path:
-    """Where the Modelfile of a GGUF goes: ``<name>.Modelfile`` beside it (``ollama create NAME -f`` it)."""
+    """Where the Modelfile of a GGUF goes: ``<name>.Modelfile`` beside it (``ollama create NAME -f`` it).
+
+    Notebook 05, "Ollama, and a server any OpenAI client can talk to"."""
     gguf_path = Path(gguf_path)
     return gguf_path.with_name(f"{gguf_path.stem}.Modelfile")
 
 
 def write_modelfile(gguf_path: str | Path) -> Path:
     """Write an Ollama Modelfile beside ``gguf_path``: ``FROM`` the file, Gemma's turn ``TEMPLATE``,
-    ``PARAMETER stop "<end_of_turn>"``; then check it against the GGUF (:func:`check_modelfile`)."""
+    ``PARAMETER stop "<end_of_turn>"``; then check it against the GGUF (:func:`check_modelfile`).
+
+    Not shown in a notebook: used by gemma_helpers.export.quantize and gemma_helpers.export.to_gguf."""
     gguf_path = Path(gguf_path)  # read (and so checked) by check_modelfile below
     path = modelfile_path(gguf_path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -394,7 +429,9 @@ def write_modelfile(gguf_path: str | Path) -> Path:
 
 
 def parse_modelfile(path: str | Path) -> dict:
-    """``{"FROM": str, "TEMPLATE": str | None, "SYSTEM": str | None, "PARAMETER": [(name, value), ...]}``."""
+    """``{"FROM": str, "TEMPLATE": str | None, "SYSTEM": str | None, "PARAMETER": [(name, value), ...]}``.
+
+    Not shown in a notebook: used by gemma_helpers.export.check_modelfile and the tests."""
     import re
 
     text = Path(path).read_text()
@@ -413,7 +450,9 @@ def parse_modelfile(path: str | Path) -> dict:
 
 def gguf_chat_metadata(path: str | Path) -> dict:
     """What a runtime reads from a GGUF to format and end a turn: ``chat_template`` (or None), the
-    vocabulary, and the bos / eos / eot token ids (None where the file declares none)."""
+    vocabulary, and the bos / eos / eot token ids (None where the file declares none).
+
+    Not shown in a notebook: used by gemma_helpers.export.check_modelfile and gemma_helpers.serve.chat_format."""
     reader = read_gguf(path)
 
     def value(key):
@@ -453,7 +492,9 @@ def check_modelfile(path: str | Path) -> dict:
     TEMPLATE, or its TEMPLATE formats a user turn differently from the GGUF's template (the
     ``<bos>`` Ollama adds itself aside); the token the GGUF's template ends a turn with is not a
     single token of the GGUF's vocabulary, not among the Modelfile's ``PARAMETER stop`` values, or not
-    the GGUF's declared end-of-turn (eot) token."""
+    the GGUF's declared end-of-turn (eot) token.
+
+    Notebook 05, "Ollama, and a server any OpenAI client can talk to"."""
     path = Path(path)
     spec = parse_modelfile(path)
     if not spec["FROM"]:
@@ -496,7 +537,9 @@ def check_modelfile(path: str | Path) -> dict:
 def load_gguf(path: str | Path, n_ctx: int = 1024, threads: int | None = None, logits_all: bool = False, **kwargs):
     """A llama.cpp model (``llama_cpp.Llama``) for a GGUF file; its chat completions use the chat
     template stored in the file. Every failure is a :class:`GGUFError` naming the path: not a GGUF file
-    (:func:`check_gguf`), or a file llama.cpp refuses."""
+    (:func:`check_gguf`), or a file llama.cpp refuses.
+
+    Not shown in a notebook: used by gemma_helpers.bench and the tests."""
     import llama_cpp
 
     path = check_gguf(path)
@@ -508,7 +551,9 @@ def load_gguf(path: str | Path, n_ctx: int = 1024, threads: int | None = None, l
 
 
 def gguf_ask(llm, questions, max_new_tokens: int = 24) -> list[str]:
-    """Greedy chat answers from a llama.cpp model, formatted by the template inside the GGUF."""
+    """Greedy chat answers from a llama.cpp model, formatted by the template inside the GGUF.
+
+    Not shown in a notebook: used by gemma_helpers.bench and the tests."""
     answers = []
     for question in questions:
         llm.reset()
@@ -526,7 +571,9 @@ def lora_to_gguf(adapter_dir: str | Path, out_path: str | Path | None = None) ->
     Supported for Gemma 3 text models (the architecture the series exports); the adapter must be plain
     LoRA (no DoRA, no rank pattern, no modules_to_save). Load it with
     ``load_gguf(base_gguf, lora_path=...)``, where the base GGUF holds the weights the adapter was
-    trained against."""
+    trained against.
+
+    Notebook 05, section 3."""
     import gguf
     from safetensors.torch import load_file
 

@@ -25,7 +25,9 @@ def _meta(folder: Path) -> dict:
 
 def base_model(folder: str | Path) -> str:
     """The base a saved folder names: ``base_model_name_or_path`` of an adapter, ``_name_or_path`` of a
-    merged model's ``config.json``."""
+    merged model's ``config.json``.
+
+    Notebook 03, "The adapter, ready to share"."""
     folder = Path(folder)
     if (folder / "adapter_config.json").is_file():
         return json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
@@ -141,7 +143,9 @@ def write_card(folder: str | Path, title: str | None = None, notebook: str | Non
 
 
 def token() -> str | None:
-    """A Hugging Face token from ``HF_TOKEN`` or, on Colab, the notebook's ``HF_TOKEN`` secret; never printed."""
+    """A Hugging Face token from ``HF_TOKEN`` or, on Colab, the notebook's ``HF_TOKEN`` secret; never printed.
+
+    Not shown in a notebook: used by gemma_helpers.hub.push_to_hub."""
     value = os.environ.get("HF_TOKEN")
     if value:
         return value
@@ -159,7 +163,9 @@ def token() -> str | None:
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = True) -> str | None:
     """Upload a saved folder (card included) to ``repo_id`` and return its URL, or ``None`` with a
-    message when this is CI or no token is configured. The token is passed to the client, never shown."""
+    message when this is CI or no token is configured. The token is passed to the client, never shown.
+
+    Notebook 02, "Share it (optional)"; Notebook 03, "Share it (optional)"; Notebook 05, "Share it (optional)"."""
     from .env import in_ci
 
     folder = Path(folder)

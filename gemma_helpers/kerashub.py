@@ -23,7 +23,9 @@ INSTALL_HINT = "python -m pip install --no-deps -r requirements-keras.txt"
 
 
 def import_keras():
-    """``(keras, keras_hub)`` on the torch backend; an ImportError with the install line otherwise."""
+    """``(keras, keras_hub)`` on the torch backend; an ImportError with the install line otherwise.
+
+    Notebook 06, section 2."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
         import keras
@@ -37,7 +39,9 @@ def import_keras():
 
 
 def preprocessor_problem(preset: str) -> str | None:
-    """Why KerasHub's own Gemma 3 preprocessor cannot be built here (its error text), or None."""
+    """Why KerasHub's own Gemma 3 preprocessor cannot be built here (its error text), or None.
+
+    Notebook 06, section 2."""
     _, keras_hub = import_keras()
     try:
         keras_hub.models.Gemma3CausalLMPreprocessor.from_preset(str(preset))
@@ -48,7 +52,9 @@ def preprocessor_problem(preset: str) -> str | None:
 
 def preset(model_name: str) -> str:
     """KerasHub's preset for a registry name, hub id or folder: a local folder as it is (the embedded
-    model, a rehearsal stand-in), a hub id as ``hf://<id>``."""
+    model, a rehearsal stand-in), a hub id as ``hf://<id>``.
+
+    Notebook 06, section 2."""
     from pathlib import Path
 
     from .models import resolve
@@ -58,13 +64,18 @@ def preset(model_name: str) -> str:
 
 
 def load_causal_lm(preset: str):
-    """``Gemma3CausalLM`` (no preprocessor) from a local transformers folder or an ``hf://`` preset."""
+    """``Gemma3CausalLM`` (no preprocessor) from a local transformers folder or an ``hf://`` preset.
+
+    Notebook 06, section 2."""
     _, keras_hub = import_keras()
     backbone = keras_hub.models.Gemma3Backbone.from_preset(str(preset))
     return keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=None)
 
 
 def trainable_parameters(lm) -> tuple[int, int]:
+    """(trainable, total) parameter counts of a Keras model.
+
+    Notebook 06, section 2."""
     import numpy as np
 
     def count(weights):
@@ -77,7 +88,9 @@ def compile_recipe(lm, learning_rate: float, weight_decay: float = 0.01, sampler
     """The tutorial's compile: AdamW (bias and scale not decayed), sparse categorical
     cross-entropy from logits, token accuracy. The loss is reduced as the mean over the tokens
     that carry weight (``mean_with_sample_weight``): the logged loss is a per-token mean and
-    padding does not dilute it (the tutorial's default divides by every position, padding too)."""
+    padding does not dilute it (the tutorial's default divides by every position, padding too).
+
+    Notebook 06, section 2."""
     keras, _ = import_keras()
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["bias", "scale"])
@@ -91,7 +104,9 @@ def compile_recipe(lm, learning_rate: float, weight_decay: float = 0.01, sampler
 
 
 def pad(examples: Sequence[dict], length: int | None = None):
-    """Right-padded ``token_ids``, ``padding_mask`` and ``answer_mask`` (labels that are not -100)."""
+    """Right-padded ``token_ids``, ``padding_mask`` and ``answer_mask`` (labels that are not -100).
+
+    Not shown in a notebook: used by gemma_helpers.kerashub.fit and gemma_helpers.kerashub.generate."""
     import numpy as np
 
     length = length or max(len(ex["input_ids"]) for ex in examples)
@@ -109,7 +124,9 @@ def pad(examples: Sequence[dict], length: int | None = None):
 def fit(lm, examples: Sequence[dict], epochs: int = 1, batch_size: int = 1, verbose: int = 1) -> list[dict]:
     """``lm.fit`` on whole sequences, as the KerasHub tutorial trains (its preprocessor's
     ``sample_weight`` is the padding mask: instruction and response tokens alike); returns the
-    loss per optimizer step, recovered from Keras's running epoch mean."""
+    loss per optimizer step, recovered from Keras's running epoch mean.
+
+    Notebook 06, section 2."""
     from .rehearsal import cut_rows
 
     keras, _ = import_keras()
@@ -135,7 +152,9 @@ def fit(lm, examples: Sequence[dict], epochs: int = 1, batch_size: int = 1, verb
 def answer_loss(lm, examples: Sequence[dict]) -> float:
     """Mean negative log-likelihood per labelled (answer) token, pooled over ``examples``, run
     one at a time unpadded: the same figure :func:`gemma_helpers.evaluate.answer_loss` gives for a
-    transformers model."""
+    transformers model.
+
+    Notebook 06, section 2."""
     import torch
 
     from .rehearsal import cut_items
@@ -156,7 +175,9 @@ def answer_loss(lm, examples: Sequence[dict]) -> float:
 
 def generator(lm, tokenizer, seed: int):
     """``generate(prompts, max_new_tokens, top_k)`` for notebook 06's measure: greedy when ``top_k`` is
-    None, else KerasHub's ``TopKSampler(k=top_k, seed=seed)`` (the tutorial's sampler)."""
+    None, else KerasHub's ``TopKSampler(k=top_k, seed=seed)`` (the tutorial's sampler).
+
+    Notebook 06, section 2."""
     _, keras_hub = import_keras()
 
     def run(prompts, max_new_tokens, top_k):
@@ -170,7 +191,9 @@ def generate(lm, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, sa
              batch_size: int = 8) -> list[str]:
     """Continuations of already-formatted prompts (starting with ``<bos>``) through KerasHub's
     ``generate_step`` with ``sampler`` (``"greedy"`` or a ``keras_hub.samplers`` instance such
-    as ``TopKSampler(k=5, seed=2)``); stops at ``<eos>`` / ``<end_of_turn>``; prompt excluded."""
+    as ``TopKSampler(k=5, seed=2)``); stops at ``<eos>`` / ``<end_of_turn>``; prompt excluded.
+
+    Not shown in a notebook: used by gemma_helpers.kerashub.generator and the tests."""
     import numpy as np
     import torch
 

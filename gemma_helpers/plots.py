@@ -30,7 +30,10 @@ def _save(fig, name: str, charts_dir: str | Path | None) -> Path:
 
 def loss_curves(histories: Mapping[str, Sequence[dict]], name: str, title: str = "Training loss",
                 charts_dir: str | Path | None = None) -> Path:
-    """One line per run: loss against optimizer step (from ``TrainResult.history``)."""
+    """One line per run: loss against optimizer step (from ``TrainResult.history``).
+
+    Notebook 02, section 6; Notebook 03, section 2; Notebook 04, "Ablation: the same adapter, frames from other
+    clips" (also notebook 06)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, history in histories.items():
@@ -50,7 +53,10 @@ def loss_curves(histories: Mapping[str, Sequence[dict]], name: str, title: str =
 def grouped_bars(groups: Mapping[str, Mapping[str, float]], name: str, title: str, ylabel: str,
                  charts_dir: str | Path | None = None, ylim: tuple[float, float] | None = None) -> Path:
     """``{series: {metric: value}}`` as grouped bars, value printed on each bar; a value of None (a
-    figure that does not exist, such as the retention of controls the model never knew) has no bar."""
+    figure that does not exist, such as the retention of controls the model never knew) has no bar.
+
+    Notebook 03, section 2; Notebook 04, "Ablation: the same adapter, frames from other clips"; Notebook 06, "Answers
+    side by side"."""
     plt = _plt()
     series = list(groups)
     metrics = list(next(iter(groups.values())))
@@ -72,7 +78,9 @@ def grouped_bars(groups: Mapping[str, Mapping[str, float]], name: str, title: st
 
 def bar_panels(panels: Mapping[str, Mapping[str, Mapping[str, float]]], name: str, title: str = "",
                ylim: tuple[float, float] | None = None, charts_dir: str | Path | None = None) -> Path:
-    """One panel per ``{panel: {series: {group: value}}}``: grouped bars (series side by side per group)."""
+    """One panel per ``{panel: {series: {group: value}}}``: grouped bars (series side by side per group).
+
+    Notebook 01, section 8."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
     for ax, (panel, groups) in zip(axes[0], panels.items()):
@@ -96,7 +104,9 @@ def bar_panels(panels: Mapping[str, Mapping[str, Mapping[str, float]]], name: st
 
 def metric_panels(rows: Sequence[Mapping], metrics: Mapping[str, str], name: str, title: str,
                   label_key: str = "name", charts_dir: str | Path | None = None) -> Path:
-    """One panel per metric (``{key: axis label}``), one bar per row (``row[label_key]``), value on each bar."""
+    """One panel per metric (``{key: axis label}``), one bar per row (``row[label_key]``), value on each bar.
+
+    Notebook 05, section 4."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4), squeeze=False)
     labels = [str(r[label_key]) for r in rows]
@@ -115,7 +125,9 @@ def metric_panels(rows: Sequence[Mapping], metrics: Mapping[str, str], name: str
 def train_val_loss(history: Sequence[dict], eval_history: Sequence[dict], name: str, title: str = "",
                    charts_dir: str | Path | None = None) -> Path:
     """Training loss per step and validation loss at each evaluation (``TrainResult.history`` /
-    ``.eval_history``); the adapter kept (the last evaluation entry) is marked."""
+    ``.eval_history``); the adapter kept (the last evaluation entry) is marked.
+
+    Notebook 01, section 7."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
@@ -138,7 +150,9 @@ def train_val_loss(history: Sequence[dict], eval_history: Sequence[dict], name: 
 
 def word_count_bars(words: Mapping[str, int], groups: Mapping[str, str], name: str, title: str = "Words per paper",
                     charts_dir: str | Path | None = None) -> Path:
-    """One bar per paper (``{paper: word count}``), coloured by its group (``{paper: field}``)."""
+    """One bar per paper (``{paper: word count}``), coloured by its group (``{paper: field}``).
+
+    Notebook 01, section 3."""
     plt = _plt()
     keys = sorted(words, key=lambda k: (groups.get(k, ""), k))
     kinds = sorted({groups.get(k, "") for k in keys})
@@ -155,7 +169,9 @@ def word_count_bars(words: Mapping[str, int], groups: Mapping[str, str], name: s
 
 def word_clouds(freqs: Mapping[str, Mapping[str, int]], name: str, cols: int = 4, max_words: int = 60,
                 seed: int = SEED, charts_dir: str | Path | None = None) -> Path:
-    """A grid of word clouds, one per ``{title: {word: count}}`` (the wordcloud package)."""
+    """A grid of word clouds, one per ``{title: {word: count}}`` (the wordcloud package).
+
+    Notebook 01, section 3."""
     from wordcloud import WordCloud
 
     plt = _plt()
@@ -176,7 +192,9 @@ def word_clouds(freqs: Mapping[str, Mapping[str, int]], name: str, cols: int = 4
 
 def memory_bars(report: Mapping[str, float], name: str, title: str = "Memory",
                 charts_dir: str | Path | None = None) -> Path:
-    """The parts of :func:`gemma_helpers.memory.memory_monitor`'s report as horizontal bars (MiB)."""
+    """The parts of :func:`gemma_helpers.memory.memory_monitor`'s report as horizontal bars (MiB).
+
+    Notebook 01, section 7."""
     plt = _plt()
     parts = {"weights": "weights_mb", "adapter parameters": "adapter_params_mb", "optimizer state": "optimizer_state_mb",
              "gradients": "gradients_mb", "activations and temporaries": "activations_mb",
@@ -204,7 +222,9 @@ PERSIAN_STOPWORDS = frozenset(_STOPWORDS.split())
 
 
 def rtl(text: str) -> str:
-    """Persian / Arabic text shaped and reordered so matplotlib draws it right."""
+    """Persian / Arabic text shaped and reordered so matplotlib draws it right.
+
+    Notebook 02, section 6."""
     import arabic_reshaper
     from bidi.algorithm import get_display
 
@@ -212,7 +232,9 @@ def rtl(text: str) -> str:
 
 
 def font_path() -> str:
-    """DejaVu Sans as matplotlib ships it (offline, has the Persian glyphs)."""
+    """DejaVu Sans as matplotlib ships it (offline, has the Persian glyphs).
+
+    Not shown in a notebook: used by gemma_helpers.plots.word_cloud."""
     from matplotlib import font_manager
 
     return font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=False)
@@ -220,7 +242,9 @@ def font_path() -> str:
 
 def token_histogram(lengths: Sequence[int], stats: Mapping[str, float], name: str, title: str = "",
                     xlabel: str = "tokens per conversation", charts_dir: str | Path | None = None) -> Path:
-    """Histogram of token lengths with the mean, p50 and p95 drawn as lines (titles may be Persian)."""
+    """Histogram of token lengths with the mean, p50 and p95 drawn as lines (titles may be Persian).
+
+    Notebook 02, section 2."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(lengths, bins=min(30, max(5, len(lengths) // 3)), color="#4c72b0", alpha=0.8)
@@ -235,7 +259,9 @@ def token_histogram(lengths: Sequence[int], stats: Mapping[str, float], name: st
 
 
 def persian_words(texts: Sequence[str], stopwords=PERSIAN_STOPWORDS, min_len: int = 2) -> dict[str, int]:
-    """Word counts of Persian text (letters and half-spaces), stopwords and short words left out."""
+    """Word counts of Persian text (letters and half-spaces), stopwords and short words left out.
+
+    Not shown in a notebook: used by gemma_helpers.plots.word_cloud and the tests."""
     import re
     from collections import Counter
 
@@ -250,7 +276,9 @@ def persian_words(texts: Sequence[str], stopwords=PERSIAN_STOPWORDS, min_len: in
 
 def word_cloud(texts: Sequence[str], name: str, title: str = "", max_words: int = 120, seed: int = SEED,
                charts_dir: str | Path | None = None) -> Path:
-    """A word cloud of Persian text: each word shaped right to left, drawn in DejaVu Sans."""
+    """A word cloud of Persian text: each word shaped right to left, drawn in DejaVu Sans.
+
+    Notebook 02, section 9."""
     from wordcloud import WordCloud
 
     plt = _plt()

@@ -40,26 +40,40 @@ WOULD_CALL = "rehearsal: would call "
 
 class StandInUnavailable(RuntimeError):
     """A stand-in that cannot be built in this environment; the runner records the notebook as
-    ``"no stand-in"`` with this message instead of failing the run."""
+    ``"no stand-in"`` with this message instead of failing the run.
+
+    Not shown in a notebook: raised by the GPU-profile rehearsal's stand-ins, which run_notebooks reports as "no
+    stand-in"."""
 
 
 def rehearsing() -> bool:
-    """``GEMMA_REHEARSAL=1``: the GPU profile runs on the stand-ins of this module."""
+    """``GEMMA_REHEARSAL=1``: the GPU profile runs on the stand-ins of this module.
+
+    Not shown in a notebook: used by gemma_helpers.data.papers.arxiv_papers, gemma_helpers.models and
+    gemma_helpers.models.resolve."""
     return os.environ.get("GEMMA_REHEARSAL", "").strip().lower() in ("1", "true", "yes")
 
 
 def note(call: str) -> None:
-    """Announce an unsloth call (or a download) that the rehearsal does not make."""
+    """Announce an unsloth call (or a download) that the rehearsal does not make.
+
+    Not shown in a notebook: used by gemma_helpers.export.merge_16bit, gemma_helpers.models and the GPU-profile
+    rehearsal."""
     print(WOULD_CALL + call, flush=True)
 
 
 def standins_root() -> Path:
+    """The folder that holds the rehearsal's stand-in checkpoints and data sets.
+
+    Not shown in a notebook: used by the GPU-profile rehearsal."""
     return cache_root() / "standins"
 
 
 # ---------------------------------------------------------------- training and generation, cut
 def cut_steps(spec):
-    """``spec`` with at most :data:`STEPS` optimizer steps (and an evaluation every step) when rehearsing."""
+    """``spec`` with at most :data:`STEPS` optimizer steps (and an evaluation every step) when rehearsing.
+
+    Not shown in a notebook: used by gemma_helpers.train.train and the tests."""
     from dataclasses import replace
 
     if not rehearsing():
@@ -74,22 +88,33 @@ def cut_steps(spec):
 
 
 def cut_tokens(max_new_tokens: int) -> int:
+    """max_new_tokens, cut to the rehearsal's few tokens while rehearsing.
+
+    Not shown in a notebook: used by gemma_helpers.evaluate.answer_rows, gemma_helpers.evaluate.generate and
+    gemma_helpers.kerashub.generate."""
     return min(max_new_tokens, NEW_TOKENS) if rehearsing() else max_new_tokens
 
 
 def cut_items(items):
-    """The first :data:`ITEMS` of ``items`` scored by an aggregate (a perplexity, an accuracy) when rehearsing."""
+    """The first :data:`ITEMS` of ``items`` scored by an aggregate (a perplexity, an accuracy) when rehearsing.
+
+    Not shown in a notebook: used by gemma_helpers.evaluate.answer_loss, gemma_helpers.evaluate.answer_perplexity and
+    gemma_helpers.evaluate.mixed_accuracy_rows."""
     return list(items)[:ITEMS] if rehearsing() and items is not None else items
 
 
 def cut_rows(rows: list, batch_size: int = 1) -> list:
-    """The first :data:`STEPS` batches of ``rows`` when rehearsing (a framework without a step limit)."""
+    """The first :data:`STEPS` batches of ``rows`` when rehearsing (a framework without a step limit).
+
+    Not shown in a notebook: used by gemma_helpers.kerashub.fit."""
     return list(rows)[: STEPS * batch_size] if rehearsing() else rows
 
 
 # ---------------------------------------------------------------- checkpoints
 def checkpoint(spec) -> Path:
-    """The stand-in folder for a registry entry (built once, under :func:`standins_root`)."""
+    """The stand-in folder for a registry entry (built once, under :func:`standins_root`).
+
+    Not shown in a notebook: used by gemma_helpers.models.resolve."""
     builders = {"gemma3": gemma3_text_checkpoint, "gemma3n": gemma3n_text_checkpoint, "gemma4": gemma4_checkpoint}
     if spec.family not in builders:
         raise ValueError(f"no rehearsal stand-in for {spec.name} (family {spec.family})")
@@ -98,7 +123,9 @@ def checkpoint(spec) -> Path:
 
 def gemma3_text_tokenizer(extra_special: tuple[str, ...] = (IMAGE_SOFT_TOKEN,)):
     """The embedded Gemma 3 tokenizer plus ``extra_special`` special tokens: with the default, the
-    1B-it layout (262,145 entries, ``<image_soft_token>`` at id 262144)."""
+    1B-it layout (262,145 entries, ``<image_soft_token>`` at id 262144).
+
+    Not shown in a notebook: used by the GPU-profile rehearsal."""
     from tokenizers import AddedToken
     from transformers import AutoTokenizer
 
@@ -115,7 +142,9 @@ def _layer_types(layers: int) -> list[str]:
 def gemma3_text_checkpoint(folder: str | Path, hidden_size: int = 64, layers: int = 2, seed: int = 0,
                            init_range: float = 0.2) -> Path:
     """A random-weight ``Gemma3ForCausalLM`` with Gemma 3 1B-it's vocabulary layout (262,144 embedding
-    rows, a 262,145-entry tokenizer), saved as a safetensors folder with its tokenizer."""
+    rows, a 262,145-entry tokenizer), saved as a safetensors folder with its tokenizer.
+
+    Not shown in a notebook: used by the GPU-profile rehearsal and the tests."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
@@ -140,7 +169,9 @@ def gemma3n_text_checkpoint(folder: str | Path, hidden_size: int = 64, layers: i
     embeddings, 262,400 embedding rows against a smaller tokenizer) at a small width.
 
     The real checkpoint is ``Gemma3nForConditionalGeneration``; its vision tower is a timm model and timm
-    is not installed here, so the stand-in is the text decoder that notebooks 01 and 02 train."""
+    is not installed here, so the stand-in is the text decoder that notebooks 01 and 02 train.
+
+    Not shown in a notebook: used by the GPU-profile rehearsal."""
     import torch
     from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
 
@@ -198,7 +229,9 @@ GEMMA4_CHAT_TEMPLATE = (
 def gemma4_tokenizer():
     """The embedded Gemma 3 tokenizer (262,144 entries) with Gemma 4's multimodal and turn tokens at
     their ids (:data:`GEMMA4_TOKENS`), its ``image_token`` / ``boi_token`` / ... roles, which
-    ``Gemma4Processor`` reads, and a chat template in Gemma 4's turn format."""
+    ``Gemma4Processor`` reads, and a chat template in Gemma 4's turn format.
+
+    Not shown in a notebook: used by the GPU-profile rehearsal."""
     import tempfile
 
     from transformers import AutoTokenizer
@@ -233,7 +266,9 @@ def gemma4_processor_class():
     torchvision image processor): the ``Gemma4ImageProcessorKwargs`` typed dict and the pure-arithmetic
     ``get_aspect_ratio_preserving_size``. ``image_processing_pil_gemma4`` (the PIL backend) defines both,
     with the same source (a test compares them). Without torchvision the first module cannot be imported, so
-    its name is bound to the second one before the import; with torchvision nothing is changed."""
+    its name is bound to the second one before the import; with torchvision nothing is changed.
+
+    Not shown in a notebook: used by the GPU-profile rehearsal and the tests."""
     import sys
 
     from transformers.utils import is_torchvision_available
@@ -258,7 +293,9 @@ def gemma4_processor(path: str | Path):
     image processor, ``Gemma4ImageProcessorPil``, and the audio feature extractor) and the folder's
     ``processor_config.json`` into ``Gemma4Processor`` with its video slot empty: a subclass that
     changes nothing but accepting ``video_processor=None``. Images and text go through
-    ``Gemma4Processor``'s own code; a call with ``videos=`` fails (video is not used by the series)."""
+    ``Gemma4Processor``'s own code; a call with ``videos=`` fails (video is not used by the series).
+
+    Not shown in a notebook: used by gemma_helpers.models.load_vision_model."""
     from transformers import AutoTokenizer
     from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
     from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
@@ -308,7 +345,9 @@ def gemma4_checkpoint(folder: str | Path, hidden_size: int = 64, layers: int = 2
     :func:`gemma4_tokenizer`, ``Gemma4ImageProcessorPil`` at the real settings (patch 16, pooling 3,
     280 soft tokens per image) and Gemma 4's audio feature extractor, saved as a safetensors folder in
     the real checkpoint's layout (``processor_config.json`` names ``Gemma4Processor``). No video
-    processor is saved: it needs torchvision (see :func:`gemma4_processor`)."""
+    processor is saved: it needs torchvision (see :func:`gemma4_processor`).
+
+    Not shown in a notebook: used by the GPU-profile rehearsal and the tests."""
     import torch
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration
     from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
@@ -384,7 +423,9 @@ DATASETS = {"mshojaei77/persian-gk": _persian_rows, "databricks/databricks-dolly
 
 
 def dataset_file(hub_id: str) -> Path:
-    """The stand-in data file for a hub dataset, in that dataset's schema (JSON lines)."""
+    """The stand-in data file for a hub dataset, in that dataset's schema (JSON lines).
+
+    Not shown in a notebook: used by the GPU-profile rehearsal."""
     if hub_id not in DATASETS:
         raise ValueError(f"no rehearsal stand-in for the dataset {hub_id}; known: {sorted(DATASETS)}")
     path = standins_root() / "datasets" / hub_id.replace("/", "--") / "train.jsonl"
@@ -396,7 +437,9 @@ def dataset_file(hub_id: str) -> Path:
 
 
 def load_hub_dataset(hub_id: str, split: str = "train"):
-    """``datasets.load_dataset(hub_id, split=split)``; in the rehearsal, the same call on the stand-in file."""
+    """``datasets.load_dataset(hub_id, split=split)``; in the rehearsal, the same call on the stand-in file.
+
+    Notebook 02, section 1."""
     from datasets import load_dataset
 
     if not rehearsing():
@@ -412,7 +455,9 @@ _SERVER = None
 def arxiv_papers(papers) -> list:
     """``papers`` (:data:`~gemma_helpers.data.papers.ARXIV_PAPERS`) served by the loopback server: each
     under its real title, with the sections of a bundled mini-paper, so the download, title check and
-    cleaning code runs as on arXiv."""
+    cleaning code runs as on arXiv.
+
+    Not shown in a notebook: used by gemma_helpers.data.papers.arxiv_papers."""
     from dataclasses import replace
 
     from . import offline
@@ -481,7 +526,9 @@ def _text(output) -> str:
 def run_notebooks(folder: str | Path, only: tuple[str, ...] = (), timeout: int = 900,
                   out: str | Path | None = None) -> dict:
     """Execute every notebook of ``folder`` with the GPU profile on the stand-ins, each in a fresh
-    process, and write per-notebook status and seconds to ``outputs/results/rehearsal.json``."""
+    process, and write per-notebook status and seconds to ``outputs/results/rehearsal.json``.
+
+    Not shown in a notebook: used by the ``python -m gemma_helpers`` command line and the tests."""
     import subprocess
     import sys
     import time

@@ -13,6 +13,9 @@ RESULTS = REPO_ROOT / "outputs" / "results"
 
 
 def save(name: str, data: Mapping, results_dir: str | Path | None = None) -> Path:
+    """Write a notebook's results as outputs/results/<name>.json (atomically) and return the path.
+
+    Notebook 01, "Results"; Notebook 02, "Results"; Notebook 03, "Results" (also notebooks 04, 05, 06)."""
     out = Path(results_dir or RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
@@ -25,7 +28,9 @@ def save(name: str, data: Mapping, results_dir: str | Path | None = None) -> Pat
 def expect(condition: bool, message: str) -> None:
     """A notebook's check of what training achieved: raises ``AssertionError(message)`` when it fails,
     except in the GPU-profile rehearsal, whose random-weight stand-ins learn nothing in a few steps
-    (there it prints that the check was not applied)."""
+    (there it prints that the check was not applied).
+
+    Notebook 01, "Results"; Notebook 02, "Results"; Notebook 03, "Before training" (also notebooks 05, 06)."""
     from .rehearsal import rehearsing
 
     if condition:
@@ -40,7 +45,9 @@ def expect(condition: bool, message: str) -> None:
 def recorded(results: dict, name: str):
     """Run a ``with`` block whose failure is a result, not a crash (notebook 06, section 2: the optional
     Keras stack): an exception that stops the block is stored as ``results[name] = {"error": "Type:
-    message"}`` and printed, and the notebook goes on. ``KeyboardInterrupt`` still stops it."""
+    message"}`` and printed, and the notebook goes on. ``KeyboardInterrupt`` still stops it.
+
+    Notebook 06, section 2."""
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - whatever stops the block is recorded, not faked
@@ -49,11 +56,18 @@ def recorded(results: dict, name: str):
 
 
 def load(name: str, results_dir: str | Path | None = None) -> dict:
+    """Read outputs/results/<name>.json.
+
+    Not shown in a notebook: used by gemma_helpers.hub.write_card, the ``python -m gemma_helpers`` command line and
+    benchmarks/train_throughput.py."""
     return json.loads((Path(results_dir or RESULTS) / f"{name}.json").read_text())
 
 
 def table(rows: Mapping[str, Mapping[str, object]]) -> str:
-    """``{row: {column: value}}`` as a fixed-width text table."""
+    """``{row: {column: value}}`` as a fixed-width text table.
+
+    Notebook 01, sections 3, 6, 7 and 8; Notebook 02, sections 6 and 7; Notebook 03, sections 1 and 2 (also notebooks
+    05, 06)."""
     columns: list[str] = []
     for values in rows.values():
         columns += [c for c in values if c not in columns]
@@ -68,7 +82,9 @@ def table(rows: Mapping[str, Mapping[str, object]]) -> str:
 
 
 def summary_table(data: dict) -> str:
-    """The scalar figures of a results file: a row per figure, a column for the top level and each nested run."""
+    """The scalar figures of a results file: a row per figure, a column for the top level and each nested run.
+
+    Notebook 04, "Results"; Notebook 06, "Results"."""
     runs = {"result": data, **{k: v for k, v in data.items() if isinstance(v, dict)}}
     rows: dict[str, dict] = {}
     for run, values in runs.items():

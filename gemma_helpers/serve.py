@@ -20,6 +20,9 @@ HOST = "127.0.0.1"  # loopback only: nothing outside this machine reaches the se
 
 
 def free_port() -> int:
+    """A free TCP port on 127.0.0.1.
+
+    Not shown in a notebook: used by gemma_helpers.serve.serve."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
@@ -27,14 +30,18 @@ def free_port() -> int:
 
 def chat_format(gguf_path: str | Path) -> str | None:
     """``None`` (llama-cpp-python then formats chats with the template stored in the file) when the GGUF
-    has one, else ``"gemma"`` (llama-cpp-python's built-in Gemma turns)."""
+    has one, else ``"gemma"`` (llama-cpp-python's built-in Gemma turns).
+
+    Not shown in a notebook: used by gemma_helpers.serve.serve."""
     from .export import gguf_chat_metadata
 
     return None if gguf_chat_metadata(gguf_path)["chat_template"] else "gemma"
 
 
 class Server:
-    """A running llama-cpp-python server; ``stop()`` (or leaving a ``with`` block) ends it."""
+    """A running llama-cpp-python server; ``stop()`` (or leaving a ``with`` block) ends it.
+
+    Not shown in a notebook: used by gemma_helpers.serve.serve."""
 
     def __init__(self, process: subprocess.Popen, port: int, model: Path, log: Path):
         self.process, self.port, self.model, self.log = process, port, model, log
@@ -72,7 +79,9 @@ def serve(gguf_path: str | Path, port: int | None = None, n_ctx: int = 1024, thr
           timeout: float = 120) -> Server:
     """Start llama-cpp-python's OpenAI-compatible server for ``gguf_path`` on 127.0.0.1 and return it once
     ``/v1/models`` answers. :class:`RuntimeError` with the server's last output when it exits or does
-    not answer within ``timeout`` seconds."""
+    not answer within ``timeout`` seconds.
+
+    Notebook 05, "Ollama, and a server any OpenAI client can talk to"."""
     path = Path(gguf_path).resolve()
     fmt = chat_format(path)  # reads the file: GGUFError names a path that is not a GGUF file
     port = port or free_port()
