@@ -35,6 +35,9 @@ PROFILES = ("gpu", "cpu", "bench")
 
 @dataclass(frozen=True)
 class Recipe:
+    """One named recipe: the seed's numbers and each profile's changes. Notebook 01, "Parameters" (and
+    notebooks 02 to 06): the cell after the parameters prints it through :meth:`Run.table`."""
+
     name: str
     notebook: str
     source: str  # where the seed's numbers come from
@@ -46,7 +49,8 @@ class Recipe:
 
 
 class Run(dict):
-    """One recipe's numbers for one profile: a dict of every number, plus where each came from."""
+    """One recipe's numbers for one profile: a dict of every number, plus where each came from
+    (Notebook 01, "Parameters": ``R = gh.recipes.get(RECIPE, **OVERRIDES)``; the same in notebooks 02 to 06)."""
 
     def __init__(self, recipe: Recipe, profile: str, values: dict, changed: dict):
         super().__init__(values)
@@ -79,13 +83,15 @@ REGISTRY: dict[str, Recipe] = {}
 
 
 def register(recipe: Recipe) -> Recipe:
+    """Add ``recipe`` to the registry under its name. Not shown in a notebook: used by this module."""
     REGISTRY[recipe.name] = recipe
     return recipe
 
 
 def get(name: str, profile: str | None = None, **overrides) -> Run:
     """``name``'s numbers for ``profile`` (default: this machine's, :func:`gemma_helpers.env.profile`),
-    with ``overrides`` applied last. An unknown recipe or key is named with the ones there are."""
+    with ``overrides`` applied last. An unknown recipe or key is named with the ones there are.
+    Notebook 01, "Parameters" (and notebooks 02 to 06), ``benchmarks/train_throughput.py``, tests/conftest.py."""
     from .env import profile as machine_profile
 
     if name not in REGISTRY:
@@ -273,6 +279,8 @@ register(Recipe(
 
 # ---------------------------------------------------------------- notebook 03's retention-aware run
 def xylandia_data(path: str | Path | None = None) -> dict:
+    """Notebook 03's data file (questions, paraphrases, control facts, neutral and replay text; see
+    data/README.md). Notebook 03, "Parameters"; Notebook 05, "Parameters"."""
     return json.loads(Path(path or XYLANDIA_DATA).read_text())
 
 
@@ -321,7 +329,7 @@ def xylandia_retention(model, tokenizer, data: dict, output_dir: str | Path, rec
 
 def xylandia_adapter(output_dir: str | Path | None = None, model_name: str | None = None,
                      load_in_4bit: bool | None = None) -> Path:
-    """The retention-aware Xylandia adapter (notebook 05, section 1): notebook 03's when it is there and
+    """The retention-aware Xylandia adapter (Notebook 05, "Parameters"): notebook 03's when it is there and
     complete, else trained now with the registry's ``xylandia-retention`` recipe into the same place.
     The embedded model is loaded only when it is the one asked for."""
     from .export import AdapterError, check_adapter
