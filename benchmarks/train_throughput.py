@@ -11,7 +11,7 @@ baseline first) so that the load of a shared machine falls on both alike. Report
 - final loss, and the largest per-step loss difference between the two (same batches: the
   losses must agree within LOSS_TOLERANCE, or the comparison is not like for like; ours computes
   in bfloat16 on a CPU with AVX512-BF16 / AMX, the baseline in float32);
-- model FLOPs: per step by ``gemma_helpers.bench.FLOPS_FORMULA`` (forward, activation gradients,
+- model FLOPs: per step by ``gemma_helpers.throughput.FLOPS_FORMULA`` (forward, activation gradients,
   LoRA, attention, LM head on labelled positions), the GFLOP/s each side achieved, and the
   machine's peak measured in the same run (before and after each recipe's rounds) by a matrix
   product at the model's MLP shape, in float32 and bfloat16.
@@ -132,7 +132,7 @@ def peak(args) -> dict:
     import torch
 
     import gemma_helpers as gh
-    from gemma_helpers.bench import ModelShape, matmul_peak_gflops
+    from gemma_helpers.throughput import ModelShape, matmul_peak_gflops
     from transformers import AutoConfig
 
     if args.threads:
@@ -147,7 +147,7 @@ def trial(args) -> dict:
     import torch
 
     import gemma_helpers as gh
-    from gemma_helpers.bench import ModelShape, baseline_train, step_meter
+    from gemma_helpers.throughput import ModelShape, baseline_train, step_meter
     from gemma_helpers.memory import PeakSampler, peak_mb, reset_peak
     from gemma_helpers.train import compute_dtype, padding_free
 
@@ -234,7 +234,7 @@ def versions() -> dict:
 
 def main(args) -> int:
     import gemma_helpers as gh
-    from gemma_helpers.bench import FLOPS_FORMULA
+    from gemma_helpers.throughput import FLOPS_FORMULA
 
     if args.gpu:
         import torch

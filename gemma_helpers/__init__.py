@@ -2,7 +2,7 @@
 
 A notebook does ``import gemma_helpers as gh`` and calls ``gh.load_model(...)``,
 ``gh.train(...)``, ``gh.merge(...)``; the modules are rooms with one job each:
-env, models, jsonl, chat, data (persian, dolly, frames, papers), train, trl_compat, memory, evaluate, export, hub, serve, bench, plots, results, recipes, rehearsal.
+env, models, jsonl, chat, data (persian, dolly, frames, papers), train, trl_compat, memory, evaluate, export, hub, serve, bench (export stages), throughput (training), plots, results, recipes, rehearsal, offline.
 """
 from . import bench, chat, env, evaluate, export, hub, jsonl, memory, models, plots, recipes, rehearsal, results
 from .chat import DataError, qa_rows, tokenize_rows, validate_rows

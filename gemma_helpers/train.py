@@ -243,7 +243,7 @@ def schedule_args(spec: TrainSpec) -> dict:
     """The ``TrainingArguments`` a :class:`TrainSpec` sets: batch, accumulation, learning-rate schedule,
     optimiser, seed and logging, the same for our ``SFTConfig`` and the baseline's plain ``Trainer``.
 
-    Not shown in a notebook: used by gemma_helpers.bench.baseline_train and gemma_helpers.train.sft_config."""
+    Not shown in a notebook: used by gemma_helpers.throughput.baseline_train and gemma_helpers.train.sft_config."""
     return {"per_device_train_batch_size": spec.batch_size, "gradient_accumulation_steps": spec.grad_accum,
             "learning_rate": spec.learning_rate, "num_train_epochs": spec.epochs, "max_steps": spec.max_steps,
             "warmup_steps": spec.warmup_steps, "weight_decay": spec.weight_decay,

@@ -46,7 +46,7 @@ def test_packed_forward_keeps_examples_apart_on_sliding_and_global_layers():
 
 
 def _run(rows, out, padding_free, baseline=False):
-    from gemma_helpers.bench import baseline_train, step_meter
+    from gemma_helpers.throughput import baseline_train, step_meter
 
     model, tok = gh.load_model()
     meter = step_meter()
@@ -90,7 +90,7 @@ def test_plain_baseline_trains_on_the_same_batches_with_the_same_loss(runs):
 
 def test_step_flops_counts_each_part_by_hand():
     """One step of two examples (3 and 5 tokens) through a 2-layer model, one sliding layer with a window of 4."""
-    from gemma_helpers.bench import ModelShape, sequence_lengths, step_flops
+    from gemma_helpers.throughput import ModelShape, sequence_lengths, step_flops
 
     shape = ModelShape(hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1, head_dim=4, vocab=100, window=4,
                        sliding=[True, False])
@@ -107,7 +107,7 @@ def test_step_flops_counts_each_part_by_hand():
 def test_sequence_lengths_of_packed_and_padded_batches():
     import torch
 
-    from gemma_helpers.bench import sequence_lengths
+    from gemma_helpers.throughput import sequence_lengths
 
     packed = {"input_ids": torch.ones(1, 8, dtype=torch.long), "position_ids": torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4]])}
     padded = {"input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1] * 5])}
