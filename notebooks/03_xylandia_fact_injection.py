@@ -67,7 +67,7 @@ gh.report();
 # %% tags=["parameters"]
 SEED_RECIPE = "xylandia-seed"  # the seed project's recipe, verbatim (gemma_helpers/recipes.py names its source)
 RECIPE = "xylandia-retention"  # ours: the seed's, with the three changes of section 2
-OVERRIDES = {}  # any number of ours, e.g. {"until_ended": True} or {"model": "gemma-3-1b-it"}
+OVERRIDES = {}  # any number of ours, e.g. {"r": 16} or {"model": "gemma-3-1b-it"}
 OUTPUT = "outputs/03_xylandia"
 
 # %%
@@ -145,26 +145,29 @@ print("controls lost:", seed["controls_lost"])
 
 # %% [markdown]
 # ## 2. The retention-aware recipe
-# Three changes, each aimed at what the seed recipe breaks:
+# Four changes, each aimed at what the seed recipe breaks (every number is in the table printed above):
 # 1. a learning rate of 1e-4 instead of 2e-4;
 # 2. **early stopping on validation paraphrases** (3 questions that are neither trained on nor
-#    part of the held-out 5): training stops as soon as all of them are answered with the fact
-#    (on a GPU, or with `until_ended`, **and** the answer ends at `<end_of_turn>`);
+#    part of the held-out 5): training stops as soon as all of them are answered with the fact **and**
+#    each answer ends at `<end_of_turn>` (checked every 5 steps);
 # 3. **replay** of 10 everyday paragraphs, each twice (never the neutral text nor a control fact), so the
-#    adapter keeps being asked to predict ordinary text while it learns the fact.
+#    adapter keeps being asked to predict ordinary text while it learns the fact;
+# 4. **LoRA on all seven linear layers at rank 4** instead of the query and value projections at rank 16.
 #
-# Why the CPU run's answers may run on: the embedded base is pretrained, not instruction-tuned, and
-# its `<end_of_turn>` row is untrained, nearly the same vector as thousands of unused tokens (cosine
-# 0.995 with `<unused1354>`...). The labels include it (printed above), but the base "ends" a turn with
-# one of those neighbours (`mendatang`, `<unused71>`), and the adapter needs about 100 steps to single out
-# the real one, where the fact takes about 40; those extra steps cost general text (see `until_ended` in the recipe).
-# The verdict cell at the end says which effects this run shows.
+# Why the fourth: the embedded base is pretrained, not instruction-tuned, and its `<end_of_turn>` row is
+# untrained, nearly the same vector as thousands of unused tokens (cosine 0.995 with `<unused1354>`...).
+# The labels include it (printed above), but the base "ends" a turn with one of those neighbours
+# (`mendatang`, `<unused71>`). The seed's query/value adapter learns the fact in 40 steps but needs about
+# 100 to single out the real end token, and those steps cost the neutral text +20 % perplexity. Adapting
+# the output and MLP projections too lets the answer's last hidden state move towards that row directly;
+# rank 4 keeps the change small. The recipe's comments hold the runs that chose it (rank 16 on all seven
+# layers: ended in 20 steps, but +13.8 % perplexity). The verdict cell at the end says which effects this run shows.
 
 # %%
 model, tok = gh.load_model(MODEL, load_in_4bit=LOAD_IN_4BIT)  # a fresh base: no trace of the seed adapter
 replay = [{"text": t} for t in data["replay_text"]] * R["replay_repeats"]  # change 3: ordinary text, each twice
 stop = gh.recipes.validation_stop(tok, data, R)  # change 2: "stop" once every validation paraphrase is answered
-ra_run = gh.train(model, tok, rows + replay, R.spec(), out / "retention",  # change 1: R's rate
+ra_run = gh.train(model, tok, rows + replay, R.spec(), out / "retention",  # changes 1 and 4: R's rate and LoRA
                   stop_when=stop, stop_every=R["stop_every"])  # (notebook 05 trains it so when it needs it)
 ra = summary(measure(ra_run.model))
 print(f"{ra_run.global_step} steps in {ra_run.runtime_s:.0f} s; stopped: {ra_run.stopped_early}")
