@@ -112,10 +112,7 @@ except gh.DataError as err:
 # ## 2. Held-out split and token lengths
 
 # %%
-step = len(rows) // HOLDOUT
-held_idx = set(range(0, step * HOLDOUT, step))
-heldout = [r for i, r in enumerate(rows) if i in held_idx]
-train_rows = [r for i, r in enumerate(rows) if i not in held_idx]
+train_rows, heldout = persian.holdout_split(rows, HOLDOUT)  # evenly spaced over the file
 questions = [r["messages"][0]["content"] for r in heldout[:4]]  # for the speed test and the merge check
 
 # %%

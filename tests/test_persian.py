@@ -210,3 +210,14 @@ def test_persian_charts(tmp_path):
     assert cloud.stat().st_size > 10_000 and hist.stat().st_size > 5_000
     with pytest.raises(ValueError, match="no Persian words"):
         plots.word_cloud(["و در به"], "empty.png", charts_dir=tmp_path)
+
+
+def test_holdout_split_spreads_the_held_out_rows_over_the_file_and_keeps_every_row_once():
+    from gemma_helpers.data import persian
+
+    rows = [{"i": i} for i in range(20)]
+    train, held = persian.holdout_split(rows, 6)
+    assert [r["i"] for r in held] == [0, 3, 6, 9, 12, 15]
+    assert sorted(r["i"] for r in train + held) == list(range(20)) and len(train) == 14
+    with pytest.raises(ValueError, match="cannot hold out 21 of 20 rows"):
+        persian.holdout_split(rows, 21)

@@ -163,3 +163,13 @@ def clean_conversations(rows: Sequence, fold_system: bool = True,
         out.append({"messages": turns})
     report.rows_out = len(out)
     return out, report
+
+
+def holdout_split(rows: Sequence, n: int) -> tuple[list, list]:
+    """``(train, heldout)``: ``n`` rows held out, evenly spaced over the file (every ``len(rows) // n``-th
+    from the first), so the held-out set spans the whole file, not its end. Notebook 02, section 2."""
+    if not 0 < n <= len(rows):
+        raise ValueError(f"cannot hold out {n} of {len(rows)} rows: choose 1 to {len(rows)}")
+    step = len(rows) // n
+    held = set(range(0, step * n, step))
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
