@@ -71,9 +71,9 @@ from gemma_helpers.chat import IGNORE_INDEX, VisionCollator
 from gemma_helpers.data import frames
 
 # %% tags=["parameters"]
+CLIPS_DIR = None  # GPU: a folder with clips/*.mp4 and annotations.csv (clip,answer), see below; None: synthetic clips
 RECIPE = "frames"  # gemma_helpers/recipes.py: the seed's numbers (bear7066/gemma4-FT) and the CPU's changes
 OVERRIDES = {}  # any of its numbers, e.g. {"max_steps": 40} or {"model": "gemma-3n-e4b-it"}
-CLIPS_DIR = None  # GPU: a folder with clips/*.mp4 and annotations.csv (clip,answer), see below; None: synthetic clips
 OUTPUT = "outputs/04_frames"
 
 # %%
