@@ -1,4 +1,6 @@
 """gemma_helpers.memory: the training monitor on a real run, the peak sampler, the process's high-water mark."""
+import mmap
+
 import gemma_helpers as gh
 from gemma_helpers import memory
 
@@ -30,9 +32,13 @@ def test_memory_monitor_measures_a_real_training_peak(tmp_path, embedded_dir):
 def test_the_peak_sampler_sees_memory_held_only_inside_the_block():
     size = 200 * memory.MB
     with memory.PeakSampler(every=0.01) as sampler:
-        block = b"\x01" * size  # every page written
+        # a fresh mapping with every page written: resident now whatever the allocator kept from earlier
+        # tests (a malloc'd block can reuse freed pages that are resident already, and RSS does not move)
+        block = mmap.mmap(-1, size)
+        for offset in range(0, size, mmap.PAGESIZE):
+            block[offset] = 1
         sampler.sample()
-        del block
+        block.close()
     assert sampler.peak_mb - sampler.start_mb > 0.9 * size / memory.MB
     assert memory.rss_bytes() < sampler.peak  # freed again after the block
     assert memory.peak_rss_mb() >= sampler.peak_mb - 1  # the high-water mark saw it too
