@@ -70,12 +70,14 @@ class Run(dict):
     def table(self) -> str:
         """Every number, one per line, with the seed's value beside each one this profile changed."""
         width = max(map(len, self))
+        based = f"{self.recipe.based_on} recipe" if self.recipe.based_on else "seed"
         lines = [f"recipe {self.recipe.name!r} ({self.recipe.source}), {self.profile} profile:"]
         for key, value in self.items():
-            was = self.changed.get(key, None)
-            based = f"{self.recipe.based_on} recipe" if self.recipe.based_on else "seed"
-            was = "" if key not in self.changed else f"   ({based}: {was!r})" if was is not NEW else f"   (not in the {based})"
-            lines.append(f"  {key:<{width}} {value!r}{was}")
+            note = ""
+            if key in self.changed:
+                was = self.changed[key]
+                note = f"   (not in the {based})" if was is NEW else f"   ({based}: {was!r})"
+            lines.append(f"  {key:<{width}} {value!r}{note}")
         return "\n".join(lines)
 
 
