@@ -120,7 +120,7 @@ class PeakSampler:
 
 
 def memory_monitor(interval_s: float = 0.01):
-    """A trainer callback that measures memory (notebook 01, section 6; notebook 02, section 4): call ``mark(name)`` at points of interest (after
+    """A trainer callback that measures memory: call ``mark(name)`` at points of interest (after
     loading, after attaching the adapter), pass it to :func:`train` in ``callbacks``, then read
     :meth:`report`.
 
@@ -179,7 +179,7 @@ def memory_monitor(interval_s: float = 0.01):
             """Megabytes: ``weights`` and ``adapter`` from the marks of those names, the training
             ``peak`` and what it added over the start of training, split into optimiser state
             and gradients (exact) and the rest (activations and temporaries)."""
-            mb = 1 / 2**20
+            mb = 1 / MB
             m = self.marks
             out = {"device": "cuda (allocated)" if self.device == "cuda" else "cpu (process RSS)",
                    "marks_mb": {k: v * mb for k, v in m.items()}}

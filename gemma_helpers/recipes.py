@@ -29,7 +29,6 @@ from .env import REPO_ROOT, SEED
 from .models import DEFAULT_TARGETS, EMBEDDED, LANGUAGE_TARGETS, TINY_VISION
 
 NEW = object()  # a number a recipe adds to the one it is based on
-LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
 PROFILES = ("gpu", "cpu", "bench")
 
 
@@ -56,15 +55,11 @@ class Run(dict):
         super().__init__(values)
         self.recipe, self.profile, self.changed = recipe, profile, changed
 
-    @property
-    def lora(self) -> dict:
-        return {k: self[k] for k in LORA_KEYS if k in self}
-
     def spec(self, **extra):
         """The :class:`~gemma_helpers.train.TrainSpec` of these numbers (LoRA and training keys)."""
         from .train import TrainSpec
 
-        names = {f.name for f in fields(TrainSpec)}
+        names = _spec_defaults()
         return TrainSpec(**{k: v for k, v in {**self, **extra}.items() if k in names})
 
     def table(self) -> str:
