@@ -211,17 +211,26 @@ def padding_free(spec: TrainSpec, multimodal: bool = False) -> bool:
 
 
 COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
+COMPUTE_DTYPE_VARIABLE = "GEMMA_COMPUTE_DTYPE"  # forces what "auto" means (a CI run of the other compute path)
 
 
 def compute_dtype(spec: TrainSpec) -> str:
-    """``"bfloat16"`` or ``"float32"``: what ``spec.compute_dtype`` means on this machine.
+    """``"bfloat16"`` or ``"float32"``: what ``spec.compute_dtype`` means on this machine. ``"auto"`` is
+    bfloat16 where the hardware computes it natively, float32 elsewhere, unless the environment variable
+    ``GEMMA_COMPUTE_DTYPE`` (``bfloat16`` or ``float32``) says which: it runs a whole test suite or
+    notebook on the path this machine would not take (bfloat16 is emulated, and slow, on a CPU without it).
+    A spec that names its dtype keeps it.
 
-    Not shown in a notebook: used by gemma_helpers.train.TrainSpec, gemma_helpers.train.sft_config and
-    benchmarks/train_throughput.py."""
+    Not shown in a notebook: used by gemma_helpers.train.sft_config and benchmarks/train_throughput.py."""
     if spec.compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"TrainSpec.compute_dtype={spec.compute_dtype!r}: expected one of {COMPUTE_DTYPES}")
     if spec.compute_dtype != "auto":
         return spec.compute_dtype
+    forced = os.environ.get(COMPUTE_DTYPE_VARIABLE, "").strip().lower()
+    if forced and forced != "auto":
+        if forced not in COMPUTE_DTYPES:
+            raise ValueError(f"{COMPUTE_DTYPE_VARIABLE}={forced!r}: expected one of {COMPUTE_DTYPES} (or unset)")
+        return forced
     native = env.bf16_supported() if env.cuda_available() else env.cpu_bf16_native()
     return "bfloat16" if native else "float32"
 
@@ -368,17 +377,18 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
         data_collator=data_collator,
         callbacks=[NonFiniteLoss(), *([stopper] if stopper else []), *([patience] if patience else []), *callbacks],
     )
-    if not env.cuda_available():
+    on_cpu = not env.cuda_available()
+    if on_cpu:
         trl_compat.keep_trainable_float32(trainer.model)
-    cpu_bf16 = trainer.args.bf16 and not env.cuda_available()
-    restore = _bf16_compute(trainer.model) if cpu_bf16 else None
+        restore = dequantise_once(trainer.model, "bfloat16" if trainer.args.bf16 else "float32")
     try:
         eval_history, stopped_early, runtime = _run(trainer, spec, last, evaluate, stopper, patience)
     finally:
         trl_compat.TorchLogProb.forget()
-        if cpu_bf16:  # afterwards the caller's model computes in float32 as before (accelerate wrapped its forward)
+        if on_cpu:  # afterwards the caller's model computes with bitsandbytes' kernel, in float32, as before
             restore()
-            trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+            if trainer.args.bf16:  # accelerate wrapped its forward in autocast
+                trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
 
     adapter_dir = output_dir / "adapter"
     for config in trainer.model.peft_config.values():  # the hub id, not this machine's cache folder
@@ -440,34 +450,41 @@ def _run(trainer, spec, last, evaluate, stopper, patience) -> tuple[list[dict], 
     return eval_history, stopped_early, runtime
 
 
-def _bf16_compute(model) -> Callable:
-    """On a CPU under bfloat16 autocast: each of bitsandbytes' frozen 4-bit layers is dequantised to
-    bfloat16 once, when training starts, and computes with that copy (one dequantisation per run
-    instead of two per step: its forward kernel and its backward pass each dequantise, in float32,
-    and autocast does not reach the kernel). The bits are the same as a per-step dequantisation
-    (the weights are frozen); the copy costs 2 bytes per weight while training. Returns the undo."""
+def dequantise_once(model, dtype: str) -> Callable:
+    """On a CPU, each of bitsandbytes' frozen 4-bit layers is dequantised once, when training starts, to
+    ``dtype`` (``"bfloat16"`` under bfloat16 autocast, else ``"float32"``), and computes with that copy
+    until the returned undo is called. bitsandbytes' own CPU path dequantises every layer in float32
+    twice per step (its forward kernel and its backward pass), and autocast does not reach the kernel.
+    The weights are frozen, so the bits are those of a per-step dequantisation; the copy costs 2
+    (bfloat16) or 4 (float32) bytes per weight while training: about 0.7 GB in float32 for the 270M.
+    Returns the undo (nothing to undo for a model without 4-bit layers).
+
+    Not shown in a notebook: used by gemma_helpers.train.train and the tests."""
     import types
 
     import torch
 
+    dense = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+
     def linear(self, x):
-        if torch.is_autocast_enabled(x.device.type):
-            return torch.nn.functional.linear(x, self._bf16_weight, self.bias)
-        # outside autocast (a stop_when check generating mid-training): bf16 in, x's dtype out
-        bias = None if self.bias is None else self.bias.to(torch.bfloat16)
-        return torch.nn.functional.linear(x.to(torch.bfloat16), self._bf16_weight, bias).to(x.dtype)
+        weight = self._dense_weight
+        if x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
+            return torch.nn.functional.linear(x, weight, self.bias)
+        # another dtype outside autocast (a stop_when check generating under bf16 training): x's dtype out
+        bias = None if self.bias is None else self.bias.to(weight.dtype)
+        return torch.nn.functional.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
 
     layers = [m for m in model.modules() if getattr(getattr(m, "weight", None), "quant_state", None) is not None
               and hasattr(m, "compute_dtype")]
     if layers:  # bitsandbytes is imported only for a 4-bit model
         from bitsandbytes.functional import dequantize_4bit
     for m in layers:
-        m._bf16_weight = dequantize_4bit(m.weight.data, m.weight.quant_state).to(torch.bfloat16)
+        m._dense_weight = dequantize_4bit(m.weight.data, m.weight.quant_state).to(dense)
         m.forward = types.MethodType(linear, m)
 
     def restore():
         for m in layers:
-            del m.forward, m._bf16_weight
+            del m.forward, m._dense_weight
 
     return restore
 
