@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -204,8 +205,8 @@ def check_gguf(path: str | Path) -> Path:
 
 
 def read_gguf(path: str | Path):
-    """The ``gguf.GGUFReader`` of a GGUF file, or :class:`GGUFError` naming the path (reading the
-    header of a 262144-token vocabulary takes seconds: read once, ask it everything).
+    """The header of a GGUF file (:class:`gemma_helpers.gguf_header.Header`: metadata and tensor table,
+    checked against the file's size), or :class:`GGUFError` naming the path and what is wrong.
 
     Not shown in a notebook: used by gemma_helpers.export.check_gguf and gemma_helpers.export.gguf_chat_metadata."""
     path = Path(path)
@@ -222,11 +223,11 @@ def read_gguf(path: str | Path):
         raise GGUFError(f"{path} cannot be read: {exc}") from exc
     if head != GGUF_MAGIC:
         raise GGUFError(f"{path} is not a GGUF file (starts with {head!r}, not {GGUF_MAGIC!r})")
-    try:
-        import gguf
+    from .gguf_header import read_header
 
-        return gguf.GGUFReader(str(path))
-    except Exception as exc:  # truncated or corrupt beyond the magic bytes
+    try:
+        return read_header(path)
+    except (ValueError, OSError, struct.error) as exc:  # truncated or corrupt beyond the magic bytes
         raise GGUFError(f"{path} is not a readable GGUF file: {exc}") from exc
 
 
@@ -453,14 +454,9 @@ def gguf_chat_metadata(path: str | Path) -> dict:
     vocabulary, and the bos / eos / eot token ids (None where the file declares none).
 
     Not shown in a notebook: used by gemma_helpers.export.check_modelfile and gemma_helpers.serve.chat_format."""
-    reader = read_gguf(path)
-
-    def value(key):
-        field = reader.fields.get(key)
-        return None if field is None else field.contents()
-
-    return {"chat_template": value("tokenizer.chat_template"), "tokens": value("tokenizer.ggml.tokens") or [],
-            **{name: value(f"tokenizer.ggml.{name}_token_id") for name in ("bos", "eos", "eot")}}
+    metadata = read_gguf(path).metadata
+    return {"chat_template": metadata.get("tokenizer.chat_template"), "tokens": metadata.get("tokenizer.ggml.tokens") or [],
+            **{name: metadata.get(f"tokenizer.ggml.{name}_token_id") for name in ("bos", "eos", "eot")}}
 
 
 def _render_gguf_template(template: str, messages: list[dict], bos: str) -> str:

@@ -69,15 +69,14 @@ def _gguf_tokenizer(gguf_path: Path):
     merges (it splits every word into characters), so it is rebuilt here: merges from the
     SentencePiece scores, control tokens as special tokens, user-defined tokens (newline
     runs, ``[multimodal]``) as added tokens."""
-    import gguf
     from tokenizers import AddedToken
     from transformers import GemmaTokenizer
     from transformers.convert_slow_tokenizer import generate_merges
 
-    fields = gguf.GGUFReader(str(gguf_path)).fields
-    tokens = fields["tokenizer.ggml.tokens"].contents()
-    scores = fields["tokenizer.ggml.scores"].contents()
-    types = fields["tokenizer.ggml.token_type"].contents()
+    from .gguf_header import read_header
+
+    fields = read_header(gguf_path).metadata
+    tokens, scores, types = (fields[f"tokenizer.ggml.{k}"] for k in ("tokens", "scores", "token_type"))
     control, user_defined = 3, 4
     vocab = {tok: i for i, tok in enumerate(tokens)}
     special = {tokens[i] for i, t in enumerate(types) if t in (control, user_defined)}
@@ -102,14 +101,13 @@ def sentencepiece_files(gguf_path: Path, folder: Path) -> list[Path]:
     raw text so the converter marks them user-defined as the original GGUF does.
 
     Not shown in a notebook: used by gemma_helpers.export and the tests."""
-    import gguf
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    fields = gguf.GGUFReader(str(gguf_path)).fields
-    tokens = fields["tokenizer.ggml.tokens"].contents()
-    scores = fields["tokenizer.ggml.scores"].contents()
-    types = fields["tokenizer.ggml.token_type"].contents()
-    unk = int(fields["tokenizer.ggml.unknown_token_id"].contents())
+    from .gguf_header import read_header
+
+    fields = read_header(gguf_path).metadata
+    tokens, scores, types = (fields[f"tokenizer.ggml.{k}"] for k in ("tokens", "scores", "token_type"))
+    unk = int(fields["tokenizer.ggml.unknown_token_id"])
     user_defined = 4
     proto = pb.ModelProto()
     for i, (token, score, kind) in enumerate(zip(tokens, scores, types, strict=True)):
@@ -120,8 +118,8 @@ def sentencepiece_files(gguf_path: Path, folder: Path) -> list[Path]:
     spec = proto.trainer_spec
     spec.model_type, spec.vocab_size, spec.byte_fallback = pb.TrainerSpec.BPE, len(tokens), True
     spec.unk_id, spec.bos_id, spec.eos_id, spec.pad_id = (
-        unk, int(fields["tokenizer.ggml.bos_token_id"].contents()),
-        int(fields["tokenizer.ggml.eos_token_id"].contents()), int(fields["tokenizer.ggml.padding_token_id"].contents()))
+        unk, int(fields["tokenizer.ggml.bos_token_id"]),
+        int(fields["tokenizer.ggml.eos_token_id"]), int(fields["tokenizer.ggml.padding_token_id"]))
     norm = proto.normalizer_spec
     norm.name, norm.add_dummy_prefix, norm.remove_extra_whitespaces, norm.escape_whitespaces = "identity", False, False, True
     folder.mkdir(parents=True, exist_ok=True)

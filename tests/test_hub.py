@@ -35,7 +35,7 @@ def test_the_card_holds_the_recipe_the_figures_and_the_limitations(xylandia_adap
     card = (folder / "README.md").read_text()  # as train() left it: the recipe, not peft's template
     assert "Model Card for Model ID" not in card and "base_model: google/gemma-3-270m" in card
     for line in ("| LoRA rank r | 16 |", "| LoRA alpha | 32 |", "| LoRA target modules | q_proj, v_proj |",
-                 "| learning rate | 0.0003 |", "| steps run | 40 |", "| training rows | 20 |"):
+                 f"| learning rate | {result.spec['learning_rate']} |", "| steps run | 40 |", "| training rows | 20 |"):
         assert line in card, line
     assert re.search(r"\| trained tokens per row \(min / median / max\) \| \d+ / \d+ / \d+ \|", card)
     gh.hub.write_card(folder, notebook="03_xylandia", data="data/xylandia.json",
