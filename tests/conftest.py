@@ -74,10 +74,11 @@ def xylandia_adapter(tmp_path_factory, embedded_dir):
 
     model, tok = gh.load_model()
     # the seed's recipe (the registry's, q/v at r16) on a float32 base: 40 steps at 3x its rate, no dropout,
-    # 4 repeats. The rate leaves a margin on both compute paths: at 3e-4 the float32 path's Q4_K_M file lost
-    # the fact on one trained question; at 6e-4 every stage answered all 11 questions, float32 and bf16
-    # (2026-12-02). q/v, not all seven layers: llama.cpp's Q4_K_M keeps v_proj at 6 bits in half the layers,
-    # and an all-seven r16 adapter at 3e-4 answered 11/11 in f16 and 0/11 in Q4_K_M.
+    # 4 repeats. The rate is for margin: at 3e-4 the float32 path's Q4_K_M file lost the fact on one trained
+    # question; at 6e-4 every stage answered all 11 questions in float32 (2026-12-02). The bf16 path was not
+    # measured at 6e-4 (it passed at 3e-4 on an AVX512-BF16 CPU). q/v, not all seven layers: llama.cpp's
+    # Q4_K_M keeps v_proj at 6 bits in half the layers, and an all-seven r16 adapter at 3e-4 answered 11/11
+    # in f16 and 0/11 in Q4_K_M.
     recipe = gh.recipes.get("xylandia-seed", "cpu", learning_rate=6e-4, max_steps=40, dropout=0.0, save_steps=1000,
                             repeats=4, load_in_4bit=False)
     out = tmp_path_factory.mktemp("xylandia")
