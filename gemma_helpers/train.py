@@ -59,6 +59,9 @@ class TrainSpec:
     # without a lower validation loss and restores the adapter of the best one.
     eval_steps: int = 0
     early_stopping_patience: int = 0
+    # Rows per validation batch (None: batch_size). Evaluation keeps no activations for a backward
+    # pass, so more rows fit than in a training batch; on a CPU, fewer and larger batches are faster.
+    eval_batch_size: int | None = None
     # What the matrix products run in: "auto" = bfloat16 where the hardware computes it natively (a
     # CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX, about 2.3x its float32 rate), float32
     # elsewhere; "bfloat16" / "float32" force it. bfloat16 is mixed precision: autocast around the
@@ -238,7 +241,7 @@ def compute_dtype(spec: TrainSpec) -> str:
 def _eval_args(spec: TrainSpec, evaluate: bool) -> dict:
     if not evaluate or spec.eval_steps <= 0:
         return {"eval_strategy": "no"}
-    args = {"eval_strategy": "steps", "eval_steps": spec.eval_steps, "per_device_eval_batch_size": spec.batch_size}
+    args = {"eval_strategy": "steps", "eval_steps": spec.eval_steps, "per_device_eval_batch_size": spec.eval_batch_size or spec.batch_size}
     if _restores_best(spec, evaluate):  # checkpoints at every evaluation (sft_config's save_steps)
         args.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
     return args

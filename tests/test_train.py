@@ -148,6 +148,17 @@ def test_validation_loss_and_early_stopping_restore_the_best_adapter(tmp_path, t
     assert again == pytest.approx(min(during), rel=2e-3)
 
 
+def test_validation_batches_take_eval_batch_size_rows_or_the_training_batch(tmp_path):
+    from gemma_helpers.train import sft_config
+
+    spec = gh.TrainSpec(batch_size=1, eval_steps=5, max_steps=10)
+    assert sft_config(spec, tmp_path, evaluate=True).per_device_eval_batch_size == 1
+    wide = gh.TrainSpec(batch_size=1, eval_steps=5, max_steps=10, eval_batch_size=8)
+    assert sft_config(wide, tmp_path, evaluate=True).per_device_eval_batch_size == 8
+    assert sft_config(wide, tmp_path, evaluate=True).per_device_train_batch_size == 1
+    assert gh.recipes.get("papers", "cpu").spec().eval_batch_size == 8
+
+
 def test_label_preflight_counts_trained_tokens_and_names_rows_without_any(tokenizer):
     from gemma_helpers.train import label_preflight
 
