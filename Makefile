@@ -4,7 +4,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 NB_TIMEOUT ?= 1200
-WHEELS ?= $(HOME)/.cache/gemma_helpers/wheels
+# llama-cpp-python's wheel, built once per machine; the folder names the build (env.LLAMA_CMAKE_ARGS)
+WHEELS ?= $(HOME)/.cache/gemma_helpers/wheels/llama-cpp-no-amx
 
 .PHONY: setup demo-setup demo test unit notebooks sync bench clean
 
@@ -20,7 +21,7 @@ $(VENV)/.demo-installed: requirements-demo.txt requirements-local.txt pyproject.
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.demo-installed requirements-keras.txt
-	CMAKE_ARGS="$$($(PY) -c 'from gemma_helpers import env; print(env.LLAMA_CMAKE_ARGS)')" $(PY) -m pip wheel -q --no-deps --find-links $(WHEELS) -w $(WHEELS) "$$(grep ^llama-cpp-python requirements-local.txt)"
+	CMAKE_ARGS="$$($(PY) -c 'from gemma_helpers import env; print(env.LLAMA_CMAKE_ARGS)')" $(PY) -m pip wheel -q --no-cache-dir --no-deps --find-links $(WHEELS) -w $(WHEELS) "$$(grep ^llama-cpp-python requirements-local.txt)"
 	$(PY) -m pip install -q --find-links $(WHEELS) -r requirements-local.txt
 	$(PY) -m pip install -q --no-deps -r requirements-keras.txt
 	$(PY) -m pip install -q -e . --no-deps

@@ -299,9 +299,15 @@ def report(requirements: str | Path | None = None, show: bool = True) -> Report:
 # Colab's own CUDA builds: pip must keep them, so the install runs under a constraint pinning each.
 KEEP = ("torch", "torchvision", "torchaudio")
 # llama-cpp-python builds llama.cpp from source; the series calls only its text model API, so the
-# multimodal library (mtmd / llava) and every binary are left out of the build.
+# multimodal library (mtmd / llava) and every binary are left out of the build. The build is native
+# (-march=native), which on an Intel CPU with AMX (Sapphire Rapids and later) compiles ggml's AMX
+# matrix kernels: there the first decode of a Q4_K_M file crashed the process (SIGSEGV in llama_decode,
+# 0.3.36 on a 2-core Xeon with amx_int8, 2026-12-02; llama.cpp issue 20824, open), while f16 files
+# answered. The -mno-amx-* flags keep every other native instruction (AVX512, VNNI) and drop AMX.
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 LLAMA_CMAKE_ARGS = ("-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
-                    "-DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF")
+                    f"-DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF '-DCMAKE_C_FLAGS={NO_AMX}' "
+                    f"'-DCMAKE_CXX_FLAGS={NO_AMX}'")
 
 
 def write_constraints(path: str | Path, versions: dict[str, str]) -> Path:
