@@ -147,3 +147,49 @@ def test_load_gguf_fails_only_with_gguf_error(tmp_path):
                         (_gguf(tmp_path / "tiny.gguf", tensors=True), "llama.cpp could not load it")):
         with pytest.raises(GGUFError, match=words):
             load_gguf(path)
+
+
+# ---------------------------------------------------------------- the setup cell's repository URL
+def _run_setup_cell(monkeypatch, repo, url, calls):
+    """The setup cell as Colab runs it, cloning into ``repo``; only ``git`` really runs (``calls`` gets each command)."""
+    import subprocess
+    import sys
+
+    from gemma_helpers.setup_cell import TEMPLATE
+
+    real_run = subprocess.run
+
+    def run(cmd, *a, **kw):
+        calls.append(cmd)
+        if cmd[0] == "git":
+            return real_run(cmd, *a, **kw)
+        raise AssertionError(f"the cell ran {cmd}")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setitem(sys.modules, "google.colab", type(sys)("google.colab"))
+    monkeypatch.setenv("GEMMA_REPO_URL", url)
+    assert TEMPLATE.count('REPO = "/content/gemma-lora-notebooks"') == 1
+    cell = TEMPLATE.replace('REPO = "/content/gemma-lora-notebooks"', f"REPO = {str(repo)!r}")
+    exec(compile(cell, "setup-cell", "exec"), {})
+
+
+@pytest.mark.parametrize("url", ["--upload-pack=touch {marker}", "-u touch {marker}", "ext::sh -c touch% {marker}",
+                                 " --upload-pack=touch {marker} "])
+def test_setup_cell_refuses_a_repo_url_that_git_would_read_as_an_option(monkeypatch, tmp_path, url):
+    import subprocess
+
+    repo, marker = tmp_path / "gemma-lora-notebooks", tmp_path / "pwned"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)  # an earlier clone, without the package
+    url, calls = url.format(marker=marker), []
+    with pytest.raises(SystemExit, match=r"is not an http\(s\), ssh, git or file URL") as err:
+        _run_setup_cell(monkeypatch, repo, url, calls)
+    assert repr(url.strip()) in str(err.value) and "GEMMA_REPO_URL" in str(err.value)
+    assert calls == [] and not marker.exists()
+
+
+def test_setup_cell_passes_the_url_after_double_dash(monkeypatch, tmp_path):
+    missing = tmp_path / "no-such-repo"
+    calls = []
+    with pytest.raises(SystemExit, match=f"git clone file://{missing} failed"):
+        _run_setup_cell(monkeypatch, tmp_path / "clone", f"file://{missing}", calls)
+    assert [c[-3:] for c in calls] == [["--", f"file://{missing}", str(tmp_path / "clone")]]
