@@ -193,3 +193,99 @@ def test_setup_cell_passes_the_url_after_double_dash(monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match=f"git clone file://{missing} failed"):
         _run_setup_cell(monkeypatch, tmp_path / "clone", f"file://{missing}", calls)
     assert [c[-3:] for c in calls] == [["--", f"file://{missing}", str(tmp_path / "clone")]]
+
+
+# ---------------------------------------------------------------- gh.serve under a hostile environment
+FAKE_SERVER = '''
+"""Stands in for llama_cpp.server: reads HOST, PORT and CONFIG_FILE ahead of its flags as that server does."""
+import argparse, json, os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+parser = argparse.ArgumentParser()
+for flag in ("--model", "--model_alias", "--host", "--port", "--n_ctx", "--n_threads", "--seed", "--chat_format"):
+    parser.add_argument(flag)
+args = parser.parse_args()
+host, port, alias = args.host, int(args.port), args.model_alias
+if os.environ.get("CONFIG_FILE"):
+    config = json.load(open(os.environ["CONFIG_FILE"]))
+    host, port, alias = config["host"], config["port"], config["models"][0]["model_alias"]
+host, port = os.getenv("HOST", host), int(os.getenv("PORT", port))
+alias = ANSWER or alias
+secrets = sorted(k for k in os.environ if k.upper() in ("API_KEY", "SSL_KEYFILE", "N_GPU_LAYERS"))
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": alias, "owned_by": f"{host}:{port}", "env": secrets}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+HTTPServer((host, port), Handler).serve_forever()
+'''
+
+
+@pytest.fixture
+def fake_llama_server(monkeypatch, tmp_path):
+    """gh.serve starting FAKE_SERVER instead of llama_cpp.server (no model loaded); call it with what /v1/models answers."""
+    import importlib
+
+    pytest.importorskip("llama_cpp.server.settings")
+    serve = importlib.import_module("gemma_helpers.serve")  # the module (gemma_helpers.serve is also the function)
+
+    def use(answer=None):
+        (tmp_path / "fake_llama_server.py").write_text(FAKE_SERVER.replace("ANSWER", repr(answer)))
+        monkeypatch.setattr(serve, "SERVER_MODULE", "fake_llama_server")
+        monkeypatch.setattr(serve, "chat_format", lambda path: "gemma")
+        monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+        return serve
+
+    return use
+
+
+def _get(url):
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return json.load(answer)
+
+
+def test_serve_binds_loopback_whatever_host_port_and_config_file_say(fake_llama_server, monkeypatch, tmp_path):
+    serve = fake_llama_server()
+    elsewhere = serve.free_port()
+    (tmp_path / "config.json").write_text(json.dumps({"host": "0.0.0.0", "port": elsewhere, "models": [{"model_alias": "x"}]}))
+    for name, value in {"HOST": "0.0.0.0", "PORT": str(elsewhere), "CONFIG_FILE": str(tmp_path / "config.json"),
+                        "api_key": "k", "Ssl_Keyfile": "/nope", "N_GPU_LAYERS": "99"}.items():
+        monkeypatch.setenv(name, value)
+    with serve.serve(tmp_path / "m.gguf", timeout=20) as server:
+        model, = _get(f"{server.base_url}/models")["data"]
+        assert (model["id"], model["owned_by"], model["env"]) == ("m.gguf", f"127.0.0.1:{server.port}", [])
+    assert "PATH" in serve.server_env() and not {"HOST", "PORT", "CONFIG_FILE", "api_key"} & set(serve.server_env())
+
+
+def test_serve_refuses_a_taken_port_before_starting(fake_llama_server, monkeypatch, tmp_path):
+    import socket
+    import time
+
+    serve = fake_llama_server()
+    monkeypatch.setattr(serve.subprocess, "Popen", lambda *a, **kw: pytest.fail("a server was started"))
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        start = time.time()
+        with pytest.raises(serve.PortInUseError, match=f"port {port} on 127.0.0.1 is already in use"):
+            serve.serve(tmp_path / "m.gguf", port=port, timeout=20)
+        assert time.time() - start < 2
+
+
+def test_serve_refuses_a_server_that_serves_another_model(fake_llama_server, monkeypatch, tmp_path):
+    serve = fake_llama_server(answer="someone-else.gguf")
+    started = []
+    popen = serve.subprocess.Popen
+    monkeypatch.setattr(serve.subprocess, "Popen", lambda *a, **kw: started.append(popen(*a, **kw)) or started[-1])
+    with pytest.raises(RuntimeError, match=r"serves \['someone-else.gguf'\], not m.gguf: another process holds port"):
+        serve.serve(tmp_path / "m.gguf", timeout=20)
+    assert started[0].poll() is not None  # the process started is stopped, not left running
