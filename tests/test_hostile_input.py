@@ -289,3 +289,34 @@ def test_serve_refuses_a_server_that_serves_another_model(fake_llama_server, mon
     with pytest.raises(RuntimeError, match=r"serves \['someone-else.gguf'\], not m.gguf: another process holds port"):
         serve.serve(tmp_path / "m.gguf", timeout=20)
     assert started[0].poll() is not None  # the process started is stopped, not left running
+
+
+# ---------------------------------------------------------------- gh.merge into its own source
+class _Loaded(Exception):
+    pass
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("target", ["adapter", "adapter/merged", ".", "base", "base/merged", "link", "adapter/../adapter"])
+def test_merge_refuses_a_target_that_is_in_or_around_the_adapter_or_base(monkeypatch, tmp_path, target):
+    from gemma_helpers import export
+
+    adapter, base = tmp_path / "adapter", tmp_path / "base"
+    adapter.mkdir(), base.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    (adapter / export.META).write_text("{}")
+    (base / "config.json").write_text("{}")
+    (tmp_path / "link").symlink_to(adapter)
+    before = _snapshot(tmp_path)
+    monkeypatch.setattr(export, "load_trained_base", lambda adapter_dir: (_ for _ in ()).throw(_Loaded()))
+    out = tmp_path / target
+    with pytest.raises(ValueError, match="merge target") as err:
+        export.merge(adapter, out)
+    assert str(out) in str(err.value) and (str(adapter) in str(err.value) or str(base) in str(err.value))
+    assert _snapshot(tmp_path) == before
+    with pytest.raises(_Loaded):  # a folder beside them is fine: the merge goes on to load the base
+        export.merge(adapter, tmp_path / "merged")
