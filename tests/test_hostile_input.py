@@ -5,6 +5,7 @@ Lines files written by other tools: test_jsonl.)"""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -320,3 +321,63 @@ def test_merge_refuses_a_target_that_is_in_or_around_the_adapter_or_base(monkeyp
     assert _snapshot(tmp_path) == before
     with pytest.raises(_Loaded):  # a folder beside them is fine: the merge goes on to load the base
         export.merge(adapter, tmp_path / "merged")
+
+
+# ---------------------------------------------------------------- the model card
+def _card_folder(tmp_path, base="google/gemma-3-270m"):
+    folder = tmp_path / "adapter"
+    folder.mkdir(exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
+    return folder
+
+
+def test_card_that_cannot_be_encoded_leaves_the_old_readme(tmp_path):
+    from gemma_helpers.hub import write_card
+
+    folder = _card_folder(tmp_path)
+    old = write_card(folder, title="Xylandia ✓").read_bytes()
+    assert "Xylandia ✓".encode() in old
+    with pytest.raises(ValueError) as err:
+        write_card(folder, title="broken \ud800 title")
+    assert (folder / "README.md").read_bytes() == old
+    assert re.search(rf"{folder / 'README.md'}.*UTF-8", str(err.value)), err.value
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json"]  # no temp file left
+
+
+def test_card_is_utf8_whatever_the_locale(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = _card_folder(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    code = f"from gemma_helpers.hub import write_card; write_card({str(folder)!r}, title={ascii('درود ✓')})"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "# درود ✓" in (folder / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("base", ["google/gemma\nlicense: other", "google/gemma\r\nx: y", "google/gemma\u2028x: y",
+                                  "google/gemma\x00", "google/gemma\x1b[31m", "google/gemma\u0085x: y"])
+def test_card_refuses_a_base_id_with_control_characters(tmp_path, base):
+    from gemma_helpers.hub import write_card
+
+    folder = _card_folder(tmp_path, base)
+    with pytest.raises(ValueError, match=rf"{folder}.*base model id {re.escape(repr(base))} has a control character"):
+        write_card(folder)
+    assert not (folder / "README.md").exists()
+
+
+def test_card_escapes_pipes_and_line_breaks_in_result_keys_and_values(tmp_path):
+    from gemma_helpers.hub import write_card
+
+    folder = _card_folder(tmp_path)
+    results = {"recall | held out": 0.5, "two\nlines": "a|b", "note": "x\r\ny\\|z", "lost": ["p|q", "r\ns"],
+               "by split": {"train|x": 1.0}}
+    card = write_card(folder, results=results).read_text(encoding="utf-8")
+    table = card.split("## Measured results")[1].split("\n\n")[1].splitlines()
+    assert len(table) == 2 + 5, table
+    for row in table:  # each row: two cells, every pipe inside a cell escaped
+        assert len(re.findall(r"(?<!\\)(?:\\\\)*\|", row)) == 3, row
+    assert card.count("\n---\n") == 1 and card.startswith("---\n")
