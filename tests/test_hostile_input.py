@@ -381,3 +381,43 @@ def test_card_escapes_pipes_and_line_breaks_in_result_keys_and_values(tmp_path):
     for row in table:  # each row: two cells, every pipe inside a cell escaped
         assert len(re.findall(r"(?<!\\)(?:\\\\)*\|", row)) == 3, row
     assert card.count("\n---\n") == 1 and card.startswith("---\n")
+
+
+# ---------------------------------------------------------------- recipe overrides
+@pytest.mark.parametrize("overrides, said", [
+    ({"learning_rate": "2e-4", "max_steps": "20"},
+     ["learning_rate='2e-4' is a str: expected a number > 0", "max_steps='20' is a str: expected -1 (train by epochs) or an int >= 1"]),
+    ({"max_steps": -5}, ["max_steps=-5: expected -1 (train by epochs) or an int >= 1"]),
+    ({"max_steps": 0}, ["max_steps=0: expected -1 (train by epochs) or an int >= 1"]),
+    ({"max_steps": True, "r": 8.0}, ["max_steps=True is a bool: expected -1 (train by epochs) or an int >= 1",
+                                        "r=8.0 is a float: expected an int >= 1"]),
+    ({"learning_rate": 0, "epochs": float("nan")}, ["learning_rate=0: expected a number > 0", "epochs=nan: expected a number > 0"]),
+    ({"batch_size": 0, "dropout": 1.0, "warmup_steps": -1},
+     ["batch_size=0: expected an int >= 1", "dropout=1.0: expected a number >= 0 and < 1", "warmup_steps=-1: expected an int >= 0"]),
+    ({"target_modules": ["q_proj", 3], "padding_free": "yes", "compute_dtype": "float16"},
+     ["target_modules=['q_proj', 3]: expected", "padding_free='yes' is a str: expected True, False or None",
+      "compute_dtype='float16': expected one of"]),
+])
+def test_recipe_overrides_are_checked_all_at_once_naming_field_value_and_what_is_allowed(overrides, said):
+    from gemma_helpers import recipes
+    from gemma_helpers.train import TrainSpec
+
+    with pytest.raises(ValueError) as err:
+        recipes.get("papers", "cpu", **overrides)
+    assert "recipe 'papers' (cpu profile)" in str(err.value)
+    for words in said:
+        assert words in str(err.value), (words, str(err.value))
+    with pytest.raises(ValueError) as err:
+        TrainSpec(**overrides)
+    assert all(words in str(err.value) for words in said), str(err.value)
+
+
+def test_good_overrides_and_every_registered_recipe_still_build_a_spec():
+    from gemma_helpers import recipes
+
+    spec = recipes.get("papers", "cpu", learning_rate=1e-4, max_steps=20, epochs=2, target_modules="q_proj").spec()
+    assert (spec.learning_rate, spec.max_steps, spec.epochs) == (1e-4, 20, 2)
+    assert recipes.get("papers", "cpu", max_steps=-1).spec().max_steps == -1
+    for name in recipes.REGISTRY:
+        for profile in recipes.PROFILES:
+            recipes.get(name, profile).spec()
