@@ -421,3 +421,38 @@ def test_good_overrides_and_every_registered_recipe_still_build_a_spec():
     for name in recipes.REGISTRY:
         for profile in recipes.PROFILES:
             recipes.get(name, profile).spec()
+
+
+# ---------------------------------------------------------------- JSON Lines lines that break the parser
+def _hostile_jsonl(tmp_path):
+    lines = ['{"t": "one"}', "[" * 100_000, '{"t": "two \\ud83d\\ude00"}', '{"n": ' + "9" * 5000 + "}", "",
+             '{"t": "lone \\ud800 half"}', '{"\\udc00": "key"}', '{"t": "three"}']
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_jsonl_skip_keeps_good_rows_when_a_line_breaks_the_parser(tmp_path):
+    from gemma_helpers.jsonl import read_jsonl
+
+    path, said = _hostile_jsonl(tmp_path), []
+    rows = read_jsonl(path, errors="skip", report=said.append)
+    assert rows == [{"t": "one"}, {"t": "two \U0001f600"}, {"t": "three"}] and rows.lines == [1, 3, 8]
+    assert [e.line for e in rows.skipped] == [2, 4, 6, 7]  # file lines: the blank line 5 is counted
+    problems = [e.problem for e in rows.skipped]
+    assert "nested too deeply" in problems[0] and "digits" in problems[1]
+    assert "lone surrogate U+D800" in problems[2] and "field 't'" in problems[2]
+    assert "lone surrogate U+DC00" in problems[3] and "a key" in problems[3]
+    assert said[:4] == [f"skipped {e}" for e in rows.skipped] and said[4] == f"{path}: skipped 4 of 7 lines"
+
+
+@pytest.mark.parametrize("line, words", [(2, "nested too deeply"), (4, "digits"), (6, "lone surrogate")])
+def test_jsonl_raise_names_the_file_line_of_a_line_that_breaks_the_parser(tmp_path, line, words):
+    from gemma_helpers.jsonl import JSONLError, read_jsonl
+
+    path = _hostile_jsonl(tmp_path)
+    text = path.read_text(encoding="utf-8").split("\n")
+    keep = [t if i + 1 in (1, line) else "" for i, t in enumerate(text)]  # the bad line alone, at its place
+    path.write_text("\n".join(keep), encoding="utf-8")
+    with pytest.raises(JSONLError, match=rf"{path}:{line}: .*{words}"):
+        read_jsonl(path, errors="raise")
