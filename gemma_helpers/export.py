@@ -117,19 +117,46 @@ def _save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
     return out_dir
 
 
+def check_merge_target(adapter_dir: str | Path, out_dir: str | Path) -> None:
+    """:class:`ValueError` naming both folders when ``out_dir`` is, contains or lies inside the adapter
+    folder or the base model's local folder (symbolic links and ``..`` resolved): writing there would
+    replace what the merge reads. Checked before anything is loaded or written.
+
+    Not shown in a notebook: used by gemma_helpers.export.merge, gemma_helpers.export.merge_16bit and
+    gemma_helpers.export.save_trained_base."""
+    from .models import EMBEDDED, cache_root, hub_id
+
+    adapter_dir = Path(adapter_dir)
+    base = str(check_adapter(adapter_dir).get("base_model_name_or_path") or "")
+    sources = {"the adapter folder": adapter_dir}
+    if base and Path(base).expanduser().is_dir():
+        sources["the base model folder"] = Path(base).expanduser()
+    elif base and hub_id(base) == hub_id(EMBEDDED):
+        sources["the base model folder"] = cache_root() / EMBEDDED
+    out = Path(out_dir).expanduser().resolve()
+    for what, source in sources.items():
+        src = source.resolve()
+        how = "is" if out == src else "lies inside" if src in out.parents else "contains" if out in src.parents else None
+        if how:
+            raise ValueError(f"merge target {out_dir} {how} {what} {source}: writing there would destroy what the "
+                             "merge reads; choose a folder outside both")
+
+
 def merge(adapter_dir: str | Path, out_dir: str | Path | None = None, dtype=None) -> Path:
     """Merge a LoRA adapter into a full-precision copy of its base; return the merged folder.
 
     The folder is written under a temporary name and renamed when complete, so an interrupted
-    merge leaves nothing that looks finished.
+    merge leaves nothing that looks finished. A target that is, contains or lies inside the adapter
+    or the base model folder is refused first (:func:`check_merge_target`).
 
     Notebook 02, section 8; Notebook 03, section 3; Notebook 05, section 1."""
     import torch
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
-    config, meta, base, tokenizer = load_trained_base(adapter_dir)
     out_dir = Path(out_dir) if out_dir else adapter_dir.parent / "merged"
+    check_merge_target(adapter_dir, out_dir)
+    config, meta, base, tokenizer = load_trained_base(adapter_dir)
     dtype = dtype or (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32)
     rows_before = base.get_input_embeddings().weight.shape[0]
     model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
@@ -158,6 +185,7 @@ def merge_16bit(model, tokenizer, adapter_dir: str | Path, out_dir: str | Path) 
     from . import env, rehearsal
 
     out_dir = Path(out_dir)
+    check_merge_target(adapter_dir, out_dir)
     if env.unsloth_available():
         model.save_pretrained_merged(str(out_dir), tokenizer, save_method="merged_16bit")
         return out_dir
@@ -172,8 +200,9 @@ def save_trained_base(adapter_dir: str | Path, out_dir: str | Path | None = None
 
     Notebook 05, section 3."""
     adapter_dir = Path(adapter_dir)
-    config, meta, base, tokenizer = load_trained_base(adapter_dir)
     out_dir = Path(out_dir) if out_dir else adapter_dir.parent / "base"
+    check_merge_target(adapter_dir, out_dir)
+    config, meta, base, tokenizer = load_trained_base(adapter_dir)
     return _save_model(base, tokenizer, out_dir, {"base_of": str(adapter_dir), "base": config["base_model_name_or_path"],
                                                  "dequantized_4bit_base": bool(meta.get("load_in_4bit", False))})
 

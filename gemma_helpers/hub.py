@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -40,7 +42,7 @@ def _load_snippet(folder: Path, base: str, four_bit: bool, adapter: bool) -> str
              "four_bit = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\", bnb_4bit_use_double_quant=True,\n"
              "                              bnb_4bit_compute_dtype=\"float32\")  # the base as the adapter was trained on it\n")
     if adapter:
-        load = (f"base = AutoModelForCausalLM.from_pretrained(\"{base}\", dtype=\"float32\""
+        load = (f"base = AutoModelForCausalLM.from_pretrained({json.dumps(base)}, dtype=\"float32\""
                 f"{', quantization_config=four_bit' if four_bit else ''})\n"
                 "tokenizer = AutoTokenizer.from_pretrained(ADAPTER)  # Gemma's chat template travels with the adapter\n"
                 "model = PeftModel.from_pretrained(base, ADAPTER)\n")
@@ -62,9 +64,20 @@ def _load_snippet(folder: Path, base: str, four_bit: bool, adapter: bool) -> str
 
 
 def _fmt(value) -> str:
+    """``value`` as one markdown table cell: backslashes and pipes escaped, every line break a space."""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return " ".join(str(value).replace("\\", "\\\\").replace("|", "\\|").splitlines())
+
+
+def _check_base(folder: Path, base: str) -> str:
+    """``base``, or :class:`ValueError` when it holds a control or line-break character (it would add
+    lines to the card's YAML front matter)."""
+    bad = [c for c in base if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")]
+    if bad:
+        raise ValueError(f"{folder}: base model id {base!r} has a control character ({bad[0]!r}); "
+                         "a hub id is owner/name")
+    return base
 
 
 def _figures(results: Mapping) -> list[str]:
@@ -72,13 +85,13 @@ def _figures(results: Mapping) -> list[str]:
     lines = ["| figure | value |", "| --- | --- |"]
     for key, value in results.items():
         if isinstance(value, (int, float, bool, str)) and len(_fmt(value)) <= 200:
-            lines.append(f"| {key} | {_fmt(value)} |")
+            lines.append(f"| {_fmt(key)} | {_fmt(value)} |")
         elif isinstance(value, list) and len(value) <= 12:
-            lines.append(f"| {key} | {'; '.join(_fmt(v) for v in value) or '(none)'} |")
+            lines.append(f"| {_fmt(key)} | {'; '.join(_fmt(v) for v in value) or '(none)'} |")
         elif isinstance(value, Mapping):
             for sub, v in value.items():
                 if isinstance(v, (int, float, bool)):
-                    lines.append(f"| {key}.{sub} | {_fmt(v)} |")
+                    lines.append(f"| {_fmt(f'{key}.{sub}')} | {_fmt(v)} |")
     return lines
 
 
@@ -90,13 +103,15 @@ def write_card(folder: str | Path, title: str | None = None, notebook: str | Non
     The recipe comes from the folder's ``gemma_helpers.json`` (written by :func:`gemma_helpers.train`
     and :func:`gemma_helpers.merge`); ``results`` is a results dict or the name of an
     ``outputs/results`` file; ``limitations`` are the notebook's own findings, one sentence each.
+    The card is written whole (a temporary file in the folder, then renamed) in UTF-8; a base id with a
+    control character is refused, and pipes and line breaks in the results are escaped.
     Notebook 03 calls it after its evaluation so the measured held-out recall is in the card."""
     from .results import load
 
     folder = Path(folder)
     meta = _meta(folder)
     adapter = (folder / "adapter_config.json").is_file()
-    base = base_model(folder)
+    base = _check_base(folder, base_model(folder))
     run = meta.get("train") or {}
     spec = run.get("spec") or {}
     if isinstance(results, str):
@@ -104,7 +119,7 @@ def write_card(folder: str | Path, title: str | None = None, notebook: str | Non
     four_bit = bool(run.get("load_in_4bit", meta.get("load_in_4bit", False)))
     lines = ["---", *([f"base_model: {base}"] if base else []), *(["library_name: peft"] if adapter else []),
              "pipeline_tag: text-generation", "tags:", "- gemma", "- lora", f"- {REPO}", "---", "",
-             f"# {title or folder.parent.name + ('/' + folder.name)}", ""]
+             f"# {' '.join((title or folder.parent.name + '/' + folder.name).splitlines())}", ""]
     what = "A LoRA adapter for" if adapter else "A full model: a LoRA adapter merged into"
     base = base or "a model built in memory (no hub id)"
     by = f", trained by notebook `{notebook}` of {REPO}" if notebook else f", trained with {REPO}"
@@ -138,7 +153,19 @@ def write_card(folder: str | Path, title: str | None = None, notebook: str | Non
               f"{REPO} code needed); set `QUESTION`:", "", "```python",
               _load_snippet(folder, base, four_bit, adapter).rstrip(), "```", ""]
     path = folder / "README.md"
-    path.write_text("\n".join(lines))
+    try:
+        data = "\n".join(lines).encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: raised before the old card is touched
+        raise ValueError(f"{path}: the card cannot be written as UTF-8 ({exc}); the old card is kept") from exc
+    fd, tmp = tempfile.mkstemp(prefix=".README.md.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)  # as a plain write leaves it (mkstemp's file is the owner's only)
+        os.replace(tmp, path)  # atomic: a reader sees the old card or the new one, never half of one
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

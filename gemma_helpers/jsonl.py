@@ -4,7 +4,10 @@ The file is UTF-8 (a byte-order mark at the start is accepted) and lines end in 
 ``\\r\\n``) only: a U+2028, U+0085 or form feed inside a JSON string is part of its line, not a line
 end (``str.splitlines`` would cut the row there). Blank lines are skipped, and every row keeps the
 number of its line in the file, so a message names the line an editor shows. Every problem (a line
-that is not UTF-8, not JSON, or refused by the caller's ``check``) names the file and the line.
+that is not UTF-8, not JSON, cannot be parsed at all (nested past the recursion limit, an integer of
+thousands of digits), holds a lone surrogate from a ``\\ud800`` escape, or is refused by the caller's
+``check``) names the file and the line; under ``errors="skip"`` it is that line's error and the good
+rows stay.
 """
 from __future__ import annotations
 
@@ -36,6 +39,25 @@ class Rows(list):
         super().__init__()
         self.lines: list[int] = []
         self.skipped: list[JSONLError] = []
+
+
+def _surrogate(row) -> str | None:
+    """Where ``row`` holds a lone surrogate (a JSON ``\\ud800`` escape without its pair: no UTF-8 text can
+    hold it), or None. Iterative, so a row as deep as the parser allows is walked too."""
+    stack = [(row, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, f"a key of {where or 'the row'}"))
+                stack.append((item, f"{where}.{key}" if where else f"field {key!r}"))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where or 'the row'}[{i}]") for i, item in enumerate(value))
+        elif isinstance(value, str):
+            bad = next((c for c in value if "\ud800" <= c <= "\udfff"), None)
+            if bad is not None:
+                return f"{where or 'the row'} has a lone surrogate U+{ord(bad):04X} (half of a pair; not text)"
+    return None
 
 
 def read_jsonl(path: str | Path, *, errors: str, report: Callable[[str], object] | None = print,
@@ -81,6 +103,16 @@ def read_jsonl(path: str | Path, *, errors: str, report: Callable[[str], object]
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             refuse(n, f"not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        except RecursionError:
+            refuse(n, "JSON nested too deeply to parse (arrays or objects inside each other past Python's recursion limit)")
+            continue
+        except Exception as exc:  # noqa: BLE001 - e.g. ValueError for an integer of more than 4300 digits
+            refuse(n, f"JSON that cannot be parsed ({type(exc).__name__}: {exc})")
+            continue
+        problem = _surrogate(row)
+        if problem:
+            refuse(n, problem)
             continue
         problem = check(row) if check is not None else None
         if problem:

@@ -87,7 +87,9 @@ def register(recipe: Recipe) -> Recipe:
 
 def get(name: str, profile: str | None = None, **overrides) -> Run:
     """``name``'s numbers for ``profile`` (default: this machine's, :func:`gemma_helpers.env.profile`),
-    with ``overrides`` applied last. An unknown recipe or key is named with the ones there are.
+    with ``overrides`` applied last. An unknown recipe or key is named with the ones there are; a
+    training number of the wrong type or range (``learning_rate="2e-4"``, ``max_steps=-5``) raises
+    :class:`ValueError` naming every such field, its value and what is allowed.
     Notebook 01, "Parameters" (and notebooks 02 to 06), ``benchmarks/train_throughput.py``, tests/conftest.py."""
     from .env import profile as machine_profile
 
@@ -110,6 +112,11 @@ def get(name: str, profile: str | None = None, **overrides) -> Run:
             raise KeyError(f"recipe {name!r} has no number {key!r}; it has {', '.join(values)} and TrainSpec's fields")
         changed.setdefault(key, values.get(key, defaults.get(key)))
         values[key] = value
+    from .train import spec_problems
+
+    problems = spec_problems({k: v for k, v in values.items() if k in defaults})  # every one at once
+    if problems:
+        raise ValueError(f"recipe {name!r} ({profile} profile): {'; '.join(problems)}")
     return Run(recipe, profile, values, {k: v for k, v in changed.items() if v is NEW or values[k] != v})
 
 

@@ -1,7 +1,8 @@
 """The setup cell: one template, stamped by ``make sync`` into the first code cell of every notebook.
 
 On Colab the cell clones the repository from the one URL the reader gives (the form field
-``REPO_URL`` or the environment variable ``GEMMA_REPO_URL``) and installs the pinned stack with
+``REPO_URL`` or the environment variable ``GEMMA_REPO_URL``; an http(s), ssh, git or file URL or an
+absolute path, passed to ``git clone`` after ``--`` so it is never read as an option) and installs the pinned stack with
 Colab's torch kept (:func:`gemma_helpers.env.colab_install`); anywhere else it only imports the
 package and reports the environment. What one notebook needs beyond that (llama.cpp's binding for
 05, the Keras stack for 06) it asks for in its own next cell with ``gh.env.ensure(...)``.
@@ -20,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 
 T0 = time.time()
 REPO_URL = ""  # @param {type:"string"}
@@ -30,7 +32,11 @@ if "google.colab" in sys.modules:
     if not os.path.isdir(f"{REPO}/gemma_helpers"):
         if not REPO_URL:
             raise SystemExit(f"No repository URL. {HOW}")
-        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, REPO], capture_output=True, text=True)
+        # Only a URL (or an absolute path) reaches git, and after "--": never an option such as --upload-pack.
+        URL = urllib.parse.urlsplit(REPO_URL)
+        if not ((URL.scheme in ("https", "http", "ssh", "git", "file") and not URL.netloc.startswith("-")) or REPO_URL.startswith("/")):
+            raise SystemExit(f"REPO_URL / GEMMA_REPO_URL {REPO_URL!r} is not an http(s), ssh, git or file URL (or an absolute path). {HOW}")
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", "--", REPO_URL, REPO], capture_output=True, text=True)
         if clone.returncode != 0:
             raise SystemExit(f"git clone {REPO_URL} failed: {clone.stderr.strip()}\\n{HOW}")
     sys.path.insert(0, REPO)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from . import env, trl_compat
@@ -68,6 +69,65 @@ class TrainSpec:
     # forward and backward passes, the LoRA weights, their gradients and the optimizer state stay
     # float32 (tests/test_train.py holds its loss to the float32 run's). Never float16 (Gemma overflows).
     compute_dtype: str = "auto"
+
+    def __post_init__(self):
+        problems = spec_problems({f.name: getattr(self, f.name) for f in fields(self)})
+        if problems:
+            raise ValueError(f"TrainSpec: {'; '.join(problems)}")
+
+
+_INT_AT_LEAST = {"r": 1, "alpha": 1, "batch_size": 1, "grad_accum": 1, "warmup_steps": 0, "seed": 0, "max_seq_length": 1,
+                 "save_steps": 1, "logging_steps": 1, "eval_steps": 0, "early_stopping_patience": 0}
+
+
+def spec_problems(values) -> list[str]:
+    """One line per :class:`TrainSpec` field in ``values`` whose type or range is wrong, naming the field,
+    the value and what is allowed (``max_steps``: -1 trains by ``epochs``, otherwise an int >= 1; rates
+    and epochs finite and > 0; an int is an int, never a bool, a float or a string). Other keys are ignored.
+
+    Not shown in a notebook: used by gemma_helpers.train.TrainSpec and gemma_helpers.recipes.get."""
+    def kind(value):
+        return f" is a {type(value).__name__}"
+
+    def is_int(value):
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    def is_real(value):
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+    problems = []
+    for key, value in values.items():
+        shown = f"{key}={value!r}"
+        if key in _INT_AT_LEAST or key in ("max_steps", "save_total_limit"):
+            low = _INT_AT_LEAST.get(key, 1)
+            allowed = ("-1 (train by epochs) or an int >= 1" if key == "max_steps"
+                       else "an int >= 1 or None (keep every checkpoint)" if key == "save_total_limit" else f"an int >= {low}")
+            if key == "save_total_limit" and value is None:
+                continue
+            if not is_int(value):
+                problems.append(f"{shown}{kind(value)}: expected {allowed}")
+            elif value < low and not (key == "max_steps" and value == -1):
+                problems.append(f"{shown}: expected {allowed}")
+        elif key in ("learning_rate", "epochs", "dropout", "weight_decay"):
+            allowed = {"dropout": "a number >= 0 and < 1", "weight_decay": "a number >= 0"}.get(key, "a number > 0")
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                problems.append(f"{shown}{kind(value)}: expected {allowed}")
+            elif not is_real(value) or value < 0 or (value == 0 and key in ("learning_rate", "epochs")) or (key == "dropout" and value >= 1):
+                problems.append(f"{shown}: expected {allowed}")
+        elif key in ("lr_scheduler", "optim"):
+            if not isinstance(value, str) or not value.strip():
+                problems.append(f"{shown}: expected a name (a non-empty str)")
+        elif key == "target_modules":
+            names = [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else None
+            if not names or not all(isinstance(n, str) and n.strip() for n in names):
+                problems.append(f"{shown}: expected module names (a tuple or list of non-empty str) or one regular expression (a str)")
+        elif key == "padding_free":
+            if value is not None and not isinstance(value, bool):
+                problems.append(f"{shown}{kind(value)}: expected True, False or None")
+        elif key == "compute_dtype":
+            if value not in COMPUTE_DTYPES:
+                problems.append(f"{shown}: expected one of {COMPUTE_DTYPES}")
+    return problems
 
 
 class NonFiniteLossError(RuntimeError):

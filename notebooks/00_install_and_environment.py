@@ -39,6 +39,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 
 T0 = time.time()
 REPO_URL = ""  # @param {type:"string"}
@@ -49,7 +50,11 @@ if "google.colab" in sys.modules:
     if not os.path.isdir(f"{REPO}/gemma_helpers"):
         if not REPO_URL:
             raise SystemExit(f"No repository URL. {HOW}")
-        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, REPO], capture_output=True, text=True)
+        # Only a URL (or an absolute path) reaches git, and after "--": never an option such as --upload-pack.
+        URL = urllib.parse.urlsplit(REPO_URL)
+        if not ((URL.scheme in ("https", "http", "ssh", "git", "file") and not URL.netloc.startswith("-")) or REPO_URL.startswith("/")):
+            raise SystemExit(f"REPO_URL / GEMMA_REPO_URL {REPO_URL!r} is not an http(s), ssh, git or file URL (or an absolute path). {HOW}")
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", "--", REPO_URL, REPO], capture_output=True, text=True)
         if clone.returncode != 0:
             raise SystemExit(f"git clone {REPO_URL} failed: {clone.stderr.strip()}\n{HOW}")
     sys.path.insert(0, REPO)

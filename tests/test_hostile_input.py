@@ -5,6 +5,7 @@ Lines files written by other tools: test_jsonl.)"""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -147,3 +148,311 @@ def test_load_gguf_fails_only_with_gguf_error(tmp_path):
                         (_gguf(tmp_path / "tiny.gguf", tensors=True), "llama.cpp could not load it")):
         with pytest.raises(GGUFError, match=words):
             load_gguf(path)
+
+
+# ---------------------------------------------------------------- the setup cell's repository URL
+def _run_setup_cell(monkeypatch, repo, url, calls):
+    """The setup cell as Colab runs it, cloning into ``repo``; only ``git`` really runs (``calls`` gets each command)."""
+    import subprocess
+    import sys
+
+    from gemma_helpers.setup_cell import TEMPLATE
+
+    real_run = subprocess.run
+
+    def run(cmd, *a, **kw):
+        calls.append(cmd)
+        if cmd[0] == "git":
+            return real_run(cmd, *a, **kw)
+        raise AssertionError(f"the cell ran {cmd}")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setitem(sys.modules, "google.colab", type(sys)("google.colab"))
+    monkeypatch.setenv("GEMMA_REPO_URL", url)
+    assert TEMPLATE.count('REPO = "/content/gemma-lora-notebooks"') == 1
+    cell = TEMPLATE.replace('REPO = "/content/gemma-lora-notebooks"', f"REPO = {str(repo)!r}")
+    exec(compile(cell, "setup-cell", "exec"), {})
+
+
+@pytest.mark.parametrize("url", ["--upload-pack=touch {marker}", "-u touch {marker}", "ext::sh -c touch% {marker}",
+                                 " --upload-pack=touch {marker} "])
+def test_setup_cell_refuses_a_repo_url_that_git_would_read_as_an_option(monkeypatch, tmp_path, url):
+    import subprocess
+
+    repo, marker = tmp_path / "gemma-lora-notebooks", tmp_path / "pwned"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)  # an earlier clone, without the package
+    url, calls = url.format(marker=marker), []
+    with pytest.raises(SystemExit, match=r"is not an http\(s\), ssh, git or file URL") as err:
+        _run_setup_cell(monkeypatch, repo, url, calls)
+    assert repr(url.strip()) in str(err.value) and "GEMMA_REPO_URL" in str(err.value)
+    assert calls == [] and not marker.exists()
+
+
+def test_setup_cell_passes_the_url_after_double_dash(monkeypatch, tmp_path):
+    missing = tmp_path / "no-such-repo"
+    calls = []
+    with pytest.raises(SystemExit, match=f"git clone file://{missing} failed"):
+        _run_setup_cell(monkeypatch, tmp_path / "clone", f"file://{missing}", calls)
+    assert [c[-3:] for c in calls] == [["--", f"file://{missing}", str(tmp_path / "clone")]]
+
+
+# ---------------------------------------------------------------- gh.serve under a hostile environment
+FAKE_SERVER = '''
+"""Stands in for llama_cpp.server: reads HOST, PORT and CONFIG_FILE ahead of its flags as that server does."""
+import argparse, json, os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+parser = argparse.ArgumentParser()
+for flag in ("--model", "--model_alias", "--host", "--port", "--n_ctx", "--n_threads", "--seed", "--chat_format"):
+    parser.add_argument(flag)
+args = parser.parse_args()
+host, port, alias = args.host, int(args.port), args.model_alias
+if os.environ.get("CONFIG_FILE"):
+    config = json.load(open(os.environ["CONFIG_FILE"]))
+    host, port, alias = config["host"], config["port"], config["models"][0]["model_alias"]
+host, port = os.getenv("HOST", host), int(os.getenv("PORT", port))
+alias = ANSWER or alias
+secrets = sorted(k for k in os.environ if k.upper() in ("API_KEY", "SSL_KEYFILE", "N_GPU_LAYERS"))
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": alias, "owned_by": f"{host}:{port}", "env": secrets}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+HTTPServer((host, port), Handler).serve_forever()
+'''
+
+
+@pytest.fixture
+def fake_llama_server(monkeypatch, tmp_path):
+    """gh.serve starting FAKE_SERVER instead of llama_cpp.server (no model loaded); call it with what /v1/models answers."""
+    import importlib
+
+    pytest.importorskip("llama_cpp.server.settings")
+    serve = importlib.import_module("gemma_helpers.serve")  # the module (gemma_helpers.serve is also the function)
+
+    def use(answer=None):
+        (tmp_path / "fake_llama_server.py").write_text(FAKE_SERVER.replace("ANSWER", repr(answer)))
+        monkeypatch.setattr(serve, "SERVER_MODULE", "fake_llama_server")
+        monkeypatch.setattr(serve, "chat_format", lambda path: "gemma")
+        monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+        return serve
+
+    return use
+
+
+def _get(url):
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return json.load(answer)
+
+
+def test_serve_binds_loopback_whatever_host_port_and_config_file_say(fake_llama_server, monkeypatch, tmp_path):
+    serve = fake_llama_server()
+    elsewhere = serve.free_port()
+    (tmp_path / "config.json").write_text(json.dumps({"host": "0.0.0.0", "port": elsewhere, "models": [{"model_alias": "x"}]}))
+    for name, value in {"HOST": "0.0.0.0", "PORT": str(elsewhere), "CONFIG_FILE": str(tmp_path / "config.json"),
+                        "api_key": "k", "Ssl_Keyfile": "/nope", "N_GPU_LAYERS": "99"}.items():
+        monkeypatch.setenv(name, value)
+    with serve.serve(tmp_path / "m.gguf", timeout=20) as server:
+        model, = _get(f"{server.base_url}/models")["data"]
+        assert (model["id"], model["owned_by"], model["env"]) == ("m.gguf", f"127.0.0.1:{server.port}", [])
+    assert "PATH" in serve.server_env() and not {"HOST", "PORT", "CONFIG_FILE", "api_key"} & set(serve.server_env())
+
+
+def test_serve_refuses_a_taken_port_before_starting(fake_llama_server, monkeypatch, tmp_path):
+    import socket
+    import time
+
+    serve = fake_llama_server()
+    monkeypatch.setattr(serve.subprocess, "Popen", lambda *a, **kw: pytest.fail("a server was started"))
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        start = time.time()
+        with pytest.raises(serve.PortInUseError, match=f"port {port} on 127.0.0.1 is already in use"):
+            serve.serve(tmp_path / "m.gguf", port=port, timeout=20)
+        assert time.time() - start < 2
+
+
+def test_serve_refuses_a_server_that_serves_another_model(fake_llama_server, monkeypatch, tmp_path):
+    serve = fake_llama_server(answer="someone-else.gguf")
+    started = []
+    popen = serve.subprocess.Popen
+    monkeypatch.setattr(serve.subprocess, "Popen", lambda *a, **kw: started.append(popen(*a, **kw)) or started[-1])
+    with pytest.raises(RuntimeError, match=r"serves \['someone-else.gguf'\], not m.gguf: another process holds port"):
+        serve.serve(tmp_path / "m.gguf", timeout=20)
+    assert started[0].poll() is not None  # the process started is stopped, not left running
+
+
+# ---------------------------------------------------------------- gh.merge into its own source
+class _Loaded(Exception):
+    pass
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("target", ["adapter", "adapter/merged", ".", "base", "base/merged", "link", "adapter/../adapter"])
+def test_merge_refuses_a_target_that_is_in_or_around_the_adapter_or_base(monkeypatch, tmp_path, target):
+    from gemma_helpers import export
+
+    adapter, base = tmp_path / "adapter", tmp_path / "base"
+    adapter.mkdir(), base.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    (adapter / export.META).write_text("{}")
+    (base / "config.json").write_text("{}")
+    (tmp_path / "link").symlink_to(adapter)
+    before = _snapshot(tmp_path)
+    monkeypatch.setattr(export, "load_trained_base", lambda adapter_dir: (_ for _ in ()).throw(_Loaded()))
+    out = tmp_path / target
+    with pytest.raises(ValueError, match="merge target") as err:
+        export.merge(adapter, out)
+    assert str(out) in str(err.value) and (str(adapter) in str(err.value) or str(base) in str(err.value))
+    assert _snapshot(tmp_path) == before
+    with pytest.raises(_Loaded):  # a folder beside them is fine: the merge goes on to load the base
+        export.merge(adapter, tmp_path / "merged")
+
+
+# ---------------------------------------------------------------- the model card
+def _card_folder(tmp_path, base="google/gemma-3-270m"):
+    folder = tmp_path / "adapter"
+    folder.mkdir(exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
+    return folder
+
+
+def test_card_that_cannot_be_encoded_leaves_the_old_readme(tmp_path):
+    from gemma_helpers.hub import write_card
+
+    folder = _card_folder(tmp_path)
+    old = write_card(folder, title="Xylandia ✓").read_bytes()
+    assert "Xylandia ✓".encode() in old
+    with pytest.raises(ValueError) as err:
+        write_card(folder, title="broken \ud800 title")
+    assert (folder / "README.md").read_bytes() == old
+    assert re.search(rf"{folder / 'README.md'}.*UTF-8", str(err.value)), err.value
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json"]  # no temp file left
+
+
+def test_card_is_utf8_whatever_the_locale(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = _card_folder(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    code = f"from gemma_helpers.hub import write_card; write_card({str(folder)!r}, title={ascii('درود ✓')})"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "# درود ✓" in (folder / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("base", ["google/gemma\nlicense: other", "google/gemma\r\nx: y", "google/gemma\u2028x: y",
+                                  "google/gemma\x00", "google/gemma\x1b[31m", "google/gemma\u0085x: y"])
+def test_card_refuses_a_base_id_with_control_characters(tmp_path, base):
+    from gemma_helpers.hub import write_card
+
+    folder = _card_folder(tmp_path, base)
+    with pytest.raises(ValueError, match=rf"{folder}.*base model id {re.escape(repr(base))} has a control character"):
+        write_card(folder)
+    assert not (folder / "README.md").exists()
+
+
+def test_card_escapes_pipes_and_line_breaks_in_result_keys_and_values(tmp_path):
+    from gemma_helpers.hub import write_card
+
+    folder = _card_folder(tmp_path)
+    results = {"recall | held out": 0.5, "two\nlines": "a|b", "note": "x\r\ny\\|z", "lost": ["p|q", "r\ns"],
+               "by split": {"train|x": 1.0}}
+    card = write_card(folder, results=results).read_text(encoding="utf-8")
+    table = card.split("## Measured results")[1].split("\n\n")[1].splitlines()
+    assert len(table) == 2 + 5, table
+    for row in table:  # each row: two cells, every pipe inside a cell escaped
+        assert len(re.findall(r"(?<!\\)(?:\\\\)*\|", row)) == 3, row
+    assert card.count("\n---\n") == 1 and card.startswith("---\n")
+
+
+# ---------------------------------------------------------------- recipe overrides
+@pytest.mark.parametrize("overrides, said", [
+    ({"learning_rate": "2e-4", "max_steps": "20"},
+     ["learning_rate='2e-4' is a str: expected a number > 0", "max_steps='20' is a str: expected -1 (train by epochs) or an int >= 1"]),
+    ({"max_steps": -5}, ["max_steps=-5: expected -1 (train by epochs) or an int >= 1"]),
+    ({"max_steps": 0}, ["max_steps=0: expected -1 (train by epochs) or an int >= 1"]),
+    ({"max_steps": True, "r": 8.0}, ["max_steps=True is a bool: expected -1 (train by epochs) or an int >= 1",
+                                        "r=8.0 is a float: expected an int >= 1"]),
+    ({"learning_rate": 0, "epochs": float("nan")}, ["learning_rate=0: expected a number > 0", "epochs=nan: expected a number > 0"]),
+    ({"batch_size": 0, "dropout": 1.0, "warmup_steps": -1},
+     ["batch_size=0: expected an int >= 1", "dropout=1.0: expected a number >= 0 and < 1", "warmup_steps=-1: expected an int >= 0"]),
+    ({"target_modules": ["q_proj", 3], "padding_free": "yes", "compute_dtype": "float16"},
+     ["target_modules=['q_proj', 3]: expected", "padding_free='yes' is a str: expected True, False or None",
+      "compute_dtype='float16': expected one of"]),
+])
+def test_recipe_overrides_are_checked_all_at_once_naming_field_value_and_what_is_allowed(overrides, said):
+    from gemma_helpers import recipes
+    from gemma_helpers.train import TrainSpec
+
+    with pytest.raises(ValueError) as err:
+        recipes.get("papers", "cpu", **overrides)
+    assert "recipe 'papers' (cpu profile)" in str(err.value)
+    for words in said:
+        assert words in str(err.value), (words, str(err.value))
+    with pytest.raises(ValueError) as err:
+        TrainSpec(**overrides)
+    assert all(words in str(err.value) for words in said), str(err.value)
+
+
+def test_good_overrides_and_every_registered_recipe_still_build_a_spec():
+    from gemma_helpers import recipes
+
+    spec = recipes.get("papers", "cpu", learning_rate=1e-4, max_steps=20, epochs=2, target_modules="q_proj").spec()
+    assert (spec.learning_rate, spec.max_steps, spec.epochs) == (1e-4, 20, 2)
+    assert recipes.get("papers", "cpu", max_steps=-1).spec().max_steps == -1
+    for name in recipes.REGISTRY:
+        for profile in recipes.PROFILES:
+            recipes.get(name, profile).spec()
+
+
+# ---------------------------------------------------------------- JSON Lines lines that break the parser
+def _hostile_jsonl(tmp_path):
+    lines = ['{"t": "one"}', "[" * 100_000, '{"t": "two \\ud83d\\ude00"}', '{"n": ' + "9" * 5000 + "}", "",
+             '{"t": "lone \\ud800 half"}', '{"\\udc00": "key"}', '{"t": "three"}']
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_jsonl_skip_keeps_good_rows_when_a_line_breaks_the_parser(tmp_path):
+    from gemma_helpers.jsonl import read_jsonl
+
+    path, said = _hostile_jsonl(tmp_path), []
+    rows = read_jsonl(path, errors="skip", report=said.append)
+    assert rows == [{"t": "one"}, {"t": "two \U0001f600"}, {"t": "three"}] and rows.lines == [1, 3, 8]
+    assert [e.line for e in rows.skipped] == [2, 4, 6, 7]  # file lines: the blank line 5 is counted
+    problems = [e.problem for e in rows.skipped]
+    assert "nested too deeply" in problems[0] and "digits" in problems[1]
+    assert "lone surrogate U+D800" in problems[2] and "field 't'" in problems[2]
+    assert "lone surrogate U+DC00" in problems[3] and "a key" in problems[3]
+    assert said[:4] == [f"skipped {e}" for e in rows.skipped] and said[4] == f"{path}: skipped 4 of 7 lines"
+
+
+@pytest.mark.parametrize("line, words", [(2, "nested too deeply"), (4, "digits"), (6, "lone surrogate")])
+def test_jsonl_raise_names_the_file_line_of_a_line_that_breaks_the_parser(tmp_path, line, words):
+    from gemma_helpers.jsonl import JSONLError, read_jsonl
+
+    path = _hostile_jsonl(tmp_path)
+    text = path.read_text(encoding="utf-8").split("\n")
+    keep = [t if i + 1 in (1, line) else "" for i, t in enumerate(text)]  # the bad line alone, at its place
+    path.write_text("\n".join(keep), encoding="utf-8")
+    with pytest.raises(JSONLError, match=rf"{path}:{line}: .*{words}"):
+        read_jsonl(path, errors="raise")
