@@ -98,11 +98,12 @@ def spec_problems(values) -> list[str]:
     problems = []
     for key, value in values.items():
         shown = f"{key}={value!r}"
-        if key in _INT_AT_LEAST or key in ("max_steps", "save_total_limit"):
+        if key in _INT_AT_LEAST or key in ("max_steps", "save_total_limit", "eval_batch_size"):
             low = _INT_AT_LEAST.get(key, 1)
             allowed = ("-1 (train by epochs) or an int >= 1" if key == "max_steps"
-                       else "an int >= 1 or None (keep every checkpoint)" if key == "save_total_limit" else f"an int >= {low}")
-            if key == "save_total_limit" and value is None:
+                       else "an int >= 1 or None (keep every checkpoint)" if key == "save_total_limit"
+                       else "an int >= 1 or None (the training batch)" if key == "eval_batch_size" else f"an int >= {low}")
+            if key in ("save_total_limit", "eval_batch_size") and value is None:
                 continue
             if not is_int(value):
                 problems.append(f"{shown}{kind(value)}: expected {allowed}")

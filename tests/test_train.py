@@ -157,6 +157,8 @@ def test_validation_batches_take_eval_batch_size_rows_or_the_training_batch(tmp_
     assert sft_config(wide, tmp_path, evaluate=True).per_device_eval_batch_size == 8
     assert sft_config(wide, tmp_path, evaluate=True).per_device_train_batch_size == 1
     assert gh.recipes.get("papers", "cpu").spec().eval_batch_size == 8
+    with pytest.raises(ValueError, match=r"eval_batch_size=0: expected an int >= 1 or None"):
+        gh.TrainSpec(eval_batch_size=0)
 
 
 def test_label_preflight_counts_trained_tokens_and_names_rows_without_any(tokenizer):
