@@ -70,9 +70,10 @@ def _fmt(value) -> str:
     return " ".join(str(value).replace("\\", "\\\\").replace("|", "\\|").splitlines())
 
 
-def _check_base(folder: Path, base: str) -> str:
-    """``base``, or :class:`ValueError` when it holds a control or line-break character (it would add
-    lines to the card's YAML front matter)."""
+def _check_base(folder: Path, base: str | None) -> str:
+    """``base`` ("" when the folder names none), or :class:`ValueError` when it holds a control or
+    line-break character (it would add lines to the card's YAML front matter)."""
+    base = base or ""
     bad = [c for c in base if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")]
     if bad:
         raise ValueError(f"{folder}: base model id {base!r} has a control character ({bad[0]!r}); "

@@ -344,6 +344,13 @@ def test_card_that_cannot_be_encoded_leaves_the_old_readme(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json"]  # no temp file left
 
 
+def test_card_of_an_adapter_that_names_no_base_is_written(tmp_path):
+    from gemma_helpers.hub import write_card
+
+    card = write_card(_card_folder(tmp_path, base=None)).read_text(encoding="utf-8")  # a model built in memory
+    assert "base_model:" not in card and "a model built in memory (no hub id)" in card
+
+
 def test_card_is_utf8_whatever_the_locale(tmp_path):
     import subprocess
     import sys
