@@ -19,7 +19,8 @@ baseline first) so that the load of a shared machine falls on both alike. Report
 CPU (always):  python benchmarks/train_throughput.py [--steps 6 --rounds 2 --persian data/persian_chat.jsonl]
 GPU (CUDA):    python benchmarks/train_throughput.py --gpu   (random-weight Gemma 3 1B / Gemma 3n E4B text, 4-bit)
 
-Writes outputs/results/bench_train.json (or bench_train_gpu.json) and charts/bench_train.png.
+Writes outputs/results/bench_train.json (bench_train_float32.json with --compute-dtype float32, bench_train_gpu.json
+with --gpu) and its chart under charts/.
 """
 from __future__ import annotations
 
@@ -216,10 +217,24 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def versions() -> dict:
     import importlib.metadata as md
 
-    out = {"python": platform.python_version(), "cpu_count": os.cpu_count()}
+    from gemma_helpers import env
+
+    out = {"python": platform.python_version(), "cpu_count": os.cpu_count(), "cpu": cpu_model(),
+           "cpu_bf16_native": env.cpu_bf16_native()}
     for pkg in ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth"):
         try:
             out[pkg] = md.version(pkg)
@@ -252,7 +267,8 @@ def main(args) -> int:
               "flops_formula": FLOPS_FORMULA, "loss_tolerance": LOSS_TOLERANCE,
               "compute_dtype": args.compute_dtype, "threads": args.threads or "torch default",
               "load_average_start": load_average(), "recipes": {}}
-    name = args.name or ("bench_train_gpu" if args.gpu else "bench_train")
+    name = args.name or ("bench_train_gpu" if args.gpu else "bench_train_float32" if args.compute_dtype == "float32"
+                         else "bench_train")
     if args.append and (gh.results.RESULTS / f"{name}.json").exists():  # an earlier run's other recipes stay
         report["recipes"] = gh.results.load(name)["recipes"]
         report["earlier_commands"] = [*gh.results.load(name).get("earlier_commands", []),
