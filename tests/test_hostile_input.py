@@ -463,3 +463,61 @@ def test_jsonl_raise_names_the_file_line_of_a_line_that_breaks_the_parser(tmp_pa
     path.write_text("\n".join(keep), encoding="utf-8")
     with pytest.raises(JSONLError, match=rf"{path}:{line}: .*{words}"):
         read_jsonl(path, errors="raise")
+
+
+# ---------------------------------------------------------------- gh.train's output folder
+@pytest.fixture(scope="session")
+def tiny_text_dir(tmp_path_factory):
+    """A random-weight Gemma 3 text model, 128 wide: a few training steps take about a second."""
+    from gemma_helpers import rehearsal
+
+    return rehearsal.gemma3_text_checkpoint(tmp_path_factory.mktemp("hostile-tiny") / "gemma3-tiny", hidden_size=128)
+
+
+def _train_tiny(folder, out, steps=2, **kwargs):
+    import gemma_helpers as gh
+
+    model, tok = gh.load_model(str(folder))
+    spec = gh.TrainSpec(target_modules=("q_proj",), max_steps=steps, batch_size=2, save_steps=1)
+    return gh.train(model, tok, gh.qa_rows([("Q?", "A.")] * 4), spec, out, **kwargs)
+
+
+def test_train_leaves_a_readme_in_its_output_folder_alone(tiny_text_dir, tmp_path):
+    (tmp_path / "README.md").write_text("my notes on this run")
+    result = _train_tiny(tiny_text_dir, tmp_path)
+    assert (tmp_path / "README.md").read_text() == "my notes on this run"  # TRL's card was written over it
+    assert result.global_step == 2 and (result.adapter_dir / "README.md").is_file()  # the adapter's own card
+    assert not list(tmp_path.glob(".*.tmp")) and not list(result.adapter_dir.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("content", ['{"my": "results"}', "not json at all", "[1, 2]"])
+def test_train_stops_before_replacing_a_history_json_it_did_not_write(tmp_path, content):
+
+    import gemma_helpers as gh
+
+    (tmp_path / "history.json").write_text(content)
+    for resume in (False, True):  # the check comes before the model is touched: no model needed
+        with pytest.raises(FileExistsError, match=rf"{tmp_path / 'history.json'} .*not written by gemma_helpers.train"):
+            gh.train(None, None, gh.qa_rows([("Q?", "A.")]), gh.TrainSpec(max_steps=1), tmp_path, resume=resume)
+        assert (tmp_path / "history.json").read_text() == content
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]  # nothing trained, nothing written
+
+
+def test_train_replaces_its_own_history_json(tiny_text_dir, tmp_path):
+    _train_tiny(tiny_text_dir, tmp_path, steps=1)
+    again = _train_tiny(tiny_text_dir, tmp_path, steps=2)
+    assert json.loads((tmp_path / "history.json").read_text())["global_step"] == again.global_step == 2
+
+
+@pytest.mark.parametrize("damage", ["adapter_model.safetensors", "optimizer.pt", "trainer_state.json"])
+def test_train_resume_passes_over_a_damaged_checkpoint_naming_it(tiny_text_dir, tmp_path, capsys, damage):
+    first = _train_tiny(tiny_text_dir, tmp_path, steps=2)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    (tmp_path / "checkpoint-2" / damage).write_bytes(b"\xff" * 64)  # junk over the newest checkpoint's file
+    capsys.readouterr()
+    result = _train_tiny(tiny_text_dir, tmp_path, steps=3, resume=True)
+    said = capsys.readouterr().out
+    assert re.search(rf"passed over {tmp_path / 'checkpoint-2'} \({re.escape(damage)} does not read .*\); "
+                     rf"resuming from {tmp_path / 'checkpoint-1'}", said), said
+    assert result.resumed_from == str(tmp_path / "checkpoint-1") and result.global_step == 3 and first.global_step == 2
+    assert [h["step"] for h in result.history] == [1, 2, 3]
