@@ -521,3 +521,74 @@ def test_train_resume_passes_over_a_damaged_checkpoint_naming_it(tiny_text_dir, 
                      rf"resuming from {tmp_path / 'checkpoint-1'}", said), said
     assert result.resumed_from == str(tmp_path / "checkpoint-1") and result.global_step == 3 and first.global_step == 2
     assert [h["step"] for h in result.history] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- characters that are not text, inside visible text
+NOT_TEXT_CHARS = {"\x00": "control character U+0000 (NUL)", "\x1b": "control character U+001B (ESC)",
+                  "\x0c": "control character U+000C (FF)", "\x07": "control character U+0007 (BEL)",
+                  "\ud800": "lone surrogate U+D800", "\udfff": "lone surrogate U+DFFF"}
+
+
+@pytest.mark.parametrize("char", NOT_TEXT_CHARS)
+def test_chat_rows_with_a_control_character_or_lone_surrogate_name_row_field_and_character(char):
+    good = chat.qa_rows([("Q1?", "A1."), ("Q2?", "A2\tsplit\r\nover lines.")])
+    bad = chat.qa_rows([("Q?", f"Tehran{char} is the capital.")])
+    with pytest.raises(DataError) as err:
+        chat.validate_rows(good + bad)
+    assert (err.value.row, err.value.field) == (2, "messages[1].content")
+    assert f"has a {NOT_TEXT_CHARS[char]} at character 6" in str(err.value), err.value
+    with pytest.raises(DataError, match=r"row 1: field 'prompt' has a"):
+        chat.validate_rows([{"text": "fine"}, {"prompt": f"Q{char}?", "completion": "A"}])
+    chat.validate_rows(good)  # tab, CR and LF are text
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\ud800"])
+def test_persian_cleaning_reports_a_turn_with_a_control_character_as_dropped(char):
+    rows = chat.qa_rows([("سلام", "درود"), ("پایتخت ایران؟", f"تهران{char}"), ("چطوری؟", "خوبم")])
+    clean, report = persian.clean_conversations(rows)
+    assert clean == chat.qa_rows([("سلام", "درود"), ("چطوری؟", "خوبم")])
+    assert [(d["row"], d["reason"]) for d in report.dropped] == [(1, "control_character")]
+    assert report.dropped[0]["detail"].startswith(f"messages[1] (assistant) has a {NOT_TEXT_CHARS[char]}")
+    assert report.removed["control_character"] == 1 and report.kept == [0, 2]
+    chat.validate_rows(clean)
+
+
+def test_dolly_rows_with_a_control_character_are_skipped_naming_line_and_field(tmp_path):
+    good = {"instruction": "Say hi.", "context": "", "response": "Hi.", "category": "open_qa"}
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (good, {**good, "response": "Hi\x00."},
+                                                     {**good, "context": "a\x1bb"}, {**good, "response": "Bye."})))
+    said = []
+    assert dolly.read_jsonl(path, errors="skip", report=said.append) == [good, {**good, "response": "Bye."}]
+    assert said[0].startswith(f"skipped {path}:2: field 'response' has a control character U+0000 (NUL)")
+    assert said[1].startswith(f"skipped {path}:3: field 'context' has a control character U+001B (ESC)")
+
+
+def test_paper_text_loses_control_characters_before_it_becomes_rows():
+    from gemma_helpers.data.pdf import clean_pages
+
+    text = clean_pages(["A Title\nThe first sentence\x00 of the paper is here.\x1b And the second\x0cone."])
+    assert not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f]", text) and "sentence of the paper" in text
+
+
+# ---------------------------------------------------------------- Dolly rows repeated
+def test_dolly_reader_drops_exact_duplicates_and_counts_them(tmp_path):
+    rows = [{"instruction": f"Question {i}?", "context": "", "response": f"Answer {i}.", "category": "open_qa"}
+            for i in range(30)]
+    path = tmp_path / "d.jsonl"
+    copies = [rows[i % 3] for i in range(10_000)]  # 10,000 exact copies of the first 3 rows, then the rest
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:3] + copies + rows[3:]))
+    said = []
+    read = dolly.read_jsonl(path, errors="skip", report=said.append)
+    assert read == rows
+    assert said[0] == f"skipped {path}:4: the same row as {path}:1 (an exact duplicate)" and len(said) == 6
+    assert said[-1] == (f"{path}: dropped 10000 exact duplicate rows of 10030, the first of each kept "
+                        "(9995 not named above)")
+    train, held = dolly.split(read, 20, 10)
+    assert not {json.dumps(r) for r in train} & {json.dumps(r) for r in held}
+
+
+def test_dolly_split_refuses_a_row_on_both_sides():
+    rows = [{"instruction": f"Q{i}?", "context": "", "response": "A.", "category": "open_qa"} for i in range(5)]
+    with pytest.raises(ValueError, match="held-out row 4 is the same row as training row 1"):
+        dolly.split(rows[:4] + [rows[1]], 4, 1)
