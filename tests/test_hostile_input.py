@@ -592,3 +592,56 @@ def test_dolly_split_refuses_a_row_on_both_sides():
     rows = [{"instruction": f"Q{i}?", "context": "", "response": "A.", "category": "open_qa"} for i in range(5)]
     with pytest.raises(ValueError, match="held-out row 4 is the same row as training row 1"):
         dolly.split(rows[:4] + [rows[1]], 4, 1)
+
+
+# ---------------------------------------------------------------- Modelfiles and GGUF chat templates
+def _chat_gguf(path, template):
+    """A GGUF holding only what a runtime reads to format and end a turn (no tensors)."""
+    gguf = pytest.importorskip("gguf")
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_token_list(["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "user", "model"])
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+    writer.add_chat_template(template)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_modelfile_that_is_not_utf8_is_named(tmp_path):
+    from gemma_helpers import export
+
+    good = export.write_modelfile(_chat_gguf(tmp_path / "m.gguf", chat.GEMMA3_CHAT_TEMPLATE))
+    latin1 = tmp_path / "latin1.Modelfile"
+    latin1.write_bytes(good.read_text(encoding="utf-8").replace("# Ollama", "# Ollama (modèle)").encode("latin-1"))
+    for check in (export.check_modelfile, export.parse_modelfile):
+        with pytest.raises(export.ModelfileError, match=rf"{latin1}: not UTF-8: byte 0xe8 at line 1, column 14"):
+            check(latin1)
+    assert export.check_modelfile(good)["turn_end"] == "<end_of_turn>"  # the good one beside it still checks
+
+
+@pytest.mark.parametrize("template, words", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "did not finish rendering"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}{% endfor %}",  # 2 GiB cap, or the time
+     "did not finish rendering|does not render \\(MemoryError"),
+    ("{{ raise_exception('no system role') }}", "the chat template raised: no system role"),
+    ("{% for m in messages %}", "does not render \\(TemplateSyntaxError"),
+    ("{{ ''.__class__.__mro__ }}", "does not render \\(SecurityError: access to attribute '__class__'"),
+])
+def test_a_gguf_chat_template_that_never_ends_or_fails_is_a_named_error_within_the_limit(monkeypatch, tmp_path,
+                                                                                        template, words):
+    import time
+
+    from gemma_helpers import export
+
+    good = export.write_modelfile(_chat_gguf(tmp_path / "good.gguf", chat.GEMMA3_CHAT_TEMPLATE))
+    bad = _chat_gguf(tmp_path / "bad.gguf", template)
+    modelfile = tmp_path / "bad.Modelfile"
+    modelfile.write_text(good.read_text().replace("./good.gguf", "./bad.gguf"))
+    monkeypatch.setattr(export, "TEMPLATE_SECONDS", 2.0)
+    start = time.monotonic()
+    with pytest.raises(export.ModelfileError, match=rf"{bad}: .*({words})"):
+        export.check_modelfile(modelfile)
+    assert time.monotonic() - start < 10
