@@ -645,3 +645,40 @@ def test_a_gguf_chat_template_that_never_ends_or_fails_is_a_named_error_within_t
     with pytest.raises(export.ModelfileError, match=rf"{bad}: .*({words})"):
         export.check_modelfile(modelfile)
     assert time.monotonic() - start < 10
+
+
+# ---------------------------------------------------------------- notebook 01's download of a server that never answers
+def _notebook_cells(name):
+    from pathlib import Path
+
+    import jupytext
+
+    path = Path(__file__).resolve().parent.parent / "notebooks" / name
+    return [c for c in jupytext.read(path, fmt="py:percent").cells if c.cell_type == "code"]
+
+
+def test_notebook_01_gives_each_paper_a_deadline_and_reports_a_server_that_never_answers(tmp_path):
+    import time
+
+    from gemma_helpers import offline
+    from gemma_helpers.data import papers as gp
+
+    cells = _notebook_cells("01_papers_wordclouds_lora.py")
+    params = next(c.source for c in cells if "parameters" in c.metadata.get("tags", []))
+    assert re.search(r"^DEADLINE_S = 60\b", params, re.MULTILINE), "notebook 01's parameters cell sets no per-paper deadline"
+    download_cell = next(c.source for c in cells if "gp.collect(" in c.source)
+    first = gp.sample()[0]
+    pdf = offline.sample_pdf(first)
+    with offline.LoopbackServer({"good": pdf, "silent": pdf}, {"silent": "hang"}, hang_s=30) as server:
+        paper_list = [gp.Paper(key, first["title"], "ai", url=server.url(key)) for key in ("good", "silent")]
+        namespace = {"gp": gp, "paper_list": paper_list, "out": tmp_path, "MAX_MB": 50, "cpu": False,
+                     "DEADLINE_S": 1.5}  # as papermill overrides the parameters cell
+        started = time.monotonic()
+        exec(compile(download_cell, "notebook 01, section 2", "exec"), namespace)
+        elapsed = time.monotonic() - started
+    report = {r["key"]: r for r in namespace["download_report"]}
+    assert report["silent"]["status"] == "failed", report
+    assert report["silent"]["reason"].startswith("deadline: no answer (0 bytes arrived) within the 1.5 s"), report
+    assert report["good"]["status"] == "ok" and (tmp_path / "pdf" / "good.pdf").read_bytes() == pdf
+    assert [p["key"] for p in namespace["corpus"].papers] == ["good"]
+    assert elapsed < 1.5 + 3, elapsed
