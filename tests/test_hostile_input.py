@@ -482,6 +482,15 @@ def _train_tiny(folder, out, steps=2, **kwargs):
     return gh.train(model, tok, gh.qa_rows([("Q?", "A.")] * 4), spec, out, **kwargs)
 
 
+@pytest.fixture(scope="module")
+def two_checkpoints(tiny_text_dir, tmp_path_factory):
+    """A finished 2-step run of the tiny model, checkpoints 1 and 2 (each test resumes a copy)."""
+    out = tmp_path_factory.mktemp("two-checkpoints")
+    assert _train_tiny(tiny_text_dir, out, steps=2).global_step == 2
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    return out
+
+
 def test_train_leaves_a_readme_in_its_output_folder_alone(tiny_text_dir, tmp_path):
     (tmp_path / "README.md").write_text("my notes on this run")
     result = _train_tiny(tiny_text_dir, tmp_path)
@@ -503,24 +512,33 @@ def test_train_stops_before_replacing_a_history_json_it_did_not_write(tmp_path, 
         assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]  # nothing trained, nothing written
 
 
-def test_train_replaces_its_own_history_json(tiny_text_dir, tmp_path):
-    _train_tiny(tiny_text_dir, tmp_path, steps=1)
-    again = _train_tiny(tiny_text_dir, tmp_path, steps=2)
-    assert json.loads((tmp_path / "history.json").read_text())["global_step"] == again.global_step == 2
+def test_train_replaces_its_own_history_json(tiny_text_dir, two_checkpoints, tmp_path):
+    import shutil
+
+    shutil.copytree(two_checkpoints, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "history.json").read_text())["global_step"] == 2
+    again = _train_tiny(tiny_text_dir, tmp_path / "run", steps=1)  # a fresh run into an earlier run's folder
+    assert json.loads((tmp_path / "run" / "history.json").read_text())["global_step"] == again.global_step == 1
 
 
 @pytest.mark.parametrize("damage", ["adapter_model.safetensors", "optimizer.pt", "trainer_state.json"])
-def test_train_resume_passes_over_a_damaged_checkpoint_naming_it(tiny_text_dir, tmp_path, capsys, damage):
-    first = _train_tiny(tiny_text_dir, tmp_path, steps=2)
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+def test_train_resume_passes_over_a_damaged_checkpoint_naming_it(tiny_text_dir, two_checkpoints, tmp_path, capsys,
+                                                                 damage):
+    import shutil
+
+    tmp_path = tmp_path / "run"
+    shutil.copytree(two_checkpoints, tmp_path)
     (tmp_path / "checkpoint-2" / damage).write_bytes(b"\xff" * 64)  # junk over the newest checkpoint's file
     capsys.readouterr()
     result = _train_tiny(tiny_text_dir, tmp_path, steps=3, resume=True)
     said = capsys.readouterr().out
     assert re.search(rf"passed over {tmp_path / 'checkpoint-2'} \({re.escape(damage)} does not read .*\); "
                      rf"resuming from {tmp_path / 'checkpoint-1'}", said), said
-    assert result.resumed_from == str(tmp_path / "checkpoint-1") and result.global_step == 3 and first.global_step == 2
+    assert result.resumed_from == str(tmp_path / "checkpoint-1") and result.global_step == 3
     assert [h["step"] for h in result.history] == [1, 2, 3]
+    from gemma_helpers.train import checkpoint_problem
+
+    assert [checkpoint_problem(tmp_path / f"checkpoint-{n}") for n in (2, 3)] == [None, None]  # step 2 saved again
 
 
 # ---------------------------------------------------------------- characters that are not text, inside visible text
