@@ -20,6 +20,7 @@ builds its prompts the same way) and knows nothing about video. Cleaning a Persi
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
@@ -108,9 +109,36 @@ def visible(text: str) -> str:
 _BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800")  # letters or symbols that draw nothing
 
 
+_C0_NAMES = ("NUL SOH STX ETX EOT ENQ ACK BEL BS HT LF VT FF CR SO SI DLE DC1 DC2 DC3 DC4 NAK SYN ETB CAN EM SUB "
+             "ESC FS GS RS US").split()
+_NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")  # C0 but tab, LF and CR; surrogates
+
+
+def character_problem(text: str) -> str | None:
+    """Why the string ``text`` holds a character that is not text, or None: a C0 control character other
+    than tab, line feed and carriage return (NUL, ESC, form feed...), or a lone surrogate (half of a
+    UTF-16 pair, which no UTF-8 file can hold). Names the first one and where it is.
+
+    Not shown in a notebook: used by gemma_helpers.chat.text_problem, gemma_helpers.data.dolly.row_problem and
+    gemma_helpers.data.persian.clean_conversations."""
+    found = _NOT_TEXT.search(text)
+    if not found:
+        return None
+    code, at = ord(found.group()), found.start()
+    more = len(_NOT_TEXT.findall(text)) - 1
+    also = f" (and {more} more)" if more else ""
+    if code >= 0xD800:
+        return (f"has a lone surrogate U+{code:04X} at character {at}{also}: half of a UTF-16 pair, "
+                "not text (no UTF-8 file can hold it)")
+    return (f"has a control character U+{code:04X} ({_C0_NAMES[code]}) at character {at}{also}: "
+            "only tab, line feed and carriage return are allowed")
+
+
 def text_problem(value) -> str | None:
     """Why ``value`` is no text a model can learn from (for a message naming the field), or None:
-    missing, not a string (an int, a dict, a list), empty, or nothing visible (:func:`visible`) in it.
+    missing, not a string (an int, a dict, a list), empty, nothing visible (:func:`visible`) in it,
+    or a character that is not text (:func:`character_problem`: NUL and other control characters,
+    lone surrogates).
 
     Not shown in a notebook: used by gemma_helpers.chat.validate_rows and gemma_helpers.data.dolly.row_problem."""
     if value is None:
@@ -123,7 +151,7 @@ def text_problem(value) -> str | None:
         names = dict.fromkeys(f"U+{ord(c):04X} {unicodedata.name(c, '(no name)')}" for c in value if not c.isspace())
         shown = ", ".join(list(names)[:3]) + (", ..." if len(names) > 3 else "")
         return f"has no visible character (only {shown or 'whitespace'})"
-    return None
+    return character_problem(value)
 
 
 def _preview(value, n: int = 40) -> str:

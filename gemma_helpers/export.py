@@ -449,7 +449,7 @@ def write_modelfile(gguf_path: str | Path) -> Path:
         f"# Ollama: ollama create {gguf_path.stem.lower()} -f {path.name}\n"
         f"FROM ./{gguf_path.name}\n\n"
         f'TEMPLATE """{GEMMA_OLLAMA_TEMPLATE}"""\n\n'
-        f'PARAMETER stop "{TURN_END}"\n')
+        f'PARAMETER stop "{TURN_END}"\n', encoding="utf-8")
     try:
         check_modelfile(tmp)
         os.replace(tmp, path)
@@ -460,11 +460,19 @@ def write_modelfile(gguf_path: str | Path) -> Path:
 
 def parse_modelfile(path: str | Path) -> dict:
     """``{"FROM": str, "TEMPLATE": str | None, "SYSTEM": str | None, "PARAMETER": [(name, value), ...]}``.
+    A file that is not UTF-8 is a :class:`ModelfileError` naming it, the line and the column.
 
     Not shown in a notebook: used by gemma_helpers.export.check_modelfile and the tests."""
     import re
 
-    text = Path(path).read_text()
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # what Ollama reads; a byte-order mark at the start is accepted
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ModelfileError(f"{path}: not UTF-8: byte {data[err.start]:#04x} at line {line}, column {column} "
+                             f"({err.reason}); Ollama reads a Modelfile as UTF-8: save it as UTF-8") from None
     out: dict = {"FROM": None, "TEMPLATE": None, "SYSTEM": None, "PARAMETER": []}
     pattern = re.compile(r'^(FROM|TEMPLATE|SYSTEM|PARAMETER|ADAPTER|LICENSE|MESSAGE)\s+("""(.*?)"""|[^\n]*)',
                          re.MULTILINE | re.DOTALL | re.IGNORECASE)
@@ -488,15 +496,67 @@ def gguf_chat_metadata(path: str | Path) -> dict:
             **{name: metadata.get(f"tokenizer.ggml.{name}_token_id") for name in ("bos", "eos", "eot")}}
 
 
-def _render_gguf_template(template: str, messages: list[dict], bos: str) -> str:
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+TEMPLATE_SECONDS = 10.0  # a chat template renders in milliseconds; one still rendering after this is refused
 
-    def raise_exception(message):
-        raise ModelfileError(message)
+# Renders a GGUF's chat template (read from stdin as JSON) in a child process: jinja2's sandbox stops what a
+# template may touch but not how long it loops (a nested range(100000) runs for hours), and only a process can
+# be stopped. Its address space is capped at 2 GiB, so "x" * 10**10 is a MemoryError, not the machine's memory.
+_RENDER_CHILD = r'''
+import json, sys
+try:
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+except (ImportError, ValueError, OSError):
+    pass
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(template).render(messages=messages, bos_token=bos, eos_token="", add_generation_prompt=True,
-                                           raise_exception=raise_exception)
+job = json.loads(sys.stdin.buffer.read())
+
+
+class Raised(Exception):
+    pass
+
+
+def raise_exception(message):
+    raise Raised(message)
+
+
+try:
+    template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(job["template"])
+    answer = {"rendered": [template.render(messages=messages, bos_token=job["bos"], eos_token="", add_generation_prompt=True,
+                                           raise_exception=raise_exception) for messages in job["conversations"]]}
+except Raised as err:
+    answer = {"raised": str(err)}
+except Exception as err:
+    answer = {"error": f"{type(err).__name__}: {err}"}
+sys.stdout.write(json.dumps(answer))
+'''
+
+
+def _render_gguf_template(template: str, conversations: list[list[dict]], bos: str, source: Path) -> list[str]:
+    """The GGUF's chat template rendered for each conversation, in a child process stopped after
+    ``TEMPLATE_SECONDS``: a template that loops longer, raises, or does not compile is a
+    :class:`ModelfileError` naming the GGUF."""
+    import subprocess
+    import sys
+
+    job = json.dumps({"template": template, "conversations": conversations, "bos": bos}).encode("ascii")
+    try:
+        done = subprocess.run([sys.executable, "-c", _RENDER_CHILD], input=job, capture_output=True,
+                              timeout=TEMPLATE_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise ModelfileError(f"{source}: the chat template did not finish rendering one user turn within "
+                             f"{TEMPLATE_SECONDS:g} s (a loop too long to run); stopped") from None
+    try:
+        answer = json.loads(done.stdout)
+    except ValueError:
+        raise RuntimeError(f"rendering the chat template of {source} failed (exit {done.returncode}): "
+                           f"{done.stderr.decode('utf-8', 'replace')[-2000:]}") from None
+    if "raised" in answer:
+        raise ModelfileError(f"{source}: the chat template raised: {answer['raised']}")
+    if "error" in answer:
+        raise ModelfileError(f"{source}: the chat template does not render ({answer['error'][:500]})")
+    return answer["rendered"]
 
 
 def _render_ollama_prompt(template: str, prompt: str, source: Path) -> str:
@@ -517,7 +577,9 @@ def check_modelfile(path: str | Path) -> dict:
     TEMPLATE, or its TEMPLATE formats a user turn differently from the GGUF's template (the
     ``<bos>`` Ollama adds itself aside); the token the GGUF's template ends a turn with is not a
     single token of the GGUF's vocabulary, not among the Modelfile's ``PARAMETER stop`` values, or not
-    the GGUF's declared end-of-turn (eot) token.
+    the GGUF's declared end-of-turn (eot) token; the Modelfile is not UTF-8; the GGUF's template does
+    not render (it raises, does not compile, or runs past ``TEMPLATE_SECONDS``: it is rendered in a
+    child process that is stopped then).
 
     Notebook 05, "Ollama, and a server any OpenAI client can talk to"."""
     path = Path(path)
@@ -534,13 +596,13 @@ def check_modelfile(path: str | Path) -> dict:
     tokens = meta["tokens"]
     bos = tokens[meta["bos"]] if meta["bos"] is not None else ""
     question, answer = "What is the capital of Xylandia?", "Crystalburg."
-    expected = _render_gguf_template(meta["chat_template"], [{"role": "user", "content": question}], bos)
+    expected, turn = _render_gguf_template(meta["chat_template"], [
+        [{"role": "user", "content": question}],
+        [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]], bos, source)
     expected = expected.removeprefix(bos)
     got = _render_ollama_prompt(spec["TEMPLATE"], question, path)
     if got != expected:
         raise ModelfileError(f"{path}: TEMPLATE formats a user turn as {got!r}; the GGUF's chat template as {expected!r}")
-    turn = _render_gguf_template(meta["chat_template"], [{"role": "user", "content": question},
-                                                          {"role": "assistant", "content": answer}], bos)
     after = turn.split(answer, 1)[1].strip() if answer in turn else ""
     end = max((t for t in tokens if after.startswith(t) and t.startswith("<") and t.endswith(">")), key=len,
               default=None) if after else None

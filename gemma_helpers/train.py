@@ -365,7 +365,8 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
 
     - LoRA from ``spec`` is attached unless ``model`` already carries adapters.
     - Checkpoints every ``spec.save_steps`` under ``output_dir``, keeping the last 2;
-      ``resume=True`` continues from the newest one (a fresh start when there is none).
+      ``resume=True`` continues from the newest one that reads (a damaged one is named and passed
+      over; a fresh start when there is none).
     - ``stop_when(model) -> str | None`` is called every ``stop_every`` steps; a returned
       reason stops training early (for instance: a validation recall has been reached).
     - ``data_collator`` (multimodal rows, e.g. :class:`gemma_helpers.chat.VisionCollator`): rows
@@ -377,19 +378,21 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
       evaluations, and the best adapter is the one saved and returned (transformers'
       ``EarlyStoppingCallback`` and ``load_best_model_at_end``).
     - The adapter and tokenizer are saved to ``output_dir/adapter``; the history of loss and
-      learning rate to ``output_dir/history.json``.
+      learning rate to ``output_dir/history.json`` (a history.json that train did not write stops
+      the run before it starts). Nothing else in ``output_dir`` is written over: TRL's model card
+      (``output_dir/README.md``) is not written.
 
     Notebook 01, section 7; Notebook 02, section 6; Notebook 03, sections 1 and 2 (also notebooks 04, 06).
     """
     from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
     from .rehearsal import cut_items, cut_steps
 
     spec, eval_rows = cut_steps(spec), cut_items(eval_rows)  # the GPU-profile rehearsal only: a few steps and rows
     output_dir = Path(output_dir)
-    last = get_last_checkpoint(str(output_dir)) if resume and output_dir.exists() else None
+    check_history_file(output_dir)  # a history.json that is not ours stops the run before anything is written
+    last = resume_checkpoint(output_dir) if resume else None
     if not resume:
         clear_previous_run(output_dir)  # a fresh run never mixes with an old one's checkpoints
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -441,6 +444,9 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
         data_collator=data_collator,
         callbacks=[NonFiniteLoss(), *([stopper] if stopper else []), *([patience] if patience else []), *callbacks],
     )
+    # TRL's SFTTrainer writes its own model card to output_dir/README.md at every checkpoint, over any README.md
+    # already there (the user's); the adapter's card is hub.write_card's, in output_dir/adapter
+    trainer.create_model_card = lambda *args, **kwargs: None
     on_cpu = not env.cuda_available()
     if on_cpu:
         trl_compat.keep_trainable_float32(trainer.model)
@@ -462,7 +468,7 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
     tokenizer.save_pretrained(adapter_dir)
     # what merge() needs to rebuild the exact base the adapter was trained on, and what the card says
     four_bit = bool(getattr(trainer.model, "is_loaded_in_4bit", False))
-    (adapter_dir / META).write_text(json.dumps(
+    _write_whole(adapter_dir / META, json.dumps(
         {"load_in_4bit": four_bit,
          "train": {"spec": asdict(spec), "global_step": trainer.state.global_step, "stopped_early": stopped_early,
                    "rows": len(dataset), "load_in_4bit": four_bit, "label_tokens": labels}}, indent=2, default=str))
@@ -483,10 +489,108 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
         model=trainer.model,
         eval_history=eval_history,
     )
-    (output_dir / "history.json").write_text(json.dumps(
+    _write_whole(output_dir / "history.json", json.dumps(
         {"history": history, "eval_history": eval_history, "global_step": result.global_step, "runtime_s": runtime,
          "resumed_from": last, "stopped_early": result.stopped_early, "spec": result.spec}, indent=2))
     return result
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """``text`` to ``path`` as UTF-8 through a temporary file beside it: a reader sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(text.encode("utf-8"))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+HISTORY_KEYS = ("history", "global_step", "spec")  # what every history.json train writes holds
+
+
+def check_history_file(output_dir: Path) -> None:
+    """Stop, before training, when ``output_dir/history.json`` exists and is not one :func:`train` wrote
+    (a JSON object with the keys ``HISTORY_KEYS``): the run would replace it at the end.
+
+    Not shown in a notebook: used by gemma_helpers.train.train."""
+    path = output_dir / "history.json"
+    if not path.exists() and not path.is_symlink():
+        return
+    why = None
+    if path.is_symlink() or not path.is_file():
+        why = "is a link or not a plain file"
+    else:
+        try:
+            saved = json.loads(path.read_bytes())
+        except (ValueError, RecursionError) as err:
+            why = f"is not JSON ({type(err).__name__}: {str(err)[:80]})"
+        else:
+            if not isinstance(saved, dict) or not all(k in saved for k in HISTORY_KEYS):
+                why = f"is not a training history (no {', '.join(HISTORY_KEYS)} keys)"
+    if why:
+        raise FileExistsError(f"{path} {why}: it was not written by gemma_helpers.train and the run would replace it; "
+                              "move it or choose another output_dir")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why the checkpoint folder ``folder`` cannot be resumed from, or None: its ``trainer_state.json`` is
+    missing or not a trainer state, a ``*.safetensors`` file's header does not read, or a ``*.pt`` /
+    ``*.pth`` / ``*.bin`` file (torch's zip archives) is not a whole zip archive. The problem names the file.
+
+    Not shown in a notebook: used by gemma_helpers.train.resume_checkpoint and the tests."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    state = folder / "trainer_state.json"
+    try:
+        if not isinstance(json.loads(state.read_bytes()).get("global_step"), int):
+            return f"{state.name} has no global_step"
+    except FileNotFoundError:
+        return f"no {state.name}"
+    except (OSError, ValueError, AttributeError, RecursionError) as err:
+        return f"{state.name} does not read ({type(err).__name__}: {str(err)[:80]})"
+    for path in sorted(folder.iterdir()):
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as weights:
+                    weights.keys()
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(path) as archive:
+                    broken = archive.testzip()
+                if broken:
+                    return f"{path.name} is damaged (entry {broken} fails its CRC check)"
+        except Exception as err:  # safetensors raises its own SafetensorError; zipfile BadZipFile, OSError
+            return f"{path.name} does not read ({type(err).__name__}: {str(err)[:80]})"
+    return None
+
+
+def resume_checkpoint(output_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` folder in ``output_dir`` that reads (:func:`checkpoint_problem`), or None.
+    A newer one that does not read is named, with its problem, and passed over; the line printed says
+    which checkpoint the run resumes from instead.
+
+    Not shown in a notebook: used by gemma_helpers.train.train."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not output_dir.is_dir():
+        return None
+    steps = {}
+    for path in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        number = path.name[len(PREFIX_CHECKPOINT_DIR) + 1:]
+        if path.is_dir() and number.isdigit():
+            steps[path] = int(number)
+    passed = []
+    for path in sorted(steps, key=steps.get, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if passed:
+                print(f"resume: passed over {'; '.join(passed)}; resuming from {path}", flush=True)
+            return str(path)
+        passed.append(f"{path} ({problem})")
+    if passed:
+        print(f"resume: no checkpoint reads ({'; '.join(passed)}); training from step 0", flush=True)
+    return None
 
 
 def _run(trainer, spec, last, evaluate, stopper, patience) -> tuple[list[dict], str | None, float]:

@@ -100,6 +100,7 @@ MAX_NEW_TOKENS = 2  # the answer is one word and <end_of_turn>; a run-on is cut 
 BOOTSTRAP = {"level": 0.95, "resamples": 2000, "seed": gh.env.SEED}  # the intervals: rows drawn with replacement
 MIX_WEIGHT, MIX_THRESHOLD = gh.evaluate.MIX_WEIGHT, gh.evaluate.MIX_THRESHOLD  # 0.5, 0.5: see section 5
 MAX_MB = 50  # per PDF
+DEADLINE_S = 60  # per paper, everything included (connecting, retries, waits): a server that never answers costs 60 s
 OUTPUT = "outputs/01_papers"
 
 # %%
@@ -136,10 +137,11 @@ for p in paper_list:
 # Each file is streamed to `.<name>.part` and renamed only when complete; a file already complete on
 # disk is not fetched again (rerun this cell after an interruption: nothing is lost). Then pypdf reads
 # it page by page, the title is looked for at the top of page 1 (or in the PDF's title field), and the
-# text is cleaned. Every URL gets one line in the report: `ok` / `cached`, or why not.
+# text is cleaned. Every URL gets one line in the report: `ok` / `cached`, or why not. A paper gets
+# `DEADLINE_S` seconds in all, retries included: a server that never answers is reported after that.
 
 # %%
-corpus = gp.collect(paper_list, out / "pdf", max_bytes=MAX_MB * 2**20, retries=2, backoff_s=0.5)
+corpus = gp.collect(paper_list, out / "pdf", max_bytes=MAX_MB * 2**20, deadline_s=DEADLINE_S, retries=2, backoff_s=0.5)
 print(corpus)  # a rerun finds the good papers complete on disk ("cached") and fetches none again
 download_report = [{k: r[k] for k in ("key", "url", "status", "reason", "bytes", "attempts", "http_status")}
                    for r in corpus.report]

@@ -463,3 +463,240 @@ def test_jsonl_raise_names_the_file_line_of_a_line_that_breaks_the_parser(tmp_pa
     path.write_text("\n".join(keep), encoding="utf-8")
     with pytest.raises(JSONLError, match=rf"{path}:{line}: .*{words}"):
         read_jsonl(path, errors="raise")
+
+
+# ---------------------------------------------------------------- gh.train's output folder
+@pytest.fixture(scope="session")
+def tiny_text_dir(tmp_path_factory):
+    """A random-weight Gemma 3 text model, 128 wide: a few training steps take about a second."""
+    from gemma_helpers import rehearsal
+
+    return rehearsal.gemma3_text_checkpoint(tmp_path_factory.mktemp("hostile-tiny") / "gemma3-tiny", hidden_size=128)
+
+
+def _train_tiny(folder, out, steps=2, **kwargs):
+    import gemma_helpers as gh
+
+    model, tok = gh.load_model(str(folder))
+    spec = gh.TrainSpec(target_modules=("q_proj",), max_steps=steps, batch_size=2, save_steps=1)
+    return gh.train(model, tok, gh.qa_rows([("Q?", "A.")] * 4), spec, out, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tiny_text_dir, tmp_path_factory):
+    """A finished 2-step run of the tiny model, checkpoints 1 and 2 (each test resumes a copy)."""
+    out = tmp_path_factory.mktemp("two-checkpoints")
+    assert _train_tiny(tiny_text_dir, out, steps=2).global_step == 2
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    return out
+
+
+def test_train_leaves_a_readme_in_its_output_folder_alone(tiny_text_dir, tmp_path):
+    (tmp_path / "README.md").write_text("my notes on this run")
+    result = _train_tiny(tiny_text_dir, tmp_path)
+    assert (tmp_path / "README.md").read_text() == "my notes on this run"  # TRL's card was written over it
+    assert result.global_step == 2 and (result.adapter_dir / "README.md").is_file()  # the adapter's own card
+    assert not list(tmp_path.glob(".*.tmp")) and not list(result.adapter_dir.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("content", ['{"my": "results"}', "not json at all", "[1, 2]"])
+def test_train_stops_before_replacing_a_history_json_it_did_not_write(tmp_path, content):
+
+    import gemma_helpers as gh
+
+    (tmp_path / "history.json").write_text(content)
+    for resume in (False, True):  # the check comes before the model is touched: no model needed
+        with pytest.raises(FileExistsError, match=rf"{tmp_path / 'history.json'} .*not written by gemma_helpers.train"):
+            gh.train(None, None, gh.qa_rows([("Q?", "A.")]), gh.TrainSpec(max_steps=1), tmp_path, resume=resume)
+        assert (tmp_path / "history.json").read_text() == content
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]  # nothing trained, nothing written
+
+
+def test_train_replaces_its_own_history_json(tiny_text_dir, two_checkpoints, tmp_path):
+    import shutil
+
+    shutil.copytree(two_checkpoints, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "history.json").read_text())["global_step"] == 2
+    again = _train_tiny(tiny_text_dir, tmp_path / "run", steps=1)  # a fresh run into an earlier run's folder
+    assert json.loads((tmp_path / "run" / "history.json").read_text())["global_step"] == again.global_step == 1
+
+
+@pytest.mark.parametrize("damage", ["adapter_model.safetensors", "optimizer.pt", "trainer_state.json"])
+def test_train_resume_passes_over_a_damaged_checkpoint_naming_it(tiny_text_dir, two_checkpoints, tmp_path, capsys,
+                                                                 damage):
+    import shutil
+
+    tmp_path = tmp_path / "run"
+    shutil.copytree(two_checkpoints, tmp_path)
+    (tmp_path / "checkpoint-2" / damage).write_bytes(b"\xff" * 64)  # junk over the newest checkpoint's file
+    capsys.readouterr()
+    result = _train_tiny(tiny_text_dir, tmp_path, steps=3, resume=True)
+    said = capsys.readouterr().out
+    assert re.search(rf"passed over {tmp_path / 'checkpoint-2'} \({re.escape(damage)} does not read .*\); "
+                     rf"resuming from {tmp_path / 'checkpoint-1'}", said), said
+    assert result.resumed_from == str(tmp_path / "checkpoint-1") and result.global_step == 3
+    assert [h["step"] for h in result.history] == [1, 2, 3]
+    from gemma_helpers.train import checkpoint_problem
+
+    assert [checkpoint_problem(tmp_path / f"checkpoint-{n}") for n in (2, 3)] == [None, None]  # step 2 saved again
+
+
+# ---------------------------------------------------------------- characters that are not text, inside visible text
+NOT_TEXT_CHARS = {"\x00": "control character U+0000 (NUL)", "\x1b": "control character U+001B (ESC)",
+                  "\x0c": "control character U+000C (FF)", "\x07": "control character U+0007 (BEL)",
+                  "\ud800": "lone surrogate U+D800", "\udfff": "lone surrogate U+DFFF"}
+
+
+@pytest.mark.parametrize("char", NOT_TEXT_CHARS)
+def test_chat_rows_with_a_control_character_or_lone_surrogate_name_row_field_and_character(char):
+    good = chat.qa_rows([("Q1?", "A1."), ("Q2?", "A2\tsplit\r\nover lines.")])
+    bad = chat.qa_rows([("Q?", f"Tehran{char} is the capital.")])
+    with pytest.raises(DataError) as err:
+        chat.validate_rows(good + bad)
+    assert (err.value.row, err.value.field) == (2, "messages[1].content")
+    assert f"has a {NOT_TEXT_CHARS[char]} at character 6" in str(err.value), err.value
+    with pytest.raises(DataError, match=r"row 1: field 'prompt' has a"):
+        chat.validate_rows([{"text": "fine"}, {"prompt": f"Q{char}?", "completion": "A"}])
+    chat.validate_rows(good)  # tab, CR and LF are text
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\ud800"])
+def test_persian_cleaning_reports_a_turn_with_a_control_character_as_dropped(char):
+    rows = chat.qa_rows([("سلام", "درود"), ("پایتخت ایران؟", f"تهران{char}"), ("چطوری؟", "خوبم")])
+    clean, report = persian.clean_conversations(rows)
+    assert clean == chat.qa_rows([("سلام", "درود"), ("چطوری؟", "خوبم")])
+    assert [(d["row"], d["reason"]) for d in report.dropped] == [(1, "control_character")]
+    assert report.dropped[0]["detail"].startswith(f"messages[1] (assistant) has a {NOT_TEXT_CHARS[char]}")
+    assert report.removed["control_character"] == 1 and report.kept == [0, 2]
+    chat.validate_rows(clean)
+
+
+def test_dolly_rows_with_a_control_character_are_skipped_naming_line_and_field(tmp_path):
+    good = {"instruction": "Say hi.", "context": "", "response": "Hi.", "category": "open_qa"}
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (good, {**good, "response": "Hi\x00."},
+                                                     {**good, "context": "a\x1bb"}, {**good, "response": "Bye."})))
+    said = []
+    assert dolly.read_jsonl(path, errors="skip", report=said.append) == [good, {**good, "response": "Bye."}]
+    assert said[0].startswith(f"skipped {path}:2: field 'response' has a control character U+0000 (NUL)")
+    assert said[1].startswith(f"skipped {path}:3: field 'context' has a control character U+001B (ESC)")
+
+
+def test_paper_text_loses_control_characters_before_it_becomes_rows():
+    from gemma_helpers.data.pdf import clean_pages
+
+    text = clean_pages(["A Title\nThe first sentence\x00 of the paper is here.\x1b And the second\x0cone."])
+    assert not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f]", text) and "sentence of the paper" in text
+
+
+# ---------------------------------------------------------------- Dolly rows repeated
+def test_dolly_reader_drops_exact_duplicates_and_counts_them(tmp_path):
+    rows = [{"instruction": f"Question {i}?", "context": "", "response": f"Answer {i}.", "category": "open_qa"}
+            for i in range(30)]
+    path = tmp_path / "d.jsonl"
+    copies = [rows[i % 3] for i in range(10_000)]  # 10,000 exact copies of the first 3 rows, then the rest
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:3] + copies + rows[3:]))
+    said = []
+    read = dolly.read_jsonl(path, errors="skip", report=said.append)
+    assert read == rows
+    assert said[0] == f"skipped {path}:4: the same row as {path}:1 (an exact duplicate)" and len(said) == 6
+    assert said[-1] == (f"{path}: dropped 10000 exact duplicate rows of 10030, the first of each kept "
+                        "(9995 not named above)")
+    train, held = dolly.split(read, 20, 10)
+    assert not {json.dumps(r) for r in train} & {json.dumps(r) for r in held}
+
+
+def test_dolly_split_refuses_a_row_on_both_sides():
+    rows = [{"instruction": f"Q{i}?", "context": "", "response": "A.", "category": "open_qa"} for i in range(5)]
+    with pytest.raises(ValueError, match="held-out row 4 is the same row as training row 1"):
+        dolly.split(rows[:4] + [rows[1]], 4, 1)
+
+
+# ---------------------------------------------------------------- Modelfiles and GGUF chat templates
+def _chat_gguf(path, template):
+    """A GGUF holding only what a runtime reads to format and end a turn (no tensors)."""
+    gguf = pytest.importorskip("gguf")
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_token_list(["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "user", "model"])
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+    writer.add_chat_template(template)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_modelfile_that_is_not_utf8_is_named(tmp_path):
+    from gemma_helpers import export
+
+    good = export.write_modelfile(_chat_gguf(tmp_path / "m.gguf", chat.GEMMA3_CHAT_TEMPLATE))
+    latin1 = tmp_path / "latin1.Modelfile"
+    latin1.write_bytes(good.read_text(encoding="utf-8").replace("# Ollama", "# Ollama (modèle)").encode("latin-1"))
+    for check in (export.check_modelfile, export.parse_modelfile):
+        with pytest.raises(export.ModelfileError, match=rf"{latin1}: not UTF-8: byte 0xe8 at line 1, column 14"):
+            check(latin1)
+    assert export.check_modelfile(good)["turn_end"] == "<end_of_turn>"  # the good one beside it still checks
+
+
+@pytest.mark.parametrize("template, words", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "did not finish rendering"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}{% endfor %}",  # 2 GiB cap, or the time
+     "did not finish rendering|does not render \\(MemoryError"),
+    ("{{ raise_exception('no system role') }}", "the chat template raised: no system role"),
+    ("{% for m in messages %}", "does not render \\(TemplateSyntaxError"),
+    ("{{ ''.__class__.__mro__ }}", "does not render \\(SecurityError: access to attribute '__class__'"),
+])
+def test_a_gguf_chat_template_that_never_ends_or_fails_is_a_named_error_within_the_limit(monkeypatch, tmp_path,
+                                                                                        template, words):
+    import time
+
+    from gemma_helpers import export
+
+    good = export.write_modelfile(_chat_gguf(tmp_path / "good.gguf", chat.GEMMA3_CHAT_TEMPLATE))
+    bad = _chat_gguf(tmp_path / "bad.gguf", template)
+    modelfile = tmp_path / "bad.Modelfile"
+    modelfile.write_text(good.read_text().replace("./good.gguf", "./bad.gguf"))
+    monkeypatch.setattr(export, "TEMPLATE_SECONDS", 2.0)
+    start = time.monotonic()
+    with pytest.raises(export.ModelfileError, match=rf"{bad}: .*({words})"):
+        export.check_modelfile(modelfile)
+    assert time.monotonic() - start < 10
+
+
+# ---------------------------------------------------------------- notebook 01's download of a server that never answers
+def _notebook_cells(name):
+    from pathlib import Path
+
+    import jupytext
+
+    path = Path(__file__).resolve().parent.parent / "notebooks" / name
+    return [c for c in jupytext.read(path, fmt="py:percent").cells if c.cell_type == "code"]
+
+
+def test_notebook_01_gives_each_paper_a_deadline_and_reports_a_server_that_never_answers(tmp_path):
+    import time
+
+    from gemma_helpers import offline
+    from gemma_helpers.data import papers as gp
+
+    cells = _notebook_cells("01_papers_wordclouds_lora.py")
+    params = next(c.source for c in cells if "parameters" in c.metadata.get("tags", []))
+    assert re.search(r"^DEADLINE_S = 60\b", params, re.MULTILINE), "notebook 01's parameters cell sets no per-paper deadline"
+    download_cell = next(c.source for c in cells if "gp.collect(" in c.source)
+    first = gp.sample()[0]
+    pdf = offline.sample_pdf(first)
+    with offline.LoopbackServer({"good": pdf, "silent": pdf}, {"silent": "hang"}, hang_s=30) as server:
+        paper_list = [gp.Paper(key, first["title"], "ai", url=server.url(key)) for key in ("good", "silent")]
+        namespace = {"gp": gp, "paper_list": paper_list, "out": tmp_path, "MAX_MB": 50, "cpu": False,
+                     "DEADLINE_S": 1.5}  # as papermill overrides the parameters cell
+        started = time.monotonic()
+        exec(compile(download_cell, "notebook 01, section 2", "exec"), namespace)
+        elapsed = time.monotonic() - started
+    report = {r["key"]: r for r in namespace["download_report"]}
+    assert report["silent"]["status"] == "failed", report
+    assert report["silent"]["reason"].startswith("deadline: no answer (0 bytes arrived) within the 1.5 s"), report
+    assert report["good"]["status"] == "ok" and (tmp_path / "pdf" / "good.pdf").read_bytes() == pdf
+    assert [p["key"] for p in namespace["corpus"].papers] == ["good"]
+    assert elapsed < 1.5 + 3, elapsed

@@ -16,6 +16,7 @@ SAMPLE = gh.env.REPO_ROOT / "data" / "persian_chat.jsonl"
 PLANTED_DROPS = {
     "empty_conversation": [5, 32],
     "empty_turn": [13, 45, 73],
+    "control_character": [],
     "wrong_role_order": [20, 38, 56, 64],
     "duplicate": [2, 9, 29],
     "near_duplicate": [16, 50, 82],

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import jsonl
-from ..chat import text_problem
+from ..chat import character_problem, text_problem
 
 FIELDS = ("instruction", "context", "response", "category")
 CATEGORIES = ("open_qa", "general_qa", "classification", "closed_qa", "brainstorming",
@@ -35,6 +35,10 @@ def row_problem(row) -> str | None:
         problem = text_problem(row[name])
         if problem:
             return f"field '{name}' {problem}"
+    for name in ("context", "category"):  # may be empty, but hold text only (no NUL, no lone surrogate)
+        problem = character_problem(row[name])
+        if problem:
+            return f"field '{name}' {problem}"
     return None
 
 
@@ -53,9 +57,40 @@ def read_jsonl(path: str | Path, *, errors: str, report=print) -> list[dict]:
     :class:`~gemma_helpers.jsonl.JSONLError` naming the file and line) or ``errors="skip"`` (a file
     from elsewhere: each bad line is reported with its file and line and left out, then the count).
 
+    Exact duplicates (the same four fields as an earlier line) are dropped and reported too
+    (:func:`drop_duplicates`), so a split never has a row on both sides.
+
     Notebook 06, "The data"."""
     rows = jsonl.read_jsonl(path, errors=errors, report=report, check=row_problem)
-    return [{k: row[k] for k in FIELDS} for row in rows]
+    places = [f"{path}:{n}" for n in rows.lines]
+    return drop_duplicates([{k: row[k] for k in FIELDS} for row in rows], places, str(path), report)
+
+
+SHOWN_DUPLICATES = 5  # duplicates named one by one; the rest are counted
+
+
+def drop_duplicates(rows: Sequence[dict], places: Sequence[str], source: str, report=print) -> list[dict]:
+    """``rows`` without exact duplicates (the same four fields as an earlier row), the first kept.
+    ``places`` names each row (``file:line``, ``hub row N``); the first ``SHOWN_DUPLICATES`` dropped are
+    reported as ``skipped place: the same row as place`` and then the count
+    (``source: dropped 3 exact duplicate rows of 40``), as a bad line is reported.
+
+    Not shown in a notebook: used by gemma_helpers.data.dolly.read_jsonl and gemma_helpers.data.dolly.from_hub."""
+    first: dict[tuple, int] = {}
+    kept, dropped = [], 0
+    for i, row in enumerate(rows):
+        key = tuple(row[k] for k in FIELDS)
+        if key in first:
+            dropped += 1
+            if report is not None and dropped <= SHOWN_DUPLICATES:
+                report(f"skipped {places[i]}: the same row as {places[first[key]]} (an exact duplicate)")
+            continue
+        first[key] = i
+        kept.append(row)
+    if dropped and report is not None:
+        more = f" ({dropped - SHOWN_DUPLICATES} not named above)" if dropped > SHOWN_DUPLICATES else ""
+        report(f"{source}: dropped {dropped} exact duplicate rows of {len(rows)}, the first of each kept{more}")
+    return kept
 
 
 def from_hub(limit: int | None = None) -> list[dict]:
@@ -66,14 +101,15 @@ def from_hub(limit: int | None = None) -> list[dict]:
 
     split = "train" if limit is None else f"train[:{limit}]"
     ds = load_hub_dataset(HUB_ID, split=split)
-    rows = []
+    rows, places = [], []
     for i, row in enumerate(ds):
         problem = check_row(row, f"{HUB_ID} row {i}")
         if problem:
             print(f"skipped {problem}")
             continue
         rows.append({k: row[k] for k in FIELDS})
-    return rows
+        places.append(f"{HUB_ID} row {i}")
+    return drop_duplicates(rows, places, HUB_ID)
 
 
 def context_free(rows: Sequence[dict]) -> list[dict]:
@@ -86,11 +122,19 @@ def context_free(rows: Sequence[dict]) -> list[dict]:
 def split(rows: Sequence[dict], n_train: int, n_heldout: int) -> tuple[list[dict], list[dict]]:
     """The first ``n_train`` rows to train on and the next ``n_heldout`` held out: a fixed split
     (the tutorial trains on the *first* 1,000 context-free rows, so the held-out rows follow them).
+    A held-out row that is also a training row (an exact duplicate) raises ValueError naming both.
 
     Notebook 06, "The data"."""
     if n_train + n_heldout > len(rows):
         raise ValueError(f"asked for {n_train} training + {n_heldout} held-out rows, only {len(rows)} available")
-    return list(rows[:n_train]), list(rows[n_train : n_train + n_heldout])
+    train, heldout = list(rows[:n_train]), list(rows[n_train : n_train + n_heldout])
+    seen = {tuple(r[k] for k in FIELDS): i for i, r in enumerate(train)}
+    for j, row in enumerate(heldout):
+        i = seen.get(tuple(row[k] for k in FIELDS))
+        if i is not None:
+            raise ValueError(f"held-out row {n_train + j} is the same row as training row {i}: a copy on both sides "
+                             "of the split; drop exact duplicates first (dolly.drop_duplicates)")
+    return train, heldout
 
 
 def prompt(row: dict) -> str:

@@ -147,17 +147,21 @@ def is_heading(line: str) -> bool:
             and sum(w[:1].isupper() for w in long_words) >= 0.6 * len(long_words))
 
 
+_NOT_TEXT = re.compile("[\x00-\x08\x0e-\x1b\ud800-\udfff]")  # C0 controls that are neither a space nor a line end
+
+
 def clean_pages(pages: Sequence[str]) -> str:
     """Extracted page texts to clean text: one heading or one paragraph per line (notebook 01, section 2).
 
-    Ligatures and other compatibility characters (NFKC), soft hyphens, words hyphenated at a line
-    end joined, running headers / footers and bare page numbers removed, everything from the last
-    "References" heading on cut, lines that are mostly symbols (equation residue) dropped.
+    Ligatures and other compatibility characters (NFKC), soft hyphens, control characters (NUL, ESC...)
+    and lone surrogates removed, words hyphenated at a line end joined, running headers / footers and
+    bare page numbers removed, everything from the last "References" heading on cut, lines that are
+    mostly symbols (equation residue) dropped.
 
     Not shown in a notebook: used by gemma_helpers.data.papers.read_paper and the tests."""
     split = []
     for page in pages:
-        text = unicodedata.normalize("NFKC", page).replace("\u00ad", "")
+        text = _NOT_TEXT.sub("", unicodedata.normalize("NFKC", page).replace("\u00ad", ""))  # rows refuse NUL & co.
         split.append([ln.rstrip() for ln in text.splitlines()])
     boiler = _boilerplate(split)
     lines = []

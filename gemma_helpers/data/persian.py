@@ -12,9 +12,9 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..chat import check_messages, role_problem, visible
+from ..chat import character_problem, check_messages, role_problem, visible
 
-REASONS = ("empty_conversation", "empty_turn", "wrong_role_order", "duplicate", "near_duplicate")
+REASONS = ("empty_conversation", "empty_turn", "control_character", "wrong_role_order", "duplicate", "near_duplicate")
 ZWNJ = "\u200c"
 _YEH_KAF = str.maketrans({"\u064a": "\u06cc", "\u0649": "\u06cc", "\u0643": "\u06a9"})  # Arabic ي ى ك -> Persian ی ک
 _ARABIC_DIGITS = "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669"  # ٠..٩
@@ -105,7 +105,9 @@ def clean_conversations(rows: Sequence, fold_system: bool = True,
 
     Each turn is normalised (:func:`normalize_persian`); then a row is dropped, with its index
     and reason in the report, when it has no turns or only empty ones (``empty_conversation``),
-    an empty user or assistant turn (``empty_turn``; an empty system turn is just removed), roles
+    an empty user or assistant turn (``empty_turn``; an empty system turn is just removed), a turn
+    holding a character that is not text (``control_character``: NUL and other control characters
+    but tab and line breaks, lone surrogates; :func:`gemma_helpers.chat.character_problem`), roles
     out of order (``wrong_role_order``), the same turns as an earlier row (``duplicate``) or the
     same up to punctuation, spacing, half-spaces and diacritics (``near_duplicate``).
     With ``fold_system`` a system turn is folded into the first user turn as Gemma's template
@@ -140,6 +142,10 @@ def clean_conversations(rows: Sequence, fold_system: bool = True,
             fixes.add("empty_system_removed")
         if empty:
             drop(i, "empty_turn", f"messages[{empty[0]}] ({turns[empty[0]]['role']}) is empty")
+            continue
+        bad = next(((j, p) for j, t in enumerate(turns) if (p := character_problem(t["content"]))), None)
+        if bad:  # NUL, ESC, a lone surrogate: not text (vertical tab and form feed became spaces above)
+            drop(i, "control_character", f"messages[{bad[0]}] ({turns[bad[0]]['role']}) {bad[1]}")
             continue
         problem = role_problem(turns)
         if problem:
