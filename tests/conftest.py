@@ -101,3 +101,22 @@ def xylandia_gguf(xylandia_merged):
     import gemma_helpers as gh
 
     return gh.to_gguf(xylandia_merged, "f16")
+
+
+def tiny_chat_gguf(path, template, eot=None):
+    """A GGUF holding only what a runtime reads to format and end a turn (no tensors)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_token_list(["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "user", "model"])
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+    if eot is not None:
+        writer.add_eot_token_id(eot)
+    if template is not None:
+        writer.add_chat_template(template)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

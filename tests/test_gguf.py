@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import XY_HELDOUT, XY_TRAIN
+from conftest import XY_HELDOUT, XY_TRAIN, tiny_chat_gguf
 
 import gemma_helpers as gh
 from gemma_helpers import bench
@@ -129,25 +129,6 @@ def test_the_adapter_alone_as_a_lora_gguf_on_its_base(xylandia_adapter, tmp_path
     assert all("Crystalburg" in a for a in answers), answers
 
 
-def _tiny_gguf(path, template, eot=None):
-    """A GGUF holding only what a runtime reads to format and end a turn (no tensors)."""
-    import gguf
-
-    writer = gguf.GGUFWriter(str(path), "gemma3")
-    writer.add_token_list(["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "user", "model"])
-    writer.add_bos_token_id(2)
-    writer.add_eos_token_id(1)
-    if eot is not None:
-        writer.add_eot_token_id(eot)
-    if template is not None:
-        writer.add_chat_template(template)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def test_the_modelfile_beside_a_gguf_matches_its_template_and_stop_token(xylandia_gguf):
     modelfile = gh.export.modelfile_path(xylandia_gguf)
     assert modelfile.is_file(), "to_gguf wrote no Modelfile"
@@ -160,7 +141,7 @@ def test_the_modelfile_beside_a_gguf_matches_its_template_and_stop_token(xylandi
 
 
 def test_a_modelfile_that_disagrees_with_its_gguf_is_refused(tmp_path):
-    good = _tiny_gguf(tmp_path / "good.gguf", gh.chat.GEMMA3_CHAT_TEMPLATE)
+    good = tiny_chat_gguf(tmp_path / "good.gguf", gh.chat.GEMMA3_CHAT_TEMPLATE)
     modelfile = gh.export.write_modelfile(good)  # checks itself
     text = modelfile.read_text()
     wrong_stop = tmp_path / "wrong-stop.Modelfile"
@@ -175,13 +156,13 @@ def test_a_modelfile_that_disagrees_with_its_gguf_is_refused(tmp_path):
     other_turns.write_text(text.replace("<start_of_turn>user\n", "<|im_start|>user\n"))
     with pytest.raises(gh.export.ModelfileError, match="TEMPLATE formats a user turn as"):
         gh.export.check_modelfile(other_turns)
-    bare = _tiny_gguf(tmp_path / "bare.gguf", None)
+    bare = tiny_chat_gguf(tmp_path / "bare.gguf", None)
     (tmp_path / "bare.Modelfile").write_text(text.replace("./good.gguf", "./bare.gguf"))
     with pytest.raises(gh.export.ModelfileError, match="no chat template in the GGUF"):
         gh.export.check_modelfile(tmp_path / "bare.Modelfile")
     with pytest.raises(gh.export.ModelfileError, match="no chat template in the GGUF"):
         gh.export.write_modelfile(bare)
-    _tiny_gguf(tmp_path / "eot.gguf", gh.chat.GEMMA3_CHAT_TEMPLATE, eot=1)
+    tiny_chat_gguf(tmp_path / "eot.gguf", gh.chat.GEMMA3_CHAT_TEMPLATE, eot=1)
     (tmp_path / "eot.Modelfile").write_text(text.replace("./good.gguf", "./eot.gguf"))
     with pytest.raises(gh.export.ModelfileError, match=r"declares end-of-turn token 1 \('<eos>'\)"):
         gh.export.check_modelfile(tmp_path / "eot.Modelfile")

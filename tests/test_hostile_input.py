@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+from conftest import tiny_chat_gguf
 
 from gemma_helpers import chat
 from gemma_helpers.chat import DataError
@@ -613,25 +614,10 @@ def test_dolly_split_refuses_a_row_on_both_sides():
 
 
 # ---------------------------------------------------------------- Modelfiles and GGUF chat templates
-def _chat_gguf(path, template):
-    """A GGUF holding only what a runtime reads to format and end a turn (no tensors)."""
-    gguf = pytest.importorskip("gguf")
-    writer = gguf.GGUFWriter(str(path), "gemma3")
-    writer.add_token_list(["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "user", "model"])
-    writer.add_bos_token_id(2)
-    writer.add_eos_token_id(1)
-    writer.add_chat_template(template)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def test_a_modelfile_that_is_not_utf8_is_named(tmp_path):
     from gemma_helpers import export
 
-    good = export.write_modelfile(_chat_gguf(tmp_path / "m.gguf", chat.GEMMA3_CHAT_TEMPLATE))
+    good = export.write_modelfile(tiny_chat_gguf(tmp_path / "m.gguf", chat.GEMMA3_CHAT_TEMPLATE))
     latin1 = tmp_path / "latin1.Modelfile"
     latin1.write_bytes(good.read_text(encoding="utf-8").replace("# Ollama", "# Ollama (modèle)").encode("latin-1"))
     for check in (export.check_modelfile, export.parse_modelfile):
@@ -654,8 +640,8 @@ def test_a_gguf_chat_template_that_never_ends_or_fails_is_a_named_error_within_t
 
     from gemma_helpers import export
 
-    good = export.write_modelfile(_chat_gguf(tmp_path / "good.gguf", chat.GEMMA3_CHAT_TEMPLATE))
-    bad = _chat_gguf(tmp_path / "bad.gguf", template)
+    good = export.write_modelfile(tiny_chat_gguf(tmp_path / "good.gguf", chat.GEMMA3_CHAT_TEMPLATE))
+    bad = tiny_chat_gguf(tmp_path / "bad.gguf", template)
     modelfile = tmp_path / "bad.Modelfile"
     modelfile.write_text(good.read_text().replace("./good.gguf", "./bad.gguf"))
     monkeypatch.setattr(export, "TEMPLATE_SECONDS", 2.0)
