@@ -310,6 +310,28 @@ LLAMA_CMAKE_ARGS = ("-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXA
                     f"'-DCMAKE_CXX_FLAGS={NO_AMX}'")
 
 
+def write_whole(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` (str as UTF-8) to ``path`` through a temporary file beside it, renamed when complete:
+    a reader, or a run cut off half-way, sees the old file or the new one, never part of one. A str that
+    cannot be encoded raises before anything is written.
+
+    Not shown in a notebook: used by gemma_helpers.results.save, gemma_helpers.hub.write_card and gemma_helpers.train."""
+    import tempfile
+
+    path = Path(path)
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)  # as a plain write leaves it (mkstemp's file is the owner's only)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_constraints(path: str | Path, versions: dict[str, str]) -> Path:
     """A pip constraint file pinning each ``name`` to ``version`` (one ``name==version`` a line).
 

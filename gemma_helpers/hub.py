@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from .env import write_whole
 
 META = "gemma_helpers.json"  # written beside an adapter by train, beside a merge by export: how it was made
 
@@ -158,16 +159,7 @@ def write_card(folder: str | Path, title: str | None = None, notebook: str | Non
         data = "\n".join(lines).encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate: raised before the old card is touched
         raise ValueError(f"{path}: the card cannot be written as UTF-8 ({exc}); the old card is kept") from exc
-    fd, tmp = tempfile.mkstemp(prefix=".README.md.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # as a plain write leaves it (mkstemp's file is the owner's only)
-        os.replace(tmp, path)  # atomic: a reader sees the old card or the new one, never half of one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_whole(path, data)  # a reader sees the old card or the new one, never half of one
 
 
 def token() -> str | None:

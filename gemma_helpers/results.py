@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from .env import REPO_ROOT
+from .env import REPO_ROOT, write_whole
 
 RESULTS = REPO_ROOT / "outputs" / "results"
 
@@ -19,10 +18,7 @@ def save(name: str, data: Mapping, results_dir: str | Path | None = None) -> Pat
     out = Path(results_dir or RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    return write_whole(path, json.dumps(data, indent=2, default=str))
 
 
 def expect(condition: bool, message: str) -> None:

@@ -468,7 +468,7 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
     tokenizer.save_pretrained(adapter_dir)
     # what merge() needs to rebuild the exact base the adapter was trained on, and what the card says
     four_bit = bool(getattr(trainer.model, "is_loaded_in_4bit", False))
-    _write_whole(adapter_dir / META, json.dumps(
+    env.write_whole(adapter_dir / META, json.dumps(
         {"load_in_4bit": four_bit,
          "train": {"spec": asdict(spec), "global_step": trainer.state.global_step, "stopped_early": stopped_early,
                    "rows": len(dataset), "load_in_4bit": four_bit, "label_tokens": labels}}, indent=2, default=str))
@@ -489,20 +489,10 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
         model=trainer.model,
         eval_history=eval_history,
     )
-    _write_whole(output_dir / "history.json", json.dumps(
+    env.write_whole(output_dir / "history.json", json.dumps(
         {"history": history, "eval_history": eval_history, "global_step": result.global_step, "runtime_s": runtime,
          "resumed_from": last, "stopped_early": result.stopped_early, "spec": result.spec}, indent=2))
     return result
-
-
-def _write_whole(path: Path, text: str) -> None:
-    """``text`` to ``path`` as UTF-8 through a temporary file beside it: a reader sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(text.encode("utf-8"))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 HISTORY_KEYS = ("history", "global_step", "spec")  # what every history.json train writes holds
