@@ -72,9 +72,17 @@ class DataError(ValueError):
 
     Notebook 02, section 1."""
 
-    def __init__(self, row: int, field: str, problem: str):
-        self.row, self.field, self.problem = row, field, problem
-        super().__init__(f"row {row}: field '{field}' {problem}")
+    def __init__(self, row: int, field: str, problem: str, line: int | None = None):
+        self.row, self.field, self.problem, self.line = row, field, problem, line
+        where = f"row {row}" if line is None else f"row {row} (file line {line})"
+        super().__init__(f"{where}: field '{field}' {problem}")
+
+    def at_line(self, lines) -> DataError:
+        """The same error naming the file line of its row too, when ``lines`` (``jsonl.Rows.lines``: the
+        file line of each row; blank lines make them differ from row indices) has one."""
+        if not lines or self.line is not None or not 0 <= self.row < len(lines):
+            return self
+        return DataError(self.row, self.field, self.problem, line=lines[self.row])
 
 
 def install_chat_template(tokenizer) -> None:
@@ -166,6 +174,13 @@ def validate_rows(rows: Sequence[dict]) -> None:
     (:func:`check_messages`, :func:`role_problem`), dropping a trainable-schema row instead of raising.
 
     Not shown in a notebook: used by gemma_helpers.chat.tokenize_rows and the tests."""
+    try:
+        _validate(rows)
+    except DataError as err:  # rows read by jsonl.read_jsonl also name the file line
+        raise err.at_line(getattr(rows, "lines", None)) from None
+
+
+def _validate(rows: Sequence[dict]) -> None:
     for i, row in enumerate(rows):
         if isinstance(row, dict) and "messages" not in row and ("prompt" in row or "text" in row):
             for name in ("prompt", "completion") if "prompt" in row else ("text",):

@@ -32,6 +32,28 @@ def test_chat_rows_without_learnable_text_name_row_and_field(answer):
     chat.validate_rows(good)  # the good rows beside it are fine
 
 
+def test_rows_read_from_a_file_with_blank_lines_name_the_file_line(tmp_path):
+    """Row indices and file lines differ after blank lines: a bad row is named by both."""
+    from gemma_helpers.jsonl import read_jsonl
+
+    good, other = chat.qa_rows([("Q1?", "A1."), ("Q2?", "A2.")])
+    empty = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "\u200f"}]}
+    outside = {"chat": []}
+    path = tmp_path / "rows.jsonl"
+    for bad in (empty, outside):
+        path.write_text("\n".join([json.dumps(good), "", "", json.dumps(other), json.dumps(bad)]) + "\n", encoding="utf-8")
+        rows = read_jsonl(path, errors="raise")
+        with pytest.raises(DataError, match=r"^row 2 \(file line 5\): field 'messages") as err:
+            chat.validate_rows(rows)
+        assert (err.value.row, err.value.line) == (2, 5)
+    path.write_text("\n".join([json.dumps(good), "", "", json.dumps(other), json.dumps(empty)]) + "\n", encoding="utf-8")
+    kept, report = persian.clean_conversations(read_jsonl(path, errors="raise"))
+    assert len(kept) == 2 and [(d["row"], d["line"]) for d in report.dropped] == [(2, 5)], report.dropped
+    with pytest.raises(DataError, match=r"^row 2 \(file line 5\)"):
+        path.write_text("\n".join([json.dumps(good), "", "", json.dumps(other), json.dumps(outside)]) + "\n", encoding="utf-8")
+        persian.clean_conversations(read_jsonl(path, errors="raise"))
+
+
 def test_the_error_names_the_invisible_characters():
     with pytest.raises(DataError, match=r"row 0: field 'messages\[1\].content' has no visible character "
                                         r"\(only U\+200F RIGHT-TO-LEFT MARK\)"):

@@ -12,7 +12,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..chat import character_problem, check_messages, role_problem, visible
+from ..chat import DataError, character_problem, check_messages, role_problem, visible
 
 REASONS = ("empty_conversation", "empty_turn", "control_character", "wrong_role_order", "duplicate", "near_duplicate")
 ZWNJ = "\u200c"
@@ -82,7 +82,7 @@ class CleaningReport:
     rows_in: int = 0
     rows_out: int = 0
     removed: dict = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
-    dropped: list = field(default_factory=list)  # {"row", "reason", "detail"}
+    dropped: list = field(default_factory=list)  # {"row", "line" (the file line, rows read by jsonl.read_jsonl), "reason", "detail"}
     fixed: dict = field(default_factory=dict)  # kind -> indices of kept rows that needed it
     kept: list = field(default_factory=list)  # the input index of each output row
 
@@ -121,12 +121,17 @@ def clean_conversations(rows: Sequence, fold_system: bool = True,
     exact: dict[tuple, int] = {}
     near: dict[tuple, int] = {}
 
+    lines = getattr(rows, "lines", None)  # rows read by jsonl.read_jsonl: the file line of each row
+
     def drop(i, reason, detail):
         report.removed[reason] += 1
-        report.dropped.append({"row": i, "reason": reason, "detail": detail})
+        report.dropped.append({"row": i, **({"line": lines[i]} if lines else {}), "reason": reason, "detail": detail})
 
     for i, row in enumerate(rows):
-        messages = check_messages(i, row)
+        try:
+            messages = check_messages(i, row)
+        except DataError as err:
+            raise err.at_line(lines) from None
         fixes: set[str] = set()
         turns = []
         for msg in messages:
