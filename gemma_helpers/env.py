@@ -153,7 +153,10 @@ def profile() -> str:
 
 
 def bf16_supported() -> bool:
-    """True when the CUDA GPU computes in bfloat16.
+    """True when the CUDA GPU computes in bfloat16 natively (compute capability 8.0 and newer).
+
+    ``torch.cuda.is_bf16_supported()`` alone answers True on a T4 (capability 7.5), where bfloat16 is
+    only emulated; emulation is excluded here, so a T4 trains and reports float32.
 
     Not shown in a notebook: used by gemma_helpers.env.report, gemma_helpers.env.train_dtype and
     gemma_helpers.train.compute_dtype."""
@@ -161,7 +164,11 @@ def bf16_supported() -> bool:
         return False
     import torch
 
-    return bool(torch.cuda.is_bf16_supported())
+    try:
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without the argument never counted emulation
+        native = torch.cuda.is_bf16_supported()
+    return bool(native) and torch.cuda.get_device_capability(0)[0] >= 8
 
 
 def cpu_bf16_native() -> bool:

@@ -264,6 +264,7 @@ def baseline_train(model, tokenizer, rows: Sequence[dict], spec, output_dir: str
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
+    from . import env
     from .train import schedule_args
 
     set_seed(spec.seed)
@@ -278,7 +279,7 @@ def baseline_train(model, tokenizer, rows: Sequence[dict], spec, output_dir: str
         **schedule_args(spec),
         save_strategy="no",
         report_to="none",
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        bf16=env.bf16_supported(),
         fp16=False,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,

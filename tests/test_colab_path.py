@@ -116,3 +116,38 @@ def test_a_bfloat16_adapter_exports_as_a_lora_gguf(tiny_adapter, tmp_path):
     save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(weights)).items()}, str(weights))
     out = export.lora_to_gguf(adapter, tmp_path / "lora.gguf")
     assert export.check_gguf(out) == out
+
+
+def _fake_t4(monkeypatch):
+    """A CUDA device of compute capability 7.5 (a Colab T4) as torch reports it: bfloat16 only emulated."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    # torch's own answer on a T4: True unless emulation is excluded
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+
+
+def test_a_t4_trains_and_reports_float32_not_emulated_bfloat16(monkeypatch):
+    import torch
+
+    from gemma_helpers import env
+
+    _fake_t4(monkeypatch)
+    assert env.bf16_supported() is False
+    assert env.train_dtype() is torch.float32
+    report = env.report(show=False)
+    assert report.capability == "7.5" and report.bf16 is False
+    assert "training dtype: float32" in str(report)
+
+
+def test_a_real_bfloat16_gpu_still_trains_in_bfloat16(monkeypatch):
+    import torch
+
+    from gemma_helpers import env
+
+    _fake_t4(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert env.bf16_supported() is True and env.train_dtype() is torch.bfloat16
