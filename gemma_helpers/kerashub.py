@@ -155,16 +155,19 @@ def answer_loss(lm, examples: Sequence[dict]) -> float:
     transformers model.
 
     Notebook 06, section 2."""
+    import numpy as np
     import torch
 
     from .rehearsal import cut_items
 
+    keras, _ = import_keras()
     total, count = 0.0, 0
     with torch.no_grad():
         for ex in cut_items(examples):  # the GPU-profile rehearsal only: a few rows
-            ids = torch.tensor([ex["input_ids"]], dtype=torch.int32)
-            logits = lm({"token_ids": ids, "padding_mask": torch.ones_like(ids, dtype=torch.bool)})
-            labels = torch.tensor(ex["labels"][1:])
+            # inputs on Keras's device (the GPU where there is one), labels beside the logits
+            ids = keras.ops.convert_to_tensor(np.array([ex["input_ids"]], dtype="int32"))
+            logits = lm({"token_ids": ids, "padding_mask": keras.ops.ones_like(ids, dtype="bool")})
+            labels = torch.tensor(ex["labels"][1:], device=logits.device)
             keep = labels != IGNORE_INDEX
             nll = torch.nn.functional.cross_entropy(logits[0, :-1][keep].float(), labels[keep], reduction="sum")
             total, count = total + float(nll), count + int(keep.sum())
@@ -209,8 +212,8 @@ def generate(lm, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, sa
         examples = [{"input_ids": ids, "labels": [IGNORE_INDEX] * len(ids)} for ids in batch]
         ids, mask, _ = pad(examples, max(map(len, batch)) + max_new_tokens)
         with torch.no_grad():
-            out = lm.generate_step({"token_ids": torch.from_numpy(ids), "padding_mask": torch.from_numpy(mask)},
-                                   stop_token_ids=stops)
+            out = lm.generate_step({"token_ids": keras.ops.convert_to_tensor(ids),  # on Keras's device
+                                    "padding_mask": keras.ops.convert_to_tensor(mask)}, stop_token_ids=stops)
         out_ids = keras.ops.convert_to_numpy(out["token_ids"])
         out_mask = keras.ops.convert_to_numpy(out["padding_mask"])
         for row, prompt_ids in enumerate(batch):

@@ -122,3 +122,55 @@ def test_kerashub_loads_the_embedded_checkpoint_and_agrees_with_transformers(emb
         import tensorflow  # noqa: F401
     except ImportError:
         assert problem is not None and "tensorflow" in problem
+
+
+class _DeviceCheckingLM:
+    """A KerasHub causal LM's call surface that records the device of every input it is given, and
+    answers with logits on that device (as a model on a GPU does)."""
+
+    def __init__(self, vocab: int = 11):
+        self.vocab, self.devices, self.sampler = vocab, [], None
+
+    def __call__(self, inputs):
+        import torch
+
+        self.devices += [inputs["token_ids"].device.type, inputs["padding_mask"].device.type]
+        ids = inputs["token_ids"]
+        return torch.zeros((*ids.shape, self.vocab), device="cpu")
+
+    def generate_step(self, inputs, stop_token_ids=None):
+        self.devices += [inputs["token_ids"].device.type, inputs["padding_mask"].device.type]
+        import torch
+
+        shape = tuple(inputs["token_ids"].shape)  # a meta tensor has a shape but no values
+        return {"token_ids": torch.full(shape, 3), "padding_mask": torch.ones(shape, dtype=torch.bool)}
+
+
+class _Tokenizer:
+    eos_token_id = 1
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [2 + len(w) % 8 for w in text.split()]}
+
+    def convert_tokens_to_ids(self, token):
+        return 10
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+def test_keras_inputs_go_to_the_device_keras_computes_on():
+    """On a GPU, KerasHub's model sits on CUDA: inputs built on the CPU failed with a device mismatch
+    (a T4 lost notebook 06's Keras figures). Here Keras's device is set to 'meta' to see where they go."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    from gemma_helpers import kerashub
+
+    keras, _ = kerashub.import_keras()
+    lm = _DeviceCheckingLM()
+    with keras.device("meta"):
+        kerashub.generate(lm, _Tokenizer(), ["a b c", "d e"], max_new_tokens=2)
+        loss = kerashub.answer_loss(lm, [{"input_ids": [2, 3, 4], "labels": [-100, 3, 4]}])
+    assert set(lm.devices) == {"meta"}, lm.devices
+    assert abs(loss - __import__("math").log(lm.vocab)) < 1e-5  # uniform logits: log(vocab) per token
