@@ -111,6 +111,19 @@ def _ids(model, ids) -> "torch.Tensor":
     return torch.tensor([list(ids)], device=next(model.parameters()).device)
 
 
+def clock(device) -> float:
+    """``time.perf_counter()`` once the work queued on ``device`` has finished: CUDA runs
+    asynchronously, so a timing taken without ``torch.cuda.synchronize()`` measures the launch, not
+    the work. On the CPU it is the plain clock.
+
+    Not shown in a notebook: used by gemma_helpers.bench.measure_here and the tests."""
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def _measure_transformers(stage: Stage, work: Workload) -> dict:
     import torch
 
@@ -123,26 +136,27 @@ def _measure_transformers(stage: Stage, work: Workload) -> dict:
     started = time.perf_counter()
     model, tokenizer = load_adapter(stage.path) if stage.kind == "adapter" else load_model(stage.path)
     model.eval()
-    load_s = time.perf_counter() - started
+    device = next(model.parameters()).device
+    load_s = clock(device) - started
     with torch.inference_mode():
         model(input_ids=_ids(model, work.prompt_ids[:8]))  # warm-up, as for llama.cpp
         ids = _ids(model, work.prompt_ids)
-        started = time.perf_counter()
+        started = clock(device)
         out = model(input_ids=ids, use_cache=True)
-        prefill = time.perf_counter() - started
+        prefill = clock(device) - started
         token = out.logits[:, -1].argmax(-1, keepdim=True)
-        ttft = time.perf_counter() - started
+        ttft = clock(device) - started
         cache = out.past_key_values
-        started = time.perf_counter()
+        started = clock(device)
         for _ in range(work.gen_tokens - 1):
             out = model(input_ids=token, past_key_values=cache, use_cache=True)
             cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-        decode = time.perf_counter() - started
+        decode = clock(device) - started
         text = _ids(model, work.text_ids)
         logits = model(input_ids=text).logits[0].float()
         nll = torch.nn.functional.cross_entropy(logits[:-1], text[0, 1:])
     answers = evaluate.ask(model, tokenizer, work.questions, work.max_new_tokens) if work.questions else []
-    return {"load_s": load_s, "prompt_tps": len(work.prompt_ids) / prefill, "ttft_s": ttft,
+    return {"device": device.type, "load_s": load_s, "prompt_tps": len(work.prompt_ids) / prefill, "ttft_s": ttft,
             "gen_tps": (work.gen_tokens - 1) / decode, "perplexity": math.exp(nll.item()), "answers": answers}
 
 
@@ -182,7 +196,7 @@ def _measure_gguf(stage: Stage, work: Workload) -> dict:
         llm.eval([token])
         nll.append(_nll(_last_logits(llm), work.text_ids[position + 1]))
     answers = gguf_ask(llm, work.questions, work.max_new_tokens) if work.questions else []
-    return {"load_s": load_s, "prompt_tps": len(work.prompt_ids) / prefill, "ttft_s": ttft,
+    return {"device": "cpu", "load_s": load_s, "prompt_tps": len(work.prompt_ids) / prefill, "ttft_s": ttft,
             "gen_tps": (work.gen_tokens - 1) / decode, "perplexity": math.exp(sum(nll) / len(nll)), "answers": answers}
 
 
@@ -233,8 +247,15 @@ def table(results) -> str:
 def speedup(results, numerator: str, denominator: str, key: str = "gen_tps") -> float:
     """The ratio of one stage's ``key`` (generation tokens/s by default) over another's.
 
+    Both stages must have run on the same kind of device: a GPU transformers stage against a CPU
+    llama.cpp one is two machines, not one speed-up, and raises ``ValueError`` naming both.
+
     Notebook 05, section 4."""
     by_name = {r["name"]: r for r in results}
-    return by_name[numerator][key] / by_name[denominator][key]
+    top, bottom = by_name[numerator], by_name[denominator]
+    if top.get("device", "cpu") != bottom.get("device", "cpu"):
+        raise ValueError(f"{numerator!r} ran on {top.get('device', 'cpu')} and {denominator!r} on "
+                         f"{bottom.get('device', 'cpu')}: their {key} are not one comparison")
+    return top[key] / bottom[key]
 
 

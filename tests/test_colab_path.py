@@ -151,3 +151,23 @@ def test_a_real_bfloat16_gpu_still_trains_in_bfloat16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert env.bf16_supported() is True and env.train_dtype() is torch.bfloat16
+
+
+def test_cuda_work_is_timed_after_it_finishes(monkeypatch):
+    """CUDA kernels run asynchronously: each timestamp of a GPU stage waits for them first."""
+    import torch
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    before = bench.clock(torch.device("cpu"))
+    assert synced == []
+    assert bench.clock(torch.device("cuda", 0)) >= before and synced == [torch.device("cuda", 0)]
+
+
+def test_a_gpu_stage_and_a_cpu_gguf_stage_make_no_speedup():
+    results = [{"name": "merged", "device": "cuda", "gen_tps": 40.0},
+               {"name": "gguf Q4_K_M", "device": "cpu", "gen_tps": 60.0},
+               {"name": "gguf f16", "device": "cpu", "gen_tps": 30.0}]
+    with pytest.raises(ValueError, match="'gguf Q4_K_M' ran on cpu and 'merged' on cuda"):
+        bench.speedup(results, "gguf Q4_K_M", "merged")
+    assert bench.speedup(results, "gguf Q4_K_M", "gguf f16") == 2.0
