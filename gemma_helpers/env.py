@@ -348,6 +348,34 @@ def write_constraints(path: str | Path, versions: dict[str, str]) -> Path:
     return path
 
 
+# The torchao built against each torch Colab may ship, from the compatibility list in torchao 0.16.0's
+# torchao/__init__.py (torchao loads its compiled kernels only for the torch it was built against;
+# unsloth_zoo pulls torchao in unpinned, and pip's newest, 0.18, needs torch 2.11). From torch 2.11 on
+# torchao 0.17+ checks a minimum torch itself, so no pin is added.
+TORCHAO_FOR_TORCH = {"2.9.0": "0.14.1", "2.9.1": "0.15.0", "2.10.0": "0.16.0", "2.10.1": "0.16.0"}
+
+
+def colab_constraints(kept: dict[str, str]) -> dict[str, str]:
+    """The versions the Colab install must keep or match: Colab's own torch, torchvision and torchaudio
+    (``kept``), plus the torchao built against that torch (:data:`TORCHAO_FOR_TORCH`).
+
+    A torch this table does not know is refused below 2.11, naming the table, rather than letting pip
+    pick a torchao that fails to import.
+
+    Not shown in a notebook: used by gemma_helpers.env.colab_install and the tests."""
+    torch_version = kept.get("torch", "").split("+")[0]
+    if not torch_version:
+        return dict(kept)
+    if torch_version in TORCHAO_FOR_TORCH:
+        return {**kept, "torchao": TORCHAO_FOR_TORCH[torch_version]}
+    from packaging.version import Version
+
+    if Version(torch_version) < Version("2.11"):
+        raise RuntimeError(f"torch {torch_version}: no torchao known to match it; add it to "
+                           f"gemma_helpers.env.TORCHAO_FOR_TORCH (torchao's __init__.py lists its builds)")
+    return dict(kept)
+
+
 def kept_versions(names: tuple[str, ...] = KEEP) -> dict[str, str]:
     """The installed version of each of ``names`` that is installed (Colab's torch, torchvision, torchaudio).
 
@@ -375,7 +403,7 @@ def colab_install(repo: str | Path) -> None:
     done = repo / ".colab-installed"
     if done.is_file():
         return
-    constraints = write_constraints(repo / "colab-constraints.txt", kept_versions())
+    constraints = write_constraints(repo / "colab-constraints.txt", colab_constraints(kept_versions()))
     started = time.time()
     print(f"installing requirements-colab.txt, keeping {constraints.read_text().split()} (a few minutes) ...", flush=True)
     for args in colab_pip_calls(repo, constraints):

@@ -20,7 +20,7 @@ COLAB_TORCH = {"torch": "2.9.1", "torchvision": "0.24.1", "torchaudio": "2.9.1"}
 
 
 def _dry_run(repo, tmp_path):
-    constraints = env.write_constraints(tmp_path / "colab-constraints.txt", COLAB_TORCH)
+    constraints = env.write_constraints(tmp_path / "colab-constraints.txt", env.colab_constraints(COLAB_TORCH))
     report = tmp_path / "report.json"
     args = env.colab_pip_calls(repo, constraints)[0]
     cmd = [sys.executable, "-m", "pip", *args, "--dry-run", "--ignore-installed", "--report", str(report), *COLAB_TORCH]
@@ -41,6 +41,10 @@ def test_colab_install_resolves_and_keeps_colab_torch(tmp_path):
     off = {n: (v, resolved.get(n)) for n, v in pins.items() if resolved.get(n) != v}
     assert off == {}, f"pinned vs resolved: {off}"
     assert "unsloth" in pins and "llama-cpp-python" not in resolved  # built by notebook 05 alone
+    # torchao (pulled in by unsloth_zoo) must be the build for Colab's torch: 0.18 fails to import on 2.9
+    assert resolved.get("torchao") in (None, env.TORCHAO_FOR_TORCH[COLAB_TORCH["torch"]]), resolved.get("torchao")
+    # Gemma 3n's vision tower (MobileNetV5) needs timm >= 1.0.16; Colab's preinstalled one may be older
+    assert "timm" in pins and resolved.get("timm") == pins["timm"]
 
 
 @pytest.mark.network
@@ -58,3 +62,12 @@ def test_an_unresolvable_pin_fails_the_check(tmp_path):
 def test_the_constraint_file_names_only_what_is_installed():
     kept = env.kept_versions()
     assert set(kept) <= set(env.KEEP) and kept.get("torch") == env.installed_version("torch")
+
+
+def test_the_constraints_add_the_torchao_built_for_colabs_torch():
+    assert env.colab_constraints({"torch": "2.9.1+cu126", "torchvision": "0.24.1"}) == {
+        "torch": "2.9.1+cu126", "torchvision": "0.24.1", "torchao": "0.15.0"}
+    assert env.colab_constraints({"torch": "2.9.0"})["torchao"] == "0.14.1"
+    assert "torchao" not in env.colab_constraints({"torch": "2.11.0"})  # torchao checks its own minimum there
+    with pytest.raises(RuntimeError, match="torch 2.8.0: no torchao known"):
+        env.colab_constraints({"torch": "2.8.0"})
