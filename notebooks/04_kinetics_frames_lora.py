@@ -107,9 +107,12 @@ MODEL, N_FRAMES, FRAME_SIZE, HELDOUT, MAX_NEW_TOKENS = R["model"], R["n_frames"]
 root = gh.env.REPO_ROOT
 out = root / OUTPUT
 if CLIPS_DIR:
-    clips = frames.clips_from_csv(CLIPS_DIR)
+    clips, clip_source = frames.clips_from_csv(CLIPS_DIR), str(CLIPS_DIR)
 else:
-    clips = offline.synthetic_clips(out / "clips", per_action=R["clips_per_action"], seed=0)
+    clips, clip_source = offline.synthetic_clips(out / "clips", per_action=R["clips_per_action"], seed=0), frames.SYNTHETIC
+    if gh.profile() == "gpu":
+        print("CLIPS_DIR is None: training on synthetic moving-shape clips; the accuracy below checks the pipeline, "
+              "not real actions. Set CLIPS_DIR in the parameters cell to your clips folder.")
 rows, skipped = frames.build_rows(clips, out, n=N_FRAMES, size=FRAME_SIZE)
 train_rows, heldout_rows = frames.split_by_clip(rows, heldout=HELDOUT, seed=0)
 print(f"{len(rows)} clips ({len(skipped)} skipped) -> {len(train_rows)} train, {len(heldout_rows)} held out")
@@ -244,16 +247,13 @@ results = {
     "trainable_params": check["trainable_params"], "frozen_vision": check["frozen_vision"],
     "steps": run.global_step, "train_runtime_s": run.runtime_s,
     "heldout_answers_after": after_answers, "heldout_references": references,
-    "model": MODEL, "profile": gh.profile(), "runtime_s": time.time() - T0,
+    "clips": clip_source, "model": MODEL, "profile": gh.profile(), "runtime_s": time.time() - T0,
 }
 path = gh.results.save("04_frames", results)
 print(gh.results.summary_table(results))
 print(f"whole notebook: {results['runtime_s']:.0f} s | written to {path}")
 
 # %%
-bar, after_acc, ablated_acc = baseline["exact_match"], after["exact_match"], ablated["exact_match"]
-shown = after_acc >= 2 * bar and ablated_acc <= bar + 0.1
-print(f"{'Shown' if shown else 'NOT shown'}: on {after['n']} held-out clips the adapter's exact match is {after_acc:.2f} "
-      f"against a most-common-answer bar of {bar:.2f} ({'at least' if after_acc >= 2 * bar else 'below'} twice it), "
-      f"and with frames from other clips it {'falls back to' if ablated_acc <= bar + 0.1 else 'stays above'} "
-      f"{ablated_acc:.2f} (bar + 0.1 = {bar + 0.1:.2f}), so the answers {'come from' if shown else 'are not shown to come from'} the frames.")
+shown, sentence = frames.verdict(after["exact_match"], baseline["exact_match"], ablated["exact_match"], after["n"],
+                                 clip_source)
+print(sentence)

@@ -66,3 +66,15 @@ def test_swapped_frames_come_from_another_clip_and_keep_the_question(tmp_path):
     assert rows[0]["messages"][0]["content"][0]["image"] == "frames/left0/frame_0.jpg"  # the originals untouched
     with pytest.raises(ValueError, match="at least 2 rows"):
         F.swap_frames(rows[:1])
+
+
+def test_the_verdict_on_synthetic_clips_says_it_checks_the_pipeline_not_real_actions():
+    shown, sentence = F.verdict(0.5, 0.17, 0.17, 12, F.SYNTHETIC)
+    assert shown and sentence.startswith("Shown: on 12 held-out clips")
+    assert "synthetic moving-shape clips" in sentence and "not recognition of real actions" in sentence
+    shown, sentence = F.verdict(0.5, 0.17, 0.17, 48, "/content/drive/MyDrive/clips")
+    assert shown and "synthetic" not in sentence and "/content/drive/MyDrive/clips" in sentence
+    shown, sentence = F.verdict(0.25, 0.17, 0.17, 12)
+    assert not shown and sentence.startswith("NOT shown") and "below twice it" in sentence
+    shown, _ = F.verdict(0.5, 0.17, 0.33, 12)  # other clips' frames still answered: not from the frames
+    assert not shown
