@@ -118,6 +118,63 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.environ)
 
 
+DRIVE_FOLDER = "/content/drive/MyDrive/gemma-lora-notebooks"  # where OUTPUTS_ON_DRIVE keeps outputs/
+RESUME_MARKER = ".resume-training"  # in outputs/: train resumes from the newest checkpoint found there
+
+
+def keep_outputs_on_drive(repo: str | Path, folder: str | Path = DRIVE_FOLDER) -> Path:
+    """On Colab, put ``repo/outputs`` (checkpoints, adapters, results, charts of runs) on Google Drive,
+    so a disconnect loses nothing: ``repo/outputs`` becomes a link to ``folder/outputs``, which is
+    kept between sessions, and a marker there makes :func:`resume_training` True, so a notebook run
+    again resumes each training run from its last complete checkpoint instead of starting over.
+
+    The files already in ``repo/outputs`` (the repository's committed results) are copied to Drive
+    where Drive has no file of that name; nothing on Drive is overwritten, and the local folder is
+    kept beside, renamed ``outputs.before-drive``. Elsewhere than Colab nothing changes.
+
+    Notebook 00, "The report" (the setup cell's OUTPUTS_ON_DRIVE field)."""
+    import shutil
+
+    local = Path(repo) / "outputs"
+    if not in_colab():
+        print(f"not on Colab: outputs stay in {local}")
+        return local
+    from google.colab import drive
+
+    drive.mount("/content/drive")
+    target = Path(folder) / "outputs"
+    target.mkdir(parents=True, exist_ok=True)
+    if local.is_symlink():
+        if local.resolve() != target.resolve():
+            raise FileExistsError(f"{local} already links to {local.resolve()}, not {target}: "
+                                  f"remove that link yourself to keep outputs on Drive")
+    else:
+        if local.is_dir():
+            for item in local.rglob("*"):
+                copy = target / item.relative_to(local)
+                if item.is_file() and not copy.exists():
+                    copy.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(item, copy)
+            kept = local.with_name("outputs.before-drive")
+            if kept.exists():
+                raise FileExistsError(f"{kept} exists: move it away to keep outputs on Drive")
+            local.rename(kept)
+        local.symlink_to(target, target_is_directory=True)
+    (target / RESUME_MARKER).write_text("written by gemma_helpers.env.keep_outputs_on_drive: training runs "
+                                        "resume from their newest checkpoint here\n", encoding="utf-8")
+    print(f"outputs/ is on Google Drive: {target}; a run started again resumes from its last checkpoint")
+    return target
+
+
+def resume_training(outputs: str | Path | None = None) -> bool:
+    """Whether a training run resumes from its newest checkpoint by default: True where
+    :func:`keep_outputs_on_drive` put outputs on Drive (its marker is in ``outputs/``), else False
+    (a fresh run, as CI and a local run expect).
+
+    Not shown in a notebook: used by gemma_helpers.train.train and the tests."""
+    return (Path(outputs or REPO_ROOT / "outputs") / RESUME_MARKER).is_file()
+
+
 def in_ci() -> bool:
     """A CI run or a headless test: ``CI`` or ``NBMAKE`` set, or inside pytest (nbmake's kernels inherit
     ``PYTEST_CURRENT_TEST``).

@@ -54,7 +54,8 @@
 # %%
 # Setup: the same cell in every notebook (`make sync` writes it from gemma_helpers/setup_cell.py).
 # On Colab, paste this repository's git URL into REPO_URL (or set the environment variable
-# GEMMA_REPO_URL): the cell clones it and installs the pinned stack, keeping Colab's torch.
+# GEMMA_REPO_URL): the cell clones it and installs the pinned stack, keeping Colab's torch. Tick
+# OUTPUTS_ON_DRIVE to keep checkpoints and results on Google Drive across disconnects.
 # Anywhere else it only imports gemma_helpers and reports the environment.
 import os
 import subprocess
@@ -64,6 +65,7 @@ import urllib.parse
 
 T0 = time.time()
 REPO_URL = ""  # @param {type:"string"}
+OUTPUTS_ON_DRIVE = False  # @param {type:"boolean"}  Colab: keep outputs/ on Google Drive; a rerun resumes training
 REPO = "/content/gemma-lora-notebooks"
 if "google.colab" in sys.modules:
     REPO_URL = REPO_URL.strip() or os.environ.get("GEMMA_REPO_URL", "").strip()
@@ -82,6 +84,8 @@ if "google.colab" in sys.modules:
     from gemma_helpers import env
 
     env.colab_install(REPO)
+    if OUTPUTS_ON_DRIVE:
+        env.keep_outputs_on_drive(REPO)
 
 import gemma_helpers as gh
 

@@ -86,7 +86,7 @@ def test_colab_install_keeps_installed_torch_and_runs_once(monkeypatch, tmp_path
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
     monkeypatch.setattr(env, "kept_versions", lambda names=env.KEEP: {"torch": "2.9.0+cu126", "torchaudio": "2.9.0+cu126"})
     env.colab_install(tmp_path)
-    assert (tmp_path / "colab-constraints.txt").read_text() == "torch==2.9.0+cu126\ntorchaudio==2.9.0+cu126\n"
+    assert (tmp_path / "colab-constraints.txt").read_text() == "torch==2.9.0+cu126\ntorchao==0.14.1\ntorchaudio==2.9.0+cu126\n"
     assert calls == [[sys.executable, "-m", "pip", *args] for args in env.colab_pip_calls(tmp_path, tmp_path / "colab-constraints.txt")]
     assert calls[0][-2:] == ["-r", str(tmp_path / "requirements-colab.txt")] and "-c" in calls[0]
     env.colab_install(tmp_path)  # a second run of the cell installs nothing
@@ -113,3 +113,53 @@ def test_ensure_installs_an_extra_on_colab_only(monkeypatch):
 def test_ensure_does_nothing_when_importable(monkeypatch):
     monkeypatch.setattr(subprocess, "run", lambda *a, **kw: pytest.fail("pip was called"))
     env.ensure("json")
+
+
+def _fake_drive(monkeypatch, mounted: list):
+    """``google.colab`` with a ``drive.mount`` that records the mount point (Colab's asks for consent)."""
+    colab = type(sys)("google.colab")
+    colab.drive = type(sys)("google.colab.drive")
+    colab.drive.mount = lambda point, **kw: mounted.append(point)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setitem(sys.modules, "google.colab.drive", colab.drive)
+
+
+def test_outputs_on_drive_off_colab_changes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.setattr(env, "in_colab", lambda: False)
+    (tmp_path / "outputs").mkdir()
+    assert env.keep_outputs_on_drive(tmp_path, tmp_path / "drive") == tmp_path / "outputs"
+    assert not (tmp_path / "outputs").is_symlink() and not (tmp_path / "drive").exists()
+    assert not env.resume_training(tmp_path / "outputs")
+    assert "not on Colab" in capsys.readouterr().out
+
+
+def test_outputs_on_drive_links_keeps_what_was_there_and_turns_resume_on(tmp_path, monkeypatch):
+    mounted = []
+    _fake_drive(monkeypatch, mounted)
+    repo, drive = tmp_path / "repo", tmp_path / "MyDrive" / "gemma-lora-notebooks"
+    (repo / "outputs" / "results").mkdir(parents=True)
+    (repo / "outputs" / "results" / "03_xylandia.json").write_text("committed")
+    (repo / "outputs" / "results" / "01_papers.json").write_text("committed")
+    (drive / "outputs" / "results").mkdir(parents=True)
+    (drive / "outputs" / "results" / "03_xylandia.json").write_text("from the last session")
+    assert not env.resume_training(repo / "outputs")
+    env.keep_outputs_on_drive(repo, drive)
+    assert mounted == ["/content/drive"]
+    assert (repo / "outputs").is_symlink() and (repo / "outputs").resolve() == (drive / "outputs").resolve()
+    assert (drive / "outputs" / "results" / "03_xylandia.json").read_text() == "from the last session"  # not overwritten
+    assert (drive / "outputs" / "results" / "01_papers.json").read_text() == "committed"  # copied where missing
+    assert (repo / "outputs.before-drive" / "results" / "01_papers.json").is_file()  # the local folder kept
+    assert env.resume_training(repo / "outputs")
+    env.keep_outputs_on_drive(repo, drive)  # the setup cell run again: the same link, nothing else
+    assert (repo / "outputs").resolve() == (drive / "outputs").resolve()
+
+
+def test_outputs_linked_elsewhere_are_not_taken_over(tmp_path, monkeypatch):
+    _fake_drive(monkeypatch, [])
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "outputs").symlink_to(tmp_path / "mine")
+    with pytest.raises(FileExistsError, match="already links to"):
+        env.keep_outputs_on_drive(tmp_path / "repo", tmp_path / "drive")
+    assert (tmp_path / "repo" / "outputs").resolve() == (tmp_path / "mine").resolve()
