@@ -197,3 +197,21 @@ def memory_monitor(interval_s: float = 0.01):
             return out
 
     return MemoryMonitor()
+
+
+def release() -> float:
+    """Collect garbage and hand the CUDA allocator's cached blocks back to the card; the MiB of GPU
+    memory still allocated afterwards (0 without a GPU). Call it after dropping every reference to a
+    model (``model = run.model = None``): a second large model loaded while the first is still alive
+    needs room for both.
+
+    Notebook 02, section 8."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if not torch.cuda.is_available():
+        return 0.0
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated() / MB

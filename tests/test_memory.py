@@ -42,3 +42,22 @@ def test_the_peak_sampler_sees_memory_held_only_inside_the_block():
     assert sampler.peak_mb - sampler.start_mb > 0.9 * size / memory.MB
     assert memory.rss_bytes() < sampler.peak  # freed again after the block
     assert memory.peak_rss_mb() >= sampler.peak_mb - 1  # the high-water mark saw it too
+
+
+def test_release_frees_a_model_nothing_refers_to(monkeypatch):
+    import weakref
+
+    import torch
+
+    from gemma_helpers import memory
+
+    model = torch.nn.Linear(4, 4)
+    model.me = model  # a cycle: only the collector frees it
+    alive = weakref.ref(model)
+    model = None
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 3 * memory.MB)
+    assert memory.release() == 3.0
+    assert alive() is None and emptied == [True]
