@@ -100,14 +100,54 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def unsloth_available() -> bool:
-    """True when unsloth can be used: a CUDA GPU and the package installed.
+UNSLOTH_SETTING = "GEMMA_UNSLOTH"  # "auto" (default), "1": unsloth or stop, "0": transformers + peft + bitsandbytes
+_UNSLOTH_FAILED: list[str] = []  # why unsloth was given up in this process, once it was
 
-    unsloth raises on import without an accelerator, so it is never imported without one.
+
+def unsloth_failed(what: str) -> None:
+    """Give unsloth up for the rest of this process after ``what`` failed (its import, or a model it
+    could not load), printing the one line that says which path runs now. With ``GEMMA_UNSLOTH=1``
+    (unsloth forced) the failure stops the run instead.
+
+    Not shown in a notebook: used by gemma_helpers.env.unsloth_available and gemma_helpers.models.load_model."""
+    if os.environ.get(UNSLOTH_SETTING, "auto").strip() == "1":
+        raise RuntimeError(f"{UNSLOTH_SETTING}=1 asks for unsloth, but {what}")
+    if not _UNSLOTH_FAILED:
+        print(f"unsloth: {what}; going on with transformers + peft + bitsandbytes, the path CI tests on the "
+              f"CPU (set {UNSLOTH_SETTING}=0 to skip unsloth, =1 to stop instead)", flush=True)
+    _UNSLOTH_FAILED.append(what)
+
+
+def unsloth_available() -> bool:
+    """True when unsloth is used: a CUDA GPU, the package installed and importable, nothing it
+    loaded has failed in this process, and ``GEMMA_UNSLOTH`` is not ``0``. ``GEMMA_UNSLOTH=1`` makes
+    any of these missing an error rather than a quiet fallback.
+
+    unsloth raises on import without an accelerator, so it is never imported without one. A release
+    that breaks on import (the commonest complaint of unsloth's users) is named in one line and the
+    run goes on with transformers + peft + bitsandbytes.
 
     Not shown in a notebook: used by gemma_helpers.env.report, gemma_helpers.export.merge_16bit and
     gemma_helpers.models.attach_lora."""
-    return cuda_available() and importlib.util.find_spec("unsloth") is not None
+    setting = os.environ.get(UNSLOTH_SETTING, "auto").strip() or "auto"
+    if setting not in ("auto", "0", "1"):
+        raise ValueError(f"{UNSLOTH_SETTING}={setting!r}: expected auto, 0 or 1")
+    if setting == "0" or _UNSLOTH_FAILED:
+        return False
+    if not cuda_available():
+        if setting == "1":
+            raise RuntimeError(f"{UNSLOTH_SETTING}=1 asks for unsloth, but no CUDA GPU is present")
+        return False
+    if importlib.util.find_spec("unsloth") is None:
+        unsloth_failed("the package is not installed")
+        return False
+    if "unsloth" not in sys.modules or sys.modules["unsloth"] is None:
+        try:
+            import unsloth  # noqa: F401 - imported before transformers' models, as unsloth asks
+        except Exception as exc:  # noqa: BLE001 - a broken release fails with any error
+            unsloth_failed(f"import failed ({type(exc).__name__}: {str(exc)[:200]})")
+            return False
+    return True
 
 
 def in_colab() -> bool:

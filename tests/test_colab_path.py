@@ -171,3 +171,48 @@ def test_a_gpu_stage_and_a_cpu_gguf_stage_make_no_speedup():
     with pytest.raises(ValueError, match="'gguf Q4_K_M' ran on cpu and 'merged' on cuda"):
         bench.speedup(results, "gguf Q4_K_M", "merged")
     assert bench.speedup(results, "gguf Q4_K_M", "gguf f16") == 2.0
+
+
+@pytest.fixture
+def no_unsloth_failure(monkeypatch):
+    monkeypatch.setattr(env, "_UNSLOTH_FAILED", [])
+    monkeypatch.delenv(env.UNSLOTH_SETTING, raising=False)
+
+
+def test_an_unsloth_that_fails_to_import_leaves_the_tested_path_with_one_line(monkeypatch, capsys, no_unsloth_failure):
+    import importlib.machinery
+
+    monkeypatch.setattr(env, "cuda_available", lambda: True)
+    monkeypatch.setattr(env.importlib.util, "find_spec",
+                        lambda name: importlib.machinery.ModuleSpec(name, None) if name == "unsloth" else None)
+    monkeypatch.setitem(sys.modules, "unsloth", None)  # `import unsloth` raises ImportError, as a broken release does
+    assert env.unsloth_available() is False
+    assert env.unsloth_available() is False  # decided once: the rest of the run stays on one path
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("unsloth: import failed (ModuleNotFoundError: import of unsloth halted")
+    assert "going on with transformers + peft + bitsandbytes" in out
+
+
+def test_one_setting_forces_either_path(monkeypatch, no_unsloth_failure):
+    monkeypatch.setattr(env, "cuda_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "unsloth", type(sys)("unsloth"))  # an unsloth that imports
+    monkeypatch.setattr(env.importlib.util, "find_spec", lambda name: object())
+    assert env.unsloth_available() is True
+    monkeypatch.setenv(env.UNSLOTH_SETTING, "0")
+    assert env.unsloth_available() is False
+    monkeypatch.setenv(env.UNSLOTH_SETTING, "1")
+    monkeypatch.setitem(sys.modules, "unsloth", None)
+    with pytest.raises(RuntimeError, match="GEMMA_UNSLOTH=1 asks for unsloth, but import failed"):
+        env.unsloth_available()
+    monkeypatch.setattr(env, "cuda_available", lambda: False)
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        env.unsloth_available()
+    monkeypatch.setenv(env.UNSLOTH_SETTING, "yes")
+    with pytest.raises(ValueError, match="expected auto, 0 or 1"):
+        env.unsloth_available()
+
+
+def test_without_a_gpu_unsloth_is_never_tried(monkeypatch, capsys, no_unsloth_failure):
+    monkeypatch.setattr(env, "cuda_available", lambda: False)
+    monkeypatch.setattr(env.importlib.util, "find_spec", lambda name: pytest.fail("looked for unsloth"))
+    assert env.unsloth_available() is False and capsys.readouterr().out == ""
