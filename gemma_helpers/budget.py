@@ -7,7 +7,8 @@ budget gives the peak GPU memory, host RAM, disk and minutes on a free Colab T4,
     from gemma_helpers import budget
     b = budget.for_notebook(2)
     print(b.table())
-    b.check()  # BudgetError: "section 8 ... 19.4 GB of GPU memory > 15.0 GB: free the trained model ..."
+    b.check()  # BudgetError: notebook 02, section 8: load merged 4-bit: 18.7 GB of GPU memory (alive: ...)
+               # > 15.0 GB; change: free the trained model before section 8's load of the merged folder ...
 
 Parameters are counted from the real architectures, instantiated on PyTorch's ``meta`` device from
 their configs (:data:`MODELS`: the published sizes set explicitly on transformers' config classes;
@@ -41,6 +42,7 @@ STEP_OVERHEAD_S = 0.3  # assumption: per optimizer step, what FLOPs do not count
 CUDA_CONTEXT_GB = 0.45  # the CUDA context and cuBLAS/cuDNN workspaces: ~0.3-0.5 GB on a T4, outside torch's allocator
 DOWNLOAD_GB_PER_MIN = 3.0  # assumption: ~50 MB/s from the Hugging Face Hub to a Colab VM
 HOST_BASE_GB = 3.0  # assumption: a Colab kernel after importing torch, transformers, unsloth and the data
+WRITE_GB_PER_MIN = 3.0  # assumption: a merge or GGUF written to a Colab VM's disk, including the conversion
 LOAD_GB_PER_MIN = 6.0  # assumption: reading a 16-bit checkpoint from local disk and quantising it on the card
 SHARD_GB = 5.0  # a loader holds about one safetensors shard in RAM at a time (save_pretrained's 5 GB shards)
 
@@ -65,7 +67,8 @@ LORA_BYTES = FP32_BYTES + FP32_BYTES  # each LoRA weight and its gradient, float
 ACT_HIDDEN_COPIES = 6  # normed input, q, k, v, attention output, residual
 ACT_MLP_COPIES = 4  # gate, up, activation, product
 LOGIT_COPIES = 2
-KERAS_ACT_COPIES = 16  # assumption: KerasHub keeps every layer's activations (no checkpointing): ~16 hidden-wide tensors
+# assumption: KerasHub keeps every layer's activations (no checkpointing): ~16 hidden-wide tensors a layer
+KERAS_ACT_COPIES = 16
 
 # Kept at full width by a 4-bit load: models.SKIP_4BIT (tests/test_budget.py checks they agree), matched
 # from the start of a module's name as transformers does; nn.Embedding is never quantised by bitsandbytes.
@@ -117,7 +120,8 @@ MODELS: dict[str, ModelCard] = {m.name: m for m in (
               999_885_952, "Gemma 3 1B: 1.0 B (the model card; safetensors metadata 999,885,952)", "gemma3_1b"),
     ModelCard("gemma-3n-e4b-it", "google/gemma-3n-E4B-it config.json (Hugging Face, June 2025): Gemma3nTextConfig "
               "35 layers, hidden 2048, MLP 16384, 8 heads / 2 KV heads of 256, AltUp 4, LAuReL 64, 15 KV-shared "
-              "layers, vocabulary 262400, per-layer embeddings 262144 x 35 x 256; USM audio encoder (Gemma3nAudioConfig); "
+              "layers, vocabulary 262400, per-layer embeddings 262144 x 35 x 256; USM audio encoder "
+              "(Gemma3nAudioConfig); "
               "MobileNetV5-300M vision", 7.85e9,
               "Gemma 3n E4B: ~8 B raw parameters, ~4 B effective without per-layer embeddings (model card; "
               "Hugging Face's Gemma 3n blog)", "gemma3n_e4b"),
@@ -244,8 +248,9 @@ def _meta_model(build: str):
 
     with torch.device("meta"):
         model = _NoVision(cfg)
-    return model, cfg, GEMMA3N_VISION_PARAMS, (f"vision tower not built (no timm): {GEMMA3N_VISION_PARAMS:,} parameters "
-                                          "stated (MobileNet-V5-300M, Google's Gemma 3n developer guide)",)
+    note = (f"vision tower not built (no timm): {GEMMA3N_VISION_PARAMS:,} parameters stated "
+            "(MobileNet-V5-300M, Google's Gemma 3n developer guide)")
+    return model, cfg, GEMMA3N_VISION_PARAMS, (note,)
 
 
 @functools.lru_cache(maxsize=None)
@@ -281,19 +286,23 @@ def architecture(name: str) -> Architecture:
                 embeddings += n
     text_cfg = getattr(cfg, "text_config", cfg)
     vocab, hidden = text_cfg.vocab_size, text_cfg.hidden_size
-    if getattr(text_cfg, "tie_word_embeddings", True) or not any(n.endswith("lm_head") for n, _ in model.named_modules()):
+    if getattr(text_cfg, "tie_word_embeddings", True) or not hasattr(model, "lm_head"):
         path += vocab * hidden  # the output head multiplies by the (tied) embedding matrix
     inter = text_cfg.intermediate_size
-    linears = tuple((n, m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
-    return Architecture(name, quantisable, full, towers + stated, vision + stated, embeddings, path, text_cfg.num_hidden_layers, hidden,
-                        getattr(text_cfg, "altup_num_inputs", 1), max(inter) if isinstance(inter, list) else inter,
-                        vocab, next(o for n, _, o in linears if n.endswith("layers.0.self_attn.q_proj")), linears, notes)
+    linears = tuple((n, m.in_features, m.out_features) for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear))
+    q_dim = next(o for n, _, o in linears if n.endswith("layers.0.self_attn.q_proj"))
+    return Architecture(name, quantisable, full, towers + stated, vision + stated, embeddings, path,
+                        text_cfg.num_hidden_layers, hidden, getattr(text_cfg, "altup_num_inputs", 1),
+                        max(inter) if isinstance(inter, list) else inter, vocab, q_dim, linears, notes)
 
 
 # ---------------------------------------------------------------- what is on the card
 @dataclass
 class Resident:
-    """One model held in memory: its name, GPU and host GB. Not shown in a notebook: used by gemma_helpers.budget.Ledger."""
+    """One model held in memory: its name, GPU and host GB.
+
+    Not shown in a notebook: used by gemma_helpers.budget.Ledger."""
 
     name: str
     gpu_gb: float
@@ -327,6 +336,10 @@ class Ledger:
         if name not in self.live:
             raise KeyError(f"{name!r} is not alive; alive: {', '.join(self.live) or 'nothing'}")
         del self.live[name]
+
+    def alive(self) -> tuple:
+        """What each live model is, in the order loaded. Not shown in a notebook: used by the steps."""
+        return tuple(r.what for r in self.live.values())
 
     @property
     def gpu_gb(self) -> float:
@@ -395,13 +408,14 @@ class Budget:
     def table(self) -> str:
         """A short text table: step, peak GPU GB, host RAM GB, disk GB, minutes, and the totals.
         Not shown in a notebook: printed by for_notebook's callers."""
-        width = max([len(s.name) for s in self.steps] + [24])
+        width = max([len(s.name) for s in self.steps] + [37])
         lines = [f"{'notebook ' + self.notebook + ', GPU profile on a T4':<{width}}  GPU GB  RAM GB  disk GB  minutes"]
-        for s in self.steps:
-            lines.append(f"{s.name:<{width}}  {s.gpu_gb:6.1f}  {s.host_ram_gb:6.1f}  {s.disk_gb:7.1f}  {s.minutes:7.1f}")
-        lines.append(f"{'whole notebook (peak, peak, sum, sum)':<{width}}  {self.peak_gpu_gb:6.1f}  {self.host_ram_gb:6.1f}"
-                     f"  {self.disk_gb:7.1f}  {self.minutes:7.1f}")
-        lines.append(f"{'limits (T4)':<{width}}  {T4.gpu_gb:6.1f}  {T4.host_ram_gb:6.1f}  {T4.disk_gb:7.1f}  {T4.minutes:7.1f}")
+        rows = [(s.name, s.gpu_gb, s.host_ram_gb, s.disk_gb, s.minutes) for s in self.steps]
+        rows.append(("whole notebook (peak, peak, sum, sum)", self.peak_gpu_gb, self.host_ram_gb, self.disk_gb,
+                     self.minutes))
+        rows.append(("limits (T4)", T4.gpu_gb, T4.host_ram_gb, T4.disk_gb, T4.minutes))
+        for name, gpu, ram, disk, minutes in rows:
+            lines.append(f"{name:<{width}}  {gpu:6.1f}  {ram:6.1f}  {disk:7.1f}  {minutes:7.1f}")
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
@@ -473,13 +487,14 @@ def training_flops(arch: Architecture, tokens: float, seq: int) -> float:
 
 
 def train_step(ledger: Ledger, name: str, model, run, tokens_per_row: float, rows: float, *, recipe: str,
-               longest: int | None = None, extra_flops: float = 0.0, eval_tokens: float = 0.0, eval_tokens_per_step: float = 0.0,
-               fix_gpu: str = "", fix_minutes: str = "") -> Step:
+               longest: int | None = None, extra_flops: float = 0.0, eval_tokens: float = 0.0,
+               eval_tokens_per_step: float = 0.0, fix_gpu: str = "", fix_minutes: str = "") -> Step:
     """A training run of ``rows`` rows of ``tokens_per_row`` tokens on average (time) and ``longest`` tokens at
     most (memory; default the recipe's ``max_seq_length``, which cuts longer rows) on ``model``, alive in
     ``ledger``, with the recipe ``run``'s LoRA, batch and optimiser; ``eval_tokens`` are scored forward only
     (validation, perplexity) once, ``eval_tokens_per_step`` every optimizer step (a validation loss every
     ``eval_steps`` steps, spread). ``model`` is a registry name or an :class:`Architecture`.
+
     Not shown in a notebook: used by for_notebook and tests/test_budget.py."""
     arch = model if isinstance(model, Architecture) else architecture(model)
     lora = arch.lora_params(run["r"], run["target_modules"])
@@ -488,51 +503,56 @@ def train_step(ledger: Ledger, name: str, model, run, tokens_per_row: float, row
     cut = int(run.get("max_seq_length", 512))
     seq, longest = min(int(tokens_per_row), cut), min(int(longest or cut), cut)
     acts = activation_gb(arch, run["batch_size"], longest)
-    gpu = CUDA_CONTEXT_GB + ledger.gpu_gb + lora_gb + acts
     steps = max(1, math.ceil(rows / (run["batch_size"] * run.get("grad_accum", 1))))
-    train_minutes = (tflops_minutes(training_flops(arch, rows * seq, seq) + extra_flops + steps * eval_tokens_per_step
-                                    * 2 * arch.path) + steps * STEP_OVERHEAD_S / 60)
+    flops = training_flops(arch, rows * seq, seq) + extra_flops + steps * eval_tokens_per_step * 2 * arch.path
+    train_minutes = tflops_minutes(flops) + steps * STEP_OVERHEAD_S / 60
     eval_minutes = tflops_minutes(eval_tokens * 2 * arch.path)
-    return Step(name, gpu, HOST_BASE_GB + ledger.host_gb, 0.0, train_minutes + eval_minutes,
+    return Step(name, CUDA_CONTEXT_GB + ledger.gpu_gb + lora_gb + acts, HOST_BASE_GB + ledger.host_gb, 0.0,
+                train_minutes + eval_minutes,
                 f"{steps} steps, {rows:g} rows x {seq} tokens (longest {longest}), LoRA {lora:,} parameters "
-                f"({lora_gb:.2f} GB with gradients and optimiser), activations {acts:.2f} GB, scoring {eval_minutes:.1f} min",
-                tuple(r.what for r in ledger.live.values()),
-                fix_gpu or f"recipes.py: {recipe} gpu max_seq_length or batch_size",
-                f"recipes.py: {recipe} gpu batch_size", "", fix_minutes or f"recipes.py: {recipe} gpu max_steps",
-                train_minutes / steps, eval_minutes)
+                f"({lora_gb:.2f} GB with gradients and optimiser), activations {acts:.2f} GB, "
+                f"scoring {eval_minutes:.1f} min", ledger.alive(),
+                fix_gpu=fix_gpu or f"recipes.py: {recipe} gpu max_seq_length or batch_size",
+                fix_ram=f"recipes.py: {recipe} gpu batch_size",
+                fix_minutes=fix_minutes or f"recipes.py: {recipe} gpu max_steps",
+                minutes_per_step=train_minutes / steps, fixed_minutes=eval_minutes)
 
 
-def load_step(ledger: Ledger, name: str, step: str, model: str, four_bit: bool, *, dtype_bytes: float = FP32_BYTES,
-              downloaded: set, fix_gpu: str) -> Step:
-    """Load ``model`` as ``name`` into ``ledger``: the download (once per notebook), one shard of host RAM
-    at a time, and every model alive. Not shown in a notebook: used by for_notebook."""
+def load_step(ledger: Ledger, name: str, step: str, model: str, four_bit: bool, *, downloaded: set, fix_gpu: str,
+              dtype_bytes: float = FP32_BYTES) -> Step:
+    """Load ``model`` as ``name`` into ``ledger``: its 16-bit checkpoint downloaded (once per notebook: a model in
+    ``downloaded`` is in the cache), one shard of it in host RAM at a time, and every model alive on the card.
+
+    Not shown in a notebook: used by for_notebook and tests/test_budget.py."""
     arch = architecture(model)
-    download = 0.0 if model in downloaded else arch.total * BF16_BYTES / GB
+    checkpoint = arch.total * BF16_BYTES / GB
+    download = 0.0 if model in downloaded else checkpoint
     downloaded.add(model)
     ledger.load(name, model, four_bit=four_bit, dtype_bytes=dtype_bytes)
-    minutes = download / DOWNLOAD_GB_PER_MIN + arch.total * BF16_BYTES / GB / LOAD_GB_PER_MIN
-    return Step(step, CUDA_CONTEXT_GB + ledger.gpu_gb, HOST_BASE_GB + ledger.host_gb + min(SHARD_GB, arch.total * BF16_BYTES / GB),
-                download, minutes, f"{arch.total / 1e9:.2f} B parameters, {ledger.live[name].gpu_gb:.1f} GB on the card",
-                tuple(r.what for r in ledger.live.values()), fix_gpu,
-                "load with low_cpu_mem_usage (one shard at a time)", "clear ~/.cache/huggingface between notebooks",
-                f"download {download:.0f} GB once (HF_HOME on Drive)")
+    return Step(step, CUDA_CONTEXT_GB + ledger.gpu_gb, HOST_BASE_GB + ledger.host_gb + min(SHARD_GB, checkpoint),
+                download, download / DOWNLOAD_GB_PER_MIN + checkpoint / LOAD_GB_PER_MIN,
+                f"{arch.total / 1e9:.2f} B parameters, {ledger.live[name].gpu_gb:.1f} GB on the card", ledger.alive(),
+                fix_gpu=fix_gpu, fix_ram="load with low_cpu_mem_usage (one shard at a time)",
+                fix_disk="clear ~/.cache/huggingface between notebooks")
 
 
 def merge_step(ledger: Ledger, step: str, model: str, *, dtype_bytes: float, on_gpu: bool, fix_gpu: str) -> Step:
     """A merge that writes ``model`` in ``dtype_bytes`` a parameter: on the GPU (gh.merge: the base reloaded in
-    4-bit and dequantised there, a temporary beside every live model) or layer by layer (unsloth's
-    merged_16bit, one layer at a time). Not shown in a notebook: used by for_notebook."""
+    4-bit and dequantised there, a full copy beside every live model) or layer by layer (unsloth's
+    merged_16bit, one layer's weights at a time on the card).
+
+    Not shown in a notebook: used by for_notebook."""
     arch = architecture(model)
-    full = arch.total * dtype_bytes / GB
-    gpu = CUDA_CONTEXT_GB + ledger.gpu_gb + (full if on_gpu else full / arch.layers)
-    disk = arch.total * dtype_bytes / GB
-    return Step(step, gpu, HOST_BASE_GB + ledger.host_gb + min(SHARD_GB, full), disk, disk / DOWNLOAD_GB_PER_MIN,
-                f"writes {disk:.1f} GB ({dtype_bytes * 8:.0f}-bit)", tuple(r.what for r in ledger.live.values()),
-                fix_gpu, "save with a smaller max_shard_size", f"delete the merged folder after use ({disk:.0f} GB)", "")
+    size = arch.total * dtype_bytes / GB
+    gpu = CUDA_CONTEXT_GB + ledger.gpu_gb + (size if on_gpu else size / arch.layers)
+    return Step(step, gpu, HOST_BASE_GB + ledger.host_gb + min(SHARD_GB, size), size, size / WRITE_GB_PER_MIN,
+                f"writes {size:.1f} GB ({dtype_bytes * 8:.0f}-bit)", ledger.alive(), fix_gpu=fix_gpu,
+                fix_ram="save with a smaller max_shard_size",
+                fix_disk=f"delete the merged folder after use ({size:.0f} GB)")
 
 
 # ---------------------------------------------------------------- the notebooks' GPU profiles
-# Rows and their tokens, where a recipe does not fix them (stated, not measured: the data is not at hand)
+# Rows and their tokens where a recipe does not fix them: stated, not measured (the data is not at hand)
 PERSIAN_ROWS = 738 * 8  # mshojaei77/persian-gk: the seed notebook's 738 steps of 8 conversations, one epoch
 PERSIAN_TOKENS = 512  # assumption: a Persian general-knowledge conversation, half of the T4's 1024-token cut
 # notebook 01, section 4: a row is the title, up to two sentences (<= 45 words each) and a one-word answer
@@ -540,8 +560,10 @@ PAPERS_TOKENS = 100  # assumption: a typical row with the chat template
 PAPERS_LONGEST = 200  # assumption: two 45-word sentences, a long title and the template
 XYLANDIA_TOKENS = 48  # a question, the fact and <end_of_turn> (~30-60 tokens with the chat template)
 XYLANDIA_LONGEST = 64  # data/xylandia.json: its questions and replay paragraphs are at most 30 words
-DOLLY_TOKENS = 256  # assumption: a context-free Dolly instruction and response; KerasHub pads to 512
+XYLANDIA_QUESTIONS, XYLANDIA_REPLAY = 5, 10  # data/xylandia.json: training questions, replay paragraphs
+DOLLY_TOKENS = 256  # assumption: a context-free Dolly instruction and response (KerasHub pads each to 512)
 FRAMES_TRAIN_CLIPS = 36  # notebook 04 without CLIPS_DIR: 8 synthetic clips x 6 actions, 25 % held out
+FRAMES_TEXT_TOKENS = 40  # the prompt, the answer and the template around the frames
 GEMMA4_IMAGE_TOKENS = 280  # Gemma 4's default soft tokens per image (its image processor's budget)
 GEMMA4_PATCHES_PER_TOKEN = 9  # pooling_kernel_size 3 (Gemma4VisionConfig): 3 x 3 patches a soft token
 GGUF_BYTES = {"f16": 2.0, "Q8_0": 8.5 / 8, "Q4_K_M": 4.85 / 8}  # llama.cpp's bits per weight of each type
@@ -561,114 +583,147 @@ def _number(notebook) -> str:
     raise KeyError(f"no notebook {notebook!r}: give 0 to 6, '02' or a name such as '02_persian'")
 
 
+def _papers(run, ledger, downloaded):
+    """Notebook 01: E4B in 4-bit (section 6), trained with a validation loss every eval_steps (section 7)."""
+    r = run("papers")
+    load = load_step(ledger, "model", "section 6: load E4B 4-bit", r["model"], r["load_in_4bit"],
+                     downloaded=downloaded, fix_gpu="recipes.py: papers gpu load_in_4bit")
+    validation = r["eval_items"]["validation"] * PAPERS_TOKENS  # the validation loss, every eval_steps steps
+    scoring = 2 * sum(r["eval_items"].values()) * PAPERS_TOKENS  # sections 6 and 8: every split, before and after
+    rows = r["max_steps"] * r["batch_size"] * r["grad_accum"]
+    return [load, train_step(ledger, "section 7: train", r["model"], r, PAPERS_TOKENS, rows, recipe="papers",
+                             longest=PAPERS_LONGEST, eval_tokens=scoring + 2 * validation,
+                             eval_tokens_per_step=validation / max(r["eval_steps"], 1))]
+
+
+def _persian(run, ledger, downloaded):
+    """Notebook 02: E4B in 4-bit (section 4), one epoch (section 6), a 16-bit merge and the merged model
+    loaded in 4-bit while the trained one is alive (section 8)."""
+    r = run("persian")
+    steps = [load_step(ledger, "model", "section 4: load E4B 4-bit", r["model"], r["load_in_4bit"],
+                       downloaded=downloaded, fix_gpu="recipes.py: persian gpu load_in_4bit")]
+    rows = (r["max_steps"] * r["batch_size"] * r["grad_accum"] if r.get("max_steps", -1) > 0
+            else math.ceil(PERSIAN_ROWS * r["epochs"]))
+    perplexity = 2 * r["holdout"] * PERSIAN_TOKENS  # before (section 5) and after training, forward only
+    steps.append(train_step(ledger, "section 6: train", r["model"], r, PERSIAN_TOKENS, rows, recipe="persian",
+                            eval_tokens=perplexity))
+    steps.append(merge_step(ledger, "section 8: merge 16-bit", r["model"], dtype_bytes=BF16_BYTES, on_gpu=False,
+                            fix_gpu="merge on the CPU"))
+    steps.append(load_step(ledger, "merged", "section 8: load merged 4-bit", r["model"], True, downloaded=downloaded,
+                           fix_gpu="free the trained model before section 8's load of the merged folder "
+                                   "(del run, model; gc.collect(); torch.cuda.empty_cache())"))
+    return steps
+
+
+def _xylandia(run, ledger, downloaded):
+    """Notebook 03: the 1B in 4-bit, the seed recipe, a fresh base (the first still held by ``seed_run``), the
+    retention recipe at its most epochs, a float32 merge on the card and the merged model loaded."""
+    seed, r = run("xylandia-seed"), run("xylandia-retention")
+    steps = [load_step(ledger, "model", "load 1B 4-bit", seed["model"], seed["load_in_4bit"], downloaded=downloaded,
+                       fix_gpu="recipes.py: xylandia-seed gpu load_in_4bit")]
+    steps.append(train_step(ledger, "section 1: train (seed recipe)", seed["model"], seed, XYLANDIA_TOKENS,
+                            XYLANDIA_QUESTIONS * seed["repeats"] * seed["epochs"], recipe="xylandia-seed",
+                            longest=XYLANDIA_LONGEST))
+    ledger.live["seed_run.model"] = ledger.live.pop("model")  # `model` is rebound; seed_run keeps the first
+    steps.append(load_step(ledger, "model", "section 2: load a fresh 1B 4-bit", r["model"], r["load_in_4bit"],
+                           downloaded=downloaded, fix_gpu="free seed_run.model before section 2's load"))
+    rows = (XYLANDIA_QUESTIONS * r["repeats"] + XYLANDIA_REPLAY * r["replay_repeats"]) * r["epochs"]
+    steps.append(train_step(ledger, "section 2: train (retention, at most)", r["model"], r, XYLANDIA_TOKENS, rows,
+                            recipe="xylandia-retention", longest=XYLANDIA_LONGEST))
+    steps.append(merge_step(ledger, "section 3: merge float32", r["model"], dtype_bytes=FP32_BYTES, on_gpu=True,
+                            fix_gpu="free seed_run.model before section 3"))
+    steps.append(load_step(ledger, "merged", "section 3: load merged float32", r["model"], False,
+                           downloaded=downloaded, fix_gpu="free seed_run.model before section 3"))
+    return steps
+
+
+def _frames(run, ledger, downloaded):
+    """Notebook 04: Gemma 4 E4B in 4-bit through the vision loader, trained on the synthetic clips' frames
+    (the vision tower runs forward only: it is frozen)."""
+    r = run("frames")
+    load = load_step(ledger, "model", "load Gemma 4 E4B 4-bit", r["model"], True, downloaded=downloaded,
+                     fix_gpu="recipes.py: frames gpu model")
+    arch = architecture(r["model"])
+    tokens = r["n_frames"] * GEMMA4_IMAGE_TOKENS + FRAMES_TEXT_TOKENS
+    rows = FRAMES_TRAIN_CLIPS * r["epochs"]
+    vision = 2 * arch.vision * r["n_frames"] * GEMMA4_IMAGE_TOKENS * GEMMA4_PATCHES_PER_TOKEN * rows
+    return [load, train_step(ledger, "train", r["model"], {**r, "max_seq_length": tokens}, tokens, rows,
+                             recipe="frames", extra_flops=vision)]
+
+
+def _export(run, ledger, downloaded):
+    """Notebook 05: notebook 03's adapter (trained here when absent), a float32 merge, GGUF files, and the
+    trained base with its GGUF for the LoRA stage."""
+    r = run("xylandia-retention")
+    steps = [load_step(ledger, "model", "xylandia_adapter: load 1B (if 03's is absent)", r["model"],
+                       r["load_in_4bit"], downloaded=downloaded, fix_gpu="run notebook 03 first")]
+    rows = (XYLANDIA_QUESTIONS * r["repeats"] + XYLANDIA_REPLAY * r["replay_repeats"]) * r["epochs"]
+    steps.append(train_step(ledger, "xylandia_adapter: train (if absent)", r["model"], r, XYLANDIA_TOKENS, rows,
+                            recipe="xylandia-retention", longest=XYLANDIA_LONGEST))
+    ledger.free("model")  # xylandia_adapter returns a path: its model goes out of scope
+    steps.append(merge_step(ledger, "section 1: merge float32", r["model"], dtype_bytes=FP32_BYTES, on_gpu=True,
+                            fix_gpu="gh.merge(..., dtype=torch.bfloat16)"))
+    total = architecture(r["model"]).total
+    for kind, size in GGUF_BYTES.items():
+        gb = total * size / GB
+        steps.append(Step(f"section 2: GGUF {kind}", CUDA_CONTEXT_GB, HOST_BASE_GB + min(SHARD_GB, gb), gb,
+                          gb / WRITE_GB_PER_MIN, "llama.cpp on the CPU", fix_disk="CONVERTER_OUTTYPES / QUANTS"))
+    base = total * FP32_BYTES / GB
+    steps.append(Step("section 3: trained base + f16 GGUF", CUDA_CONTEXT_GB + base, HOST_BASE_GB + SHARD_GB,
+                      base + total * GGUF_BYTES["f16"] / GB, base / WRITE_GB_PER_MIN,
+                      "save_trained_base (float32) and its GGUF", fix_gpu="LORA_STAGE = False",
+                      fix_disk="LORA_STAGE = False"))
+    return steps
+
+
+def _dolly(run, ledger, downloaded):
+    """Notebook 06: the 1B in float32 trained with transformers, freed (``del model, run``), then KerasHub's
+    Gemma 3 1B in float32 with ``enable_lora`` and ``fit`` (no gradient checkpointing, rows padded)."""
+    r = run("dolly")
+    steps = [load_step(ledger, "model", "transformers: load 1B float32", r["model"], False, downloaded=downloaded,
+                       fix_gpu="load_in_4bit=True")]
+    steps.append(train_step(ledger, "transformers: train", r["model"], r, DOLLY_TOKENS, r["n_train"] * r["epochs"],
+                            recipe="dolly", fix_minutes="recipes.py: dolly gpu n_train"))
+    ledger.free("model")  # `del model, run`
+    arch = architecture(r["model"])
+    weights = arch.total * FP32_BYTES / GB
+    ledger.load("keras", gpu_gb=weights)
+    steps.append(Step("Keras: load 1B float32", CUDA_CONTEXT_GB + ledger.gpu_gb, HOST_BASE_GB + weights, 0.0,
+                      weights / LOAD_GB_PER_MIN, "KerasHub from_preset('hf://...'): float32 on the host first",
+                      ledger.alive(), fix_gpu="del the transformers model first", fix_ram="load on the GPU directly"))
+    seq, rows = r["max_seq_length"], r["n_train"] * r["epochs"]
+    lora_gb = arch.lora_params(r["r"], r["target_modules"]) * (LORA_BYTES + ADAMW_BYTES) / GB
+    per_token = arch.layers * arch.hidden * KERAS_ACT_COPIES + LOGIT_COPIES * arch.vocab
+    acts = r["batch_size"] * seq * per_token * FP32_BYTES / GB
+    minutes = tflops_minutes(rows * seq * 4 * arch.path) + rows * STEP_OVERHEAD_S / 60  # no recompute: 2 + 2
+    steps.append(Step("Keras: fit", CUDA_CONTEXT_GB + ledger.gpu_gb + lora_gb + acts, HOST_BASE_GB + weights, 0.0,
+                      minutes, f"{rows} rows x {seq} padded tokens", ledger.alive(),
+                      fix_gpu="recipes.py: dolly gpu max_seq_length", fix_minutes="recipes.py: dolly gpu n_train",
+                      minutes_per_step=minutes / rows))
+    return steps
+
+
+NOTEBOOKS = {"00": lambda run, ledger, downloaded: [], "01": _papers, "02": _persian, "03": _xylandia,
+             "04": _frames, "05": _export, "06": _dolly}
+
+
 def for_notebook(notebook, runs: dict | None = None) -> Budget:
     """Walk notebook ``notebook``'s GPU-profile steps in order with a :class:`Ledger` (``2``, ``"02"`` or
-    ``"02_persian"``). ``runs`` replaces a recipe's numbers (``{"persian": {...}}``); by default
-    ``recipes.get(name, profile="gpu")``. Not shown in a notebook: used by tests/test_budget.py (issue 25)."""
+    ``"02_persian"``). ``runs`` replaces a recipe's numbers (``{"persian": {...}}``); by default each is
+    ``recipes.get(name, profile="gpu")``.
+
+    Not shown in a notebook: used by tests/test_budget.py (issue 25)."""
     number = _number(notebook)
     runs = dict(runs or {})
 
     def run(name):
         if name not in runs:
-            from .recipes import get
+            from .recipes import get  # the one import from the package: the recipes are what is budgeted
 
             runs[name] = get(name, profile="gpu")
         return runs[name]
 
-    ledger, downloaded, steps = Ledger(), set(), []
-    assumptions = (f"T4 {T4_FP32_TFLOPS} TFLOP/s float32 at {T4_SUSTAINED:.0%} sustained", f"CUDA context {CUDA_CONTEXT_GB} GB",
-                   f"downloads {DOWNLOAD_GB_PER_MIN} GB/min", f"host base {HOST_BASE_GB} GB")
-    if number == "00":
-        return Budget(number, [], assumptions)
-    if number == "01":
-        r = run("papers")
-        steps.append(load_step(ledger, "model", "section 6: load E4B 4-bit", r["model"], r["load_in_4bit"],
-                               downloaded=downloaded, fix_gpu="recipes.py: papers gpu load_in_4bit"))
-        validation = r["eval_items"]["validation"] * PAPERS_TOKENS  # the validation loss, every eval_steps steps
-        scoring = 2 * sum(r["eval_items"].values()) * PAPERS_TOKENS  # sections 6 and 8: every split before and after
-        steps.append(train_step(ledger, "section 7: train", r["model"], r, PAPERS_TOKENS,
-                                r["max_steps"] * r["batch_size"] * r["grad_accum"], recipe="papers",
-                                longest=PAPERS_LONGEST, eval_tokens=scoring + 2 * validation,
-                                eval_tokens_per_step=validation / max(r["eval_steps"], 1)))
-    elif number == "02":
-        r = run("persian")
-        steps.append(load_step(ledger, "model", "section 4: load E4B 4-bit", r["model"], r["load_in_4bit"],
-                               downloaded=downloaded, fix_gpu="recipes.py: persian gpu load_in_4bit"))
-        rows = (r["max_steps"] * r["batch_size"] * r["grad_accum"] if r.get("max_steps", -1) > 0
-                else math.ceil(PERSIAN_ROWS * r["epochs"]))
-        ppl = 2 * r["holdout"] * PERSIAN_TOKENS  # section 5 and after section 6: held-out perplexity, forward only
-        steps.append(train_step(ledger, "section 6: train", r["model"], r, PERSIAN_TOKENS, rows, recipe="persian",
-                                eval_tokens=ppl))
-        steps.append(merge_step(ledger, "section 8: merge 16-bit", r["model"], dtype_bytes=BF16_BYTES, on_gpu=False,
-                                fix_gpu="merge on the CPU"))
-        steps.append(load_step(ledger, "merged", "section 8: load merged 4-bit", r["model"], True, downloaded=downloaded,
-                               fix_gpu="free the trained model before section 8's load of the merged folder "
-                                       "(del run, model; gc.collect(); torch.cuda.empty_cache())"))
-    elif number == "03":
-        seed, r = run("xylandia-seed"), run("xylandia-retention")
-        steps.append(load_step(ledger, "model", "load 1B 4-bit", seed["model"], seed["load_in_4bit"],
-                               downloaded=downloaded, fix_gpu="recipes.py: xylandia-seed gpu load_in_4bit"))
-        seed_rows = 5 * seed["repeats"] * seed["epochs"]
-        steps.append(train_step(ledger, "section 1: train (seed recipe)", seed["model"], seed, XYLANDIA_TOKENS, seed_rows,
-                                recipe="xylandia-seed", longest=XYLANDIA_LONGEST))
-        ledger.live["seed_run.model"] = ledger.live.pop("model")  # `model` is rebound; seed_run keeps the first
-        steps.append(load_step(ledger, "model", "section 2: load a fresh 1B 4-bit", r["model"], r["load_in_4bit"],
-                               downloaded=downloaded, fix_gpu="free seed_run.model before section 2's load"))
-        ra_rows = (5 * r["repeats"] + 10 * r["replay_repeats"]) * r["epochs"]  # 5 questions, 10 replay paragraphs
-        steps.append(train_step(ledger, "section 2: train (retention, at most)", r["model"], r, XYLANDIA_TOKENS, ra_rows,
-                                recipe="xylandia-retention", longest=XYLANDIA_LONGEST))
-        steps.append(merge_step(ledger, "section 3: merge float32", r["model"], dtype_bytes=FP32_BYTES, on_gpu=True,
-                                fix_gpu="free seed_run.model before section 3"))
-        steps.append(load_step(ledger, "merged", "section 3: load merged float32", r["model"], False, downloaded=downloaded,
-                               fix_gpu="free seed_run.model before section 3"))
-    elif number == "04":
-        r = run("frames")
-        steps.append(load_step(ledger, "model", "load Gemma 4 E4B 4-bit", r["model"], True, downloaded=downloaded,
-                               fix_gpu="recipes.py: frames gpu model"))
-        arch = architecture(r["model"])
-        tokens = r["n_frames"] * GEMMA4_IMAGE_TOKENS + 40
-        rows = FRAMES_TRAIN_CLIPS * r["epochs"]
-        vision = 2 * arch.vision * r["n_frames"] * GEMMA4_IMAGE_TOKENS * GEMMA4_PATCHES_PER_TOKEN * rows  # forward only
-        steps.append(train_step(ledger, "train", r["model"], {**r, "max_seq_length": tokens}, tokens, rows,
-                                recipe="frames", extra_flops=vision))
-    elif number == "05":
-        r = run("xylandia-retention")
-        steps.append(load_step(ledger, "model", "xylandia_adapter: load 1B (if 03's is absent)", r["model"],
-                               r["load_in_4bit"], downloaded=downloaded, fix_gpu=""))
-        ra_rows = (5 * r["repeats"] + 10 * r["replay_repeats"]) * r["epochs"]
-        steps.append(train_step(ledger, "xylandia_adapter: train (if absent)", r["model"], r, XYLANDIA_TOKENS, ra_rows,
-                                recipe="xylandia-retention", longest=XYLANDIA_LONGEST))
-        ledger.free("model")  # xylandia_adapter returns a path: its model goes out of scope
-        steps.append(merge_step(ledger, "section 1: merge float32", r["model"], dtype_bytes=FP32_BYTES, on_gpu=True,
-                                fix_gpu="gh.merge(dtype=torch.bfloat16)"))
-        arch = architecture(r["model"])
-        for kind in ("f16", "Q8_0", "Q4_K_M"):
-            gb = arch.total * GGUF_BYTES[kind] / GB
-            steps.append(Step(f"section 2: GGUF {kind}", CUDA_CONTEXT_GB, HOST_BASE_GB + min(SHARD_GB, gb), gb,
-                              gb / DOWNLOAD_GB_PER_MIN, "llama.cpp on the CPU", (), "", "", "CONVERTER_OUTTYPES / QUANTS", ""))
-        base = arch.total * FP32_BYTES / GB
-        steps.append(Step("section 3: trained base + f16 GGUF", CUDA_CONTEXT_GB + base, HOST_BASE_GB + SHARD_GB,
-                          base + arch.total * 2 / GB, base / DOWNLOAD_GB_PER_MIN, "save_trained_base (float32) and its GGUF",
-                          (), "LORA_STAGE = False", "", "LORA_STAGE = False", ""))
-    elif number == "06":
-        r = run("dolly")
-        steps.append(load_step(ledger, "model", "transformers: load 1B float32", r["model"], False, downloaded=downloaded,
-                               fix_gpu="load_in_4bit=True"))
-        steps.append(train_step(ledger, "transformers: train", r["model"], r, DOLLY_TOKENS, r["n_train"] * r["epochs"],
-                                recipe="dolly", fix_minutes="recipes.py: dolly gpu n_train"))
-        ledger.free("model")  # `del model, run`
-        arch = architecture(r["model"])
-        keras_gpu = arch.total * FP32_BYTES / GB
-        ledger.load("keras", gpu_gb=keras_gpu, host_gb=0.0)
-        steps.append(Step("Keras: load 1B float32", CUDA_CONTEXT_GB + ledger.gpu_gb, HOST_BASE_GB + keras_gpu, 0.0,
-                          keras_gpu / DOWNLOAD_GB_PER_MIN, "KerasHub from_preset('hf://...'), float32 on the host first",
-                          tuple(ledger.live), "del the transformers model first", "load on the GPU directly", "", ""))
-        seq = r["max_seq_length"]
-        lora = arch.lora_params(r["r"], r["target_modules"])
-        acts = r["batch_size"] * seq * (arch.layers * arch.hidden * KERAS_ACT_COPIES + LOGIT_COPIES * arch.vocab) * FP32_BYTES / GB
-        flops = r["n_train"] * r["epochs"] * seq * (4 * arch.path)  # no checkpointing: 2 forward + 2 backward (activations)
-        steps.append(Step("Keras: fit", CUDA_CONTEXT_GB + ledger.gpu_gb + lora * (LORA_BYTES + ADAMW_BYTES) / GB + acts,
-                          HOST_BASE_GB + keras_gpu, 0.0, tflops_minutes(flops), f"{r['n_train']} rows x {seq} padded tokens",
-                          tuple(ledger.live), "recipes.py: dolly gpu max_seq_length", "", "",
-                          "recipes.py: dolly gpu n_train"))
-    return Budget(number, steps, assumptions)
+    assumptions = (f"T4 {T4_FP32_TFLOPS} TFLOP/s float32 at {T4_SUSTAINED:.0%} sustained",
+                   f"CUDA context {CUDA_CONTEXT_GB} GB", f"downloads {DOWNLOAD_GB_PER_MIN} GB/min",
+                   f"host RAM before any model {HOST_BASE_GB} GB", f"unquantised weights {UNQUANTISED_BYTES} bytes")
+    return Budget(number, NOTEBOOKS[number](run, Ledger(), set()), assumptions)
