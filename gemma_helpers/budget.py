@@ -62,7 +62,9 @@ LORA_BYTES = FP32_BYTES + FP32_BYTES  # each LoRA weight and its gradient, float
 # A training step's activations with gradient checkpointing (on whenever CUDA is, train.py), per token:
 #   the checkpointed input of every layer:   layers x hidden x streams (Gemma 3n's AltUp keeps 4)
 #   one layer recomputed in the backward:    ACT_HIDDEN_COPIES x hidden + ACT_MLP_COPIES x intermediate
-#   logits and their gradient:               LOGIT_COPIES x vocabulary (every position: the Trainer asks for all)
+#   logits and their gradient:               LOGIT_COPIES x vocabulary at every position: an upper bound (TRL's
+#                                            chunked LM head and unsloth's fused cross-entropy may hold less; the
+#                                            output head's FLOPs are also counted at every position)
 # each times FP32_BYTES; attention through SDPA's memory-efficient kernel (no sequence x sequence matrix).
 ACT_HIDDEN_COPIES = 6  # normed input, q, k, v, attention output, residual
 ACT_MLP_COPIES = 4  # gate, up, activation, product
