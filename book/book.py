@@ -90,9 +90,10 @@ def _stamp_line(stamp: dict) -> str:
 
 
 def closing_output(nb) -> str:
-    """The last line printed by the notebook's last code cell that printed something: its closing verdict."""
+    """The notebook's closing verdict: the last line printed by its last code cell that printed something,
+    leaving out the optional share-it cells at the end (``push_to_hub``, which only say they were skipped)."""
     for cell in reversed(nb.cells):
-        if cell.cell_type != "code":
+        if cell.cell_type != "code" or "push_to_hub" in cell.source:
             continue
         text = "".join(o.get("text", "") if o.get("output_type") == "stream" and o.get("name") == "stdout"
                        else o.get("data", {}).get("text/plain", "") if o.get("output_type") == "execute_result" else ""
@@ -160,17 +161,18 @@ def _chart_cells(nb, started: float, problems: list[str], used: set[str]) -> Non
 
 def _results_files() -> str:
     """A table of outputs/results/*.json: which run each file comes from (this book's run, or the commit that stored it)."""
-    rows = ["| file | from | written |", "| --- | --- | --- |"]
+    rows = ["| file | from |", "| --- | --- |"]
     for path in sorted(RESULTS.glob("*.json")):
         rel = _rel(path)
         tracked = bool(git("ls-files", rel))
         changed = tracked and bool(git("status", "--porcelain", "--", rel))
-        written = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         if tracked and not changed:
-            origin = git("log", "-1", "--format=committed in `%h` (%cs)", "--", rel)
+            origin = git("log", "-1", "--format=committed in `%h` (%cs), unchanged", "--", rel)
         else:
-            origin = "this machine's latest run" + (" (differs from the committed file)" if changed else " (not committed)")
-        rows.append(f"| `{rel}` | {origin} | {written} |")
+            written = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            origin = f"this machine's latest run, written {written}" + (
+                " (differs from the committed file)" if changed else " (not committed)")
+        rows.append(f"| `{rel}` | {origin} |")
     return "\n".join(rows) + "\n"
 
 
@@ -208,6 +210,8 @@ def stage(allow_missing: bool = False) -> Path:
     (STAGE / "charts").mkdir()
     for chart in sorted(used):
         shutil.copy2(CHARTS / chart, STAGE / "charts" / chart)
+    for chart in CHARTS.glob("bench_*.png"):  # the training benchmark's, for the results page (make bench writes them)
+        shutil.copy2(chart, STAGE / "charts" / chart.name)
     (STAGE / "_results_files.md").write_text(_results_files(), encoding="utf-8")
     return STAGE
 

@@ -5,7 +5,7 @@ playwright package; `playwright install` is never run. The site is served on 127
 request elsewhere is refused and counted. For every notebook page: it renders, its outputs are there,
 every chart it writes is shown (each image loaded, natural size above zero), its closing verdict is
 shown in an output, and the page names its run. Every internal link of every page resolves (page
-and anchor). A full-page screenshot of each page lands in outputs/book-screenshots/.
+and anchor). A screenshot of each page (whole, or its first 20000 pixels, 8000 for the reference pages) lands in outputs/book-screenshots/.
 """
 from __future__ import annotations
 
@@ -84,6 +84,13 @@ def _open(browser, url: str):
     return page, errors
 
 
+def _screenshot(page, name: str, cap: int = 8000) -> None:
+    """The whole page, or its first cap pixels (the API page is far longer than anyone scrolls in a picture)."""
+    height = page.evaluate("document.documentElement.scrollHeight")
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True, timeout=120_000,
+                    clip=None if height <= cap else {"x": 0, "y": 0, "width": 1280, "height": cap})
+
+
 def _broken_images(page) -> list[str]:
     return page.evaluate("Array.from(document.querySelectorAll('article img'))"
                          ".filter(i => !(i.complete && i.naturalWidth > 0 && i.naturalHeight > 0))"
@@ -108,7 +115,7 @@ def test_notebook_page_shows_its_run(browser, site, name):
         outputs = page.locator(".cell_output").all_inner_texts()
         assert any(verdict in text for text in outputs), f"{name}: closing verdict not shown: {verdict!r}"
         assert not errors, f"{name}: JavaScript errors: {errors}"
-        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+        _screenshot(page, name, cap=20000)
     finally:
         page.close()
 
@@ -124,14 +131,14 @@ def test_page_renders(browser, site, name):
         if name == "api":
             assert page.locator("dl.py.function").count() > 100, "the API page documents too few functions"
             assert page.locator("[id='gemma_helpers.train.train']").count() == 1
-        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+        _screenshot(page, name)
     finally:
         page.close()
 
 
 def test_no_internal_link_is_broken(browser, site):
     """Every link of every page, followed from the index: the page answers 200 and the #anchor exists on it."""
-    todo, seen, broken, ids = [site + "index.html"], set(), [], {}
+    todo, seen, broken, ids, fragments = [site + "index.html"], set(), [], {}, []
     page = browser.new_page()
     try:
         while todo:
@@ -152,17 +159,14 @@ def test_no_internal_link_is_broken(browser, site):
                     continue
                 todo.append(target)
                 if fragment:
-                    seen_fragments.append((url, target, urllib.parse.unquote(fragment)))
-        for source, target, fragment in seen_fragments:
+                    fragments.append((url, target, urllib.parse.unquote(fragment)))
+        for source, target, fragment in fragments:
             if target in ids and fragment not in ids[target]:
                 broken.append(f"{source} -> {target}#{fragment}: no such anchor")
     finally:
         page.close()
     assert len([u for u in seen if re.search(r"/notebooks/\d\d_", u)]) == len(NOTEBOOKS)
     assert not broken, "broken internal links:\n" + "\n".join(sorted(set(broken)))
-
-
-seen_fragments: list[tuple[str, str, str]] = []
 
 
 def test_nothing_was_fetched_from_outside(browser):
