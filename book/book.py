@@ -11,7 +11,6 @@ clear message when an executed notebook is missing, unstamped, unexecuted or hol
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import subprocess
