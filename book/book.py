@@ -183,7 +183,7 @@ def stage(allow_missing: bool = False) -> Path:
     executed = check_executed(names, allow_missing)
     if STAGE.exists():
         shutil.rmtree(STAGE)
-    shutil.copytree(BOOK, STAGE, ignore=shutil.ignore_patterns("conf.py", "*.py", "__pycache__"))
+    shutil.copytree(BOOK, STAGE, ignore=shutil.ignore_patterns("*.py", "tests", "__pycache__"))
     (STAGE / "notebooks").mkdir()
     problems, used = [], set()
     for name in names:
