@@ -7,7 +7,7 @@ NB_TIMEOUT ?= 1200
 # llama-cpp-python's wheel, built once per machine; the folder names the build (env.LLAMA_CMAKE_ARGS)
 WHEELS ?= $(HOME)/.cache/gemma_helpers/wheels/llama-cpp-no-amx
 
-.PHONY: setup demo-setup demo test unit notebooks sync bench clean
+.PHONY: setup demo-setup demo test unit notebooks book book-check sync bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,10 +20,11 @@ $(VENV)/.demo-installed: requirements-demo.txt requirements-local.txt pyproject.
 	$(PY) -m pip install -q -e . --no-deps
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.demo-installed requirements-keras.txt
+$(VENV)/.installed: $(VENV)/.demo-installed requirements-keras.txt requirements-book.txt
 	CMAKE_ARGS="$$($(PY) -c 'from gemma_helpers import env; print(env.LLAMA_CMAKE_ARGS)')" $(PY) -m pip wheel -q --no-cache-dir --no-deps --find-links $(WHEELS) -w $(WHEELS) "$$(grep ^llama-cpp-python requirements-local.txt)"
 	$(PY) -m pip install -q --find-links $(WHEELS) -r requirements-local.txt
 	$(PY) -m pip install -q --no-deps -r requirements-keras.txt
+	$(PY) -m pip install -q -r requirements-book.txt -c requirements-local.txt
 	$(PY) -m pip install -q -e . --no-deps
 	$(PY) -c "from gemma_helpers.export import converter_dir; converter_dir()"
 	touch $@
@@ -32,11 +33,26 @@ $(VENV)/.installed: $(VENV)/.demo-installed requirements-keras.txt
 demo: demo-setup
 	$(PY) -m gemma_helpers run notebooks/03_xylandia_fact_injection.ipynb --results 03_xylandia
 
-# Unit tests, then every notebook executed headless with nbmake.
+# Unit tests; every notebook executed headless with nbmake (executed copies kept in outputs/executed/);
+# the book built from those copies and opened in headless Chromium; the GPU-profile rehearsal.
 test: setup
 	$(PY) -m pytest --durations=15 tests
-	$(PY) -m pytest --durations=0 --nbmake --nbmake-timeout=$(NB_TIMEOUT) notebooks
+	$(MAKE) --no-print-directory notebooks book book-check
 	$(PY) -m gemma_helpers rehearse notebooks
+
+# Copy the notebooks into outputs/executed/ stamped with this commit and time, execute them there
+# (nbmake --overwrite: the executed copies keep their outputs, notebooks/ stays without any).
+notebooks: setup
+	$(PY) book/book.py prepare
+	$(PY) -m pytest --durations=0 --nbmake --nbmake-timeout=$(NB_TIMEOUT) --overwrite outputs/executed
+
+# The static site outputs/book/ (Sphinx + MyST-NB) from outputs/executed/; fails when a notebook is missing.
+book: setup
+	$(PY) book/book.py build
+
+# The built site in headless Chromium (/usr/bin/chromium): every page, chart, verdict and internal link.
+book-check: setup
+	$(PY) -m pytest -p no:cacheprovider --durations=5 book/tests
 
 unit: setup
 	$(PY) -m pytest --durations=15 tests
