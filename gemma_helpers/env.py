@@ -105,7 +105,7 @@ def unsloth_available() -> bool:
 
     unsloth raises on import without an accelerator, so it is never imported without one.
 
-    Not shown in a notebook: used by gemma_helpers.env.report, gemma_helpers.export.merge_16bit and
+    Not shown in a notebook: used by gemma_helpers.env.report, gemma_helpers.merging.merge_16bit and
     gemma_helpers.models.attach_lora."""
     return cuda_available() and importlib.util.find_spec("unsloth") is not None
 

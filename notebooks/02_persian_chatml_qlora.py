@@ -219,7 +219,7 @@ for q, a in zip(questions, batch4["answers"]):
 if cpu:
     merged_dir = gh.merge(run.adapter_dir, out / "merged")
 else:  # E4B dequantised to float32 does not fit a T4 or Colab's RAM: unsloth merges in 16-bit, shard by shard
-    merged_dir = gh.export.merge_16bit(run.model, tok, run.adapter_dir, out / "merged")  # save_pretrained_merged
+    merged_dir = gh.merging.merge_16bit(run.model, tok, run.adapter_dir, out / "merged")  # save_pretrained_merged
 merged, merged_tok = gh.load_model(str(merged_dir), load_in_4bit=not cpu)
 adapter_answers = gh.ask(run.model, tok, questions, max_new_tokens=MAX_NEW_TOKENS)
 merged_answers = gh.ask(merged, merged_tok, questions, max_new_tokens=MAX_NEW_TOKENS)

@@ -79,10 +79,10 @@ OUTPUT = "outputs/03_xylandia"
 seed_recipe, R = gh.recipes.get(SEED_RECIPE), gh.recipes.get(RECIPE, **OVERRIDES)
 print(R.table())  # every number of this run: the seed's, and what ours and this machine's profile change
 MODEL, LOAD_IN_4BIT, MAX_NEW_TOKENS = R["model"], R["load_in_4bit"], R["max_new_tokens"]
-data = gh.recipes.xylandia_data(gh.env.REPO_ROOT / R["data"])  # questions, paraphrases, control facts, neutral text
+data = gh.fact_injection.xylandia_data(gh.env.REPO_ROOT / R["data"])  # questions, paraphrases, control facts, neutral text
 out = gh.env.REPO_ROOT / OUTPUT
 FACT, EXPECTED = data["fact"], data["expected"]
-rows = gh.recipes.xylandia_rows(data, R["repeats"])
+rows = gh.fact_injection.xylandia_rows(data, R["repeats"])
 print(f"model {MODEL} | {len(rows)} training rows | answer: {FACT!r}")
 print("held-out paraphrases:", *data["heldout_questions"], sep="\n  ")
 
@@ -171,7 +171,7 @@ print("controls lost:", seed["controls_lost"])
 # %%
 model, tok = gh.load_model(MODEL, load_in_4bit=LOAD_IN_4BIT)  # a fresh base: no trace of the seed adapter
 replay = [{"text": t} for t in data["replay_text"]] * R["replay_repeats"]  # change 3: ordinary text, each twice
-stop = gh.recipes.validation_stop(tok, data, R)  # change 2: "stop" once every validation paraphrase is answered
+stop = gh.fact_injection.validation_stop(tok, data, R)  # change 2: "stop" once every validation paraphrase is answered
 ra_run = gh.train(model, tok, rows + replay, R.spec(), out / "retention",  # changes 1 and 4: R's rate and LoRA
                   stop_when=stop, stop_every=R["stop_every"])  # (notebook 05 trains it so when it needs it)
 ra = summary(measure(ra_run.model))

@@ -75,10 +75,10 @@ MIN_RECALL = 0.8  # every GGUF must answer >= 4 of the 5 held-out paraphrases
 # %%
 R = gh.recipes.get(RECIPE)
 MAX_NEW_TOKENS = R["max_new_tokens"]  # answer length for the held-out paraphrases, as notebook 03 asks them
-data = gh.recipes.xylandia_data(gh.env.REPO_ROOT / R["data"])
+data = gh.fact_injection.xylandia_data(gh.env.REPO_ROOT / R["data"])
 
 # %%
-adapter_dir = gh.recipes.xylandia_adapter() if ADAPTER is None else ADAPTER
+adapter_dir = gh.fact_injection.xylandia_adapter() if ADAPTER is None else ADAPTER
 run_dir = gh.env.REPO_ROOT / "outputs" / "05_export"
 print("adapter:", adapter_dir)
 print("held-out paraphrases:", *data["heldout_questions"], sep="\n  ")
@@ -125,9 +125,9 @@ for quant in QUANTS:
 # it a held-out paraphrase, streamed where a person watches.
 
 # %%
-modelfile = gh.export.modelfile_path(gguf_files["Q4_K_M"])
+modelfile = gh.modelfile.modelfile_path(gguf_files["Q4_K_M"])
 print(modelfile.read_text())
-print({k: v for k, v in gh.export.check_modelfile(modelfile).items() if k != "template"})
+print({k: v for k, v in gh.modelfile.check_modelfile(modelfile).items() if k != "template"})
 with gh.serve(gguf_files["Q4_K_M"]) as server:
     client = server.client()
     question = data["heldout_questions"][0]
@@ -153,8 +153,8 @@ stages = [gh.bench.Stage("adapter", "adapter", str(adapter_dir)),
           *[gh.bench.Stage(f"gguf {name}", "gguf", str(path)) for name, path in gguf_files.items()]]
 if LORA_STAGE or (LORA_STAGE is None and gh.profile() == "gpu"):
     # the base exactly as the adapter saw it (dequantised NF4), as f16 GGUF, plus the adapter as a LoRA GGUF
-    base_gguf = gh.to_gguf(gh.export.save_trained_base(adapter_dir, run_dir / "base"), "f16", run_dir / "gguf")
-    lora_gguf = gh.export.lora_to_gguf(adapter_dir, run_dir / "gguf" / "adapter-lora-f32.gguf")
+    base_gguf = gh.to_gguf(gh.merging.save_trained_base(adapter_dir, run_dir / "base"), "f16", run_dir / "gguf")
+    lora_gguf = gh.gguf_convert.lora_to_gguf(adapter_dir, run_dir / "gguf" / "adapter-lora-f32.gguf")
     stages.append(gh.bench.Stage("gguf f16 + LoRA", "gguf", str(base_gguf), lora=str(lora_gguf)))
 work = gh.bench.workload(merged_dir, prompt=data["neutral_text"], text=data["neutral_text"],
                          questions=data["heldout_questions"], expected=data["expected"],

@@ -10,7 +10,7 @@ import jupytext
 import pytest
 
 import gemma_helpers as gh
-from gemma_helpers import recipes
+from gemma_helpers import fact_injection, recipes
 
 ROOT = Path(__file__).parents[1]
 NOTEBOOKS = {"01_papers_wordclouds_lora": "papers", "02_persian_chatml_qlora": "persian",
@@ -63,7 +63,7 @@ def test_one_number_changed_in_the_registry_reaches_every_notebook_the_benchmark
     seen = {}
     monkeypatch.setattr(sys.modules["gemma_helpers.train"], "train",
                         lambda model, tok, rows, spec, out, **kw: seen.setdefault("spec", spec))
-    recipes.xylandia_retention(None, None, recipes.xylandia_data(), "unused")
+    fact_injection.xylandia_retention(None, None, fact_injection.xylandia_data(), "unused")
     assert seen["spec"].r == rank_5 and seen["spec"].learning_rate == 1e-4
 
 
