@@ -143,31 +143,47 @@ def check_merge_target(adapter_dir: str | Path, out_dir: str | Path) -> None:
 def merge(adapter_dir: str | Path, out_dir: str | Path | None = None, dtype=None) -> Path:
     """Merge a LoRA adapter into a full-precision copy of its base; return the merged folder.
 
-    The folder is written under a temporary name and renamed when complete, so an interrupted
-    merge leaves nothing that looks finished. A target that is, contains or lies inside the adapter
+    :func:`load_trained_base` (dequantised when the adapter was trained on a 4-bit base), PEFT's
+    ``merge_and_unload``, then :func:`save_merged`. A target that is, contains or lies inside the adapter
     or the base model folder is refused first (:func:`check_merge_target`).
 
-    Notebook 02, section 8; Notebook 03, section 3; Notebook 05, section 1."""
-    import torch
+    Notebook 02, section 8; Notebook 05, section 1 (notebook 03, section 3 shows the same steps one by one)."""
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
     out_dir = Path(out_dir) if out_dir else adapter_dir.parent / "merged"
     check_merge_target(adapter_dir, out_dir)
-    config, meta, base, tokenizer = load_trained_base(adapter_dir)
-    dtype = dtype or (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32)
+    _, _, base, tokenizer = load_trained_base(adapter_dir)
     rows_before = base.get_input_embeddings().weight.shape[0]
     model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    model = model.to(dtype)
-    _check_dtype(model, dtype, f"the model merged from {adapter_dir}")
     if model.get_input_embeddings().weight.shape[0] != rows_before:
         raise RuntimeError("the vocabulary changed size during the merge; refusing to save")
+    return save_merged(model, tokenizer, adapter_dir, out_dir, dtype)
+
+
+def save_merged(model, tokenizer, adapter_dir: str | Path, out_dir: str | Path, dtype=None) -> Path:
+    """Save a model merged from ``adapter_dir`` (``merge_and_unload`` done) in ``dtype`` (default bfloat16
+    on a GPU that computes it, else float32) with its tokenizer, a ``gemma_helpers.json`` naming the
+    adapter and the base, and a model card; return the folder. The folder is written under a temporary
+    name and renamed when complete, so an interrupted save leaves nothing that looks finished; a target
+    that is, contains or lies inside the adapter or the base model folder is refused
+    (:func:`check_merge_target`), and so is one holding files gemma_helpers did not write.
+
+    Notebook 03, section 3."""
+    import torch
+
+    from .hub import write_card
+
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    check_merge_target(adapter_dir, out_dir)
+    config, meta = check_adapter(adapter_dir), _meta(adapter_dir)
+    dtype = dtype or (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32)
+    model = model.to(dtype)
+    _check_dtype(model, dtype, f"the model merged from {adapter_dir}")
     four_bit = bool(meta.get("load_in_4bit", False))
     out_dir = _save_model(model, tokenizer, out_dir, {"merged_from": str(adapter_dir), "base": config["base_model_name_or_path"],
                                                       "dequantized_4bit_base": four_bit, "dtype": str(dtype),
                                                       **({"train": meta["train"]} if "train" in meta else {})})
-    from .hub import write_card
-
     write_card(out_dir)
     return out_dir
 
