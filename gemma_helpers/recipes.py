@@ -135,11 +135,15 @@ register(Recipe(
         "batch_size": 1, "grad_accum": 4,  # the README: batch 1 with gradient accumulation
         "max_steps": 40, "eval_steps": 5, "early_stopping_patience": 3,  # "about 40 steps", early stopping
         "learning_rate": SERIES["learning_rate"], "warmup_steps": 2, "max_seq_length": 512, "seed": SEED,
-        "save_steps": 1000, "rows_per_paper": 40,  # arXiv papers are long: 40 passages each, spread over the paper
+        "save_steps": 1000,
+        "paper_source": "arxiv",  # the seed's list: 22 arXiv papers across four fields (gp.ARXIV_PAPERS)
+        "rows_per_paper": 40,  # arXiv papers are long: 40 passages each, spread over the paper
         "eval_items": {"train": 100, "validation": 100, "holdout": 100},  # items scored per split
     },
     cpu={
         "model": EMBEDDED,
+        # CI has no internet: the bundled mini-papers as PDFs on 127.0.0.1 (gemma_helpers.paper_parts.paper_list)
+        "paper_source": "sample",
         "rows_per_paper": None,  # the bundled mini-papers are short: every sentence
         # 16 of train and validation (a trend, in seconds), every holdout row (the verdict's rows)
         "eval_items": {"train": 16, "validation": 16, "holdout": None},
@@ -167,6 +171,10 @@ register(Recipe(
         "holdout": 200,  # ours: held-out conversations for perplexity
         "max_new_tokens": 128,  # ours: tokens per answer in the generation speed test
         "temperature": 0.7, "top_p": 0.95,  # the seed's reported sampling (with the run's seed)
+        # ours: E4B dequantised to float32 fits neither a T4 nor Colab's RAM: unsloth merges in 16-bit, shard by
+        # shard (merging.merge_16bit), and the merged model is loaded back in 4-bit to be compared with the adapter
+        "merge": "merged_16bit", "merged_in_4bit": True,
+        "data_card": None,  # ours: the hub dataset carries its own card
     },
     # A T4 (15 GB): the seed's batch 2 x 4000 tokens does not fit. Estimate for Gemma 3n E4B's text stack
     # (Gemma3nTextConfig: 35 layers, hidden 2048, 4 AltUp streams, MLP 16384, vocabulary 262,400), 4 bytes
@@ -188,7 +196,9 @@ register(Recipe(
     # AdamW needs a GPU; 512 tokens is more than the longest bundled row.
     cpu={"model": EMBEDDED, "data": "data/persian_chat.jsonl", "learning_rate": 5e-4, "warmup_steps": 0,
          "grad_accum": 2, "max_steps": 5, "optim": "adamw_torch", "max_seq_length": 512,
-         "holdout": 6, "max_new_tokens": 16},  # 6 of the bundled conversations; 16 tokens keep it seconds
+         "holdout": 6, "max_new_tokens": 16,  # 6 of the bundled conversations; 16 tokens keep it seconds
+         "merge": "float32", "merged_in_4bit": False,  # the 270M merges and answers in float32 (gh.merge)
+         "data_card": "data/README.md"},  # the bundled rows' card
     # throughput of one 4-conversation batch a step at the seed's rate; 1024 tokens as on the T4
     bench={"model": EMBEDDED, "data": "data/persian_chat.jsonl", "batch_size": 4, "grad_accum": 1,
            "learning_rate": 2e-4, "max_seq_length": 1024, "warmup_steps": 0, "weight_decay": 0.0,
@@ -230,6 +240,14 @@ register(Recipe(
         #   all seven r4 (alpha 8): 50 steps, recall 5/5, ended 4/5, controls 11/11, +9.3 %
         "r": 4, "alpha": 8, "target_modules": DEFAULT_TARGETS,
     },
+))
+
+# ---------------------------------------------------------------- notebook 05: export of notebook 03's adapter
+register(Recipe(
+    "xylandia-export", "05_export", "ours: the retention-aware adapter's recipe (its data and answer length) and "
+    "what notebook 05 exports", based_on="xylandia-retention",
+    values={"lora_stage": True},  # the adapter alone as a llama.cpp LoRA GGUF on its base, as a stage of its own
+    cpu={"lora_stage": False},  # a base GGUF and a LoRA GGUF more: about a minute on 2 cores, left out of CI
 ))
 
 # ---------------------------------------------------------------- notebook 04: frames
