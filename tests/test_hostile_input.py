@@ -698,12 +698,12 @@ def test_notebook_01_gives_each_paper_a_deadline_and_reports_a_server_that_never
     pdf = offline.sample_pdf(first)
     with offline.LoopbackServer({"good": pdf, "silent": pdf}, {"silent": "hang"}, hang_s=30) as server:
         paper_list = [gp.Paper(key, first["title"], "ai", url=server.url(key)) for key in ("good", "silent")]
-        namespace = {"gp": gp, "paper_list": paper_list, "out": tmp_path, "MAX_MB": 50, "cpu": False,
+        namespace = {"gp": gp, "paper_list": paper_list, "out": tmp_path, "MAX_MB": 50, "stop_server": server.stop,
                      "DEADLINE_S": 1.5}  # as papermill overrides the parameters cell
         started = time.monotonic()
         exec(compile(download_cell, "notebook 01, section 2", "exec"), namespace)
         elapsed = time.monotonic() - started
-    report = {r["key"]: r for r in namespace["download_report"]}
+    report = {r["key"]: r for r in namespace["corpus"].report}
     assert report["silent"]["status"] == "failed", report
     assert report["silent"]["reason"].startswith("deadline: no answer (0 bytes arrived) within the 1.5 s"), report
     assert report["good"]["status"] == "ok" and (tmp_path / "pdf" / "good.pdf").read_bytes() == pdf
