@@ -26,7 +26,7 @@ $(VENV)/.installed: $(VENV)/.demo-installed requirements-keras.txt requirements-
 	$(PY) -m pip install -q --no-deps -r requirements-keras.txt
 	$(PY) -m pip install -q -r requirements-book.txt -c requirements-local.txt
 	$(PY) -m pip install -q -e . --no-deps
-	$(PY) -c "from gemma_helpers.export import converter_dir; converter_dir()"
+	$(PY) -c "from gemma_helpers.gguf_convert import converter_dir; converter_dir()"
 	touch $@
 
 # Run notebook 03 on the embedded Gemma 3 270M on CPU and print its results table.

@@ -19,15 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", type=Path, help="a LoRA adapter folder (default: notebook 03's, trained if absent)")
     parser.add_argument("--out", type=Path, default=gh.env.REPO_ROOT / "outputs" / "bench_export")
-    parser.add_argument("--outtypes", nargs="+", default=["f16", "q8_0"], choices=gh.export.OUTTYPES)
-    parser.add_argument("--quants", nargs="+", default=["Q4_K_M"], choices=gh.export.QUANT_TYPES)
+    parser.add_argument("--outtypes", nargs="+", default=["f16", "q8_0"], choices=gh.gguf_convert.OUTTYPES)
+    parser.add_argument("--quants", nargs="+", default=["Q4_K_M"], choices=gh.gguf_convert.QUANT_TYPES)
     parser.add_argument("--lora", action="store_true", help="also the adapter as a LoRA GGUF on its base's f16 GGUF")
     parser.add_argument("--gen-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
 
-    data = gh.recipes.xylandia_data()
-    adapter = args.adapter or gh.recipes.xylandia_adapter()
+    data = gh.fact_injection.xylandia_data()
+    adapter = args.adapter or gh.fact_injection.xylandia_adapter()
     merged = gh.merge(adapter, args.out / "merged")
     files = {t: gh.to_gguf(merged, t, args.out / "gguf") for t in args.outtypes}
     if "f16" not in files and args.quants:
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     stages = [gh.bench.Stage("adapter", "adapter", str(adapter)), gh.bench.Stage("merged", "transformers", str(merged)),
               *[gh.bench.Stage(f"gguf {name}", "gguf", str(path)) for name, path in files.items()]]
     if args.lora:
-        base_gguf = gh.to_gguf(gh.export.save_trained_base(adapter, args.out / "base"), "f16", args.out / "gguf")
-        lora = gh.export.lora_to_gguf(adapter, args.out / "gguf" / "adapter-lora-f32.gguf")
+        base_gguf = gh.to_gguf(gh.merging.save_trained_base(adapter, args.out / "base"), "f16", args.out / "gguf")
+        lora = gh.gguf_convert.lora_to_gguf(adapter, args.out / "gguf" / "adapter-lora-f32.gguf")
         stages.append(gh.bench.Stage("gguf f16 + LoRA", "gguf", str(base_gguf), lora=str(lora)))
     work = gh.bench.workload(merged, data["neutral_text"], data["neutral_text"], data["heldout_questions"],
                              data["expected"], gen_tokens=args.gen_tokens, threads=args.threads)

@@ -63,7 +63,7 @@ def recipe_rows(name: str, args) -> tuple[list[dict], object]:
         raise ValueError(f"unknown recipe {name!r} ({', '.join(BENCH_RECIPES)})")
     recipe = gh.recipes.get(BENCH_RECIPES[name], "bench")
     if name == "xylandia":  # notebook 03's seed recipe
-        rows = gh.recipes.xylandia_rows(gh.recipes.xylandia_data(ROOT / recipe["data"]), recipe["repeats"])
+        rows = gh.fact_injection.xylandia_rows(gh.fact_injection.xylandia_data(ROOT / recipe["data"]), recipe["repeats"])
     elif name == "persian":  # cleaned as notebook 02 cleans it: the bundled sample carries deliberately bad rows
         from gemma_helpers.data import persian
 

@@ -2,14 +2,21 @@
 
 A notebook does ``import gemma_helpers as gh`` and calls ``gh.load_model(...)``,
 ``gh.train(...)``, ``gh.merge(...)``; the modules are rooms with one job each:
-env, models, jsonl, chat, data (persian, dolly, frames, papers), train, trl_compat, memory, evaluate, export, hub, serve, bench (export stages), throughput (training), plots, results, recipes, rehearsal, offline.
+env, models, jsonl, chat, data (persian, dolly, frames, papers), train, trl_compat, memory, evaluate,
+merging (an adapter into its base), gguf_convert, gguf_header, modelfile (Ollama), llamacpp, hub, serve,
+bench (export stages), throughput (training), plots, results, recipes, paper_parts (notebook 01's
+experiment), fact_injection (notebook 03's), rehearsal, offline.
 """
-from . import bench, chat, env, evaluate, export, hub, jsonl, memory, models, plots, recipes, rehearsal, results
+from . import (bench, chat, env, evaluate, fact_injection, gguf_convert, gguf_header, hub, jsonl, llamacpp, memory,
+               merging, modelfile, models, paper_parts, plots, recipes, rehearsal, results)
 from .chat import DataError, qa_rows, tokenize_rows, validate_rows
 from .env import profile, report
 from .evaluate import ask, complete, perplexity
-from .export import AdapterError, GGUFError, load_adapter, load_gguf, merge, quantize, to_gguf
+from .gguf_convert import quantize, to_gguf
+from .gguf_header import GGUFError
+from .llamacpp import load_gguf
 from .memory import memory_monitor
+from .merging import AdapterError, load_adapter, merge
 from .models import EMBEDDED, REGISTRY, attach_lora, load_model
 from .serve import serve
 from .train import NoLabelsError, NonFiniteLossError, TrainResult, TrainSpec, train
@@ -31,16 +38,22 @@ __all__ = [
     "complete",
     "env",
     "evaluate",
-    "export",
+    "fact_injection",
+    "gguf_convert",
+    "gguf_header",
     "hub",
     "jsonl",
+    "llamacpp",
     "load_adapter",
     "load_gguf",
     "load_model",
     "memory",
     "memory_monitor",
     "merge",
+    "merging",
+    "modelfile",
     "models",
+    "paper_parts",
     "perplexity",
     "plots",
     "profile",

@@ -80,7 +80,7 @@ def size_mb(stage: Stage) -> float:
     adapter plus the base weights it is loaded on.
 
     Not shown in a notebook: used by gemma_helpers.bench.measure_here."""
-    from .export import check_adapter
+    from .merging import check_adapter
 
     path = Path(stage.path)
     if stage.kind == "gguf":
@@ -128,7 +128,7 @@ def _measure_transformers(stage: Stage, work: Workload) -> dict:
     import torch
 
     from . import evaluate
-    from .export import load_adapter
+    from .merging import load_adapter
     from .models import load_model
 
     if work.threads:
@@ -171,7 +171,7 @@ def _last_logits(llm):
 def _measure_gguf(stage: Stage, work: Workload) -> dict:
     import numpy as np
 
-    from .export import gguf_ask, load_gguf
+    from .llamacpp import gguf_ask, load_gguf
 
     started = time.perf_counter()
     kwargs = {"lora_path": stage.lora} if stage.lora else {}

@@ -96,7 +96,7 @@ def install_chat_template(tokenizer) -> None:
 def qa_rows(pairs: Iterable[tuple[str, str]], system: str | None = None) -> list[dict]:
     """``[(question, answer), ...]`` as single-exchange training rows.
 
-    Not shown in a notebook: used by gemma_helpers.recipes.xylandia_rows and the tests."""
+    Not shown in a notebook: used by gemma_helpers.fact_injection.xylandia_rows and the tests."""
     rows = []
     for question, answer in pairs:
         messages = [{"role": "system", "content": system}] if system else []

@@ -127,7 +127,7 @@ def unsloth_available() -> bool:
     that breaks on import (the commonest complaint of unsloth's users) is named in one line and the
     run goes on with transformers + peft + bitsandbytes.
 
-    Not shown in a notebook: used by gemma_helpers.env.report, gemma_helpers.export.merge_16bit and
+    Not shown in a notebook: used by gemma_helpers.env.report, gemma_helpers.merging.merge_16bit and
     gemma_helpers.models.attach_lora."""
     setting = os.environ.get(UNSLOTH_SETTING, "auto").strip() or "auto"
     if setting not in ("auto", "0", "1"):

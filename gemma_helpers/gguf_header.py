@@ -1,5 +1,5 @@
 """A GGUF file's header read in a fraction of a second: its metadata and its tensor table, checked
-against the file's size.
+against the file's size; :func:`check_gguf` says whether a path is a whole GGUF file.
 
 ``gguf.GGUFReader`` builds a numpy view and an enum per element of every metadata array: on a
 262,144-token vocabulary that is about 16 s per file on a 2-core CPU without AVX512 (2026-12-02),
@@ -42,7 +42,7 @@ class Tensor:
 class Header:
     """A GGUF file's version, metadata (key -> value: numbers, strings, lists) and tensors.
 
-    Not shown in a notebook: used by gemma_helpers.export.read_gguf."""
+    Not shown in a notebook: used by gemma_helpers.gguf_header.read_gguf."""
 
     version: int
     metadata: dict = field(default_factory=dict)
@@ -98,7 +98,7 @@ def read_header(path: str | Path) -> Header:
     a whole little-endian GGUF file of version 2 or 3 (magic, a truncated header, a tensor whose data
     would lie past the end of the file).
 
-    Not shown in a notebook: used by gemma_helpers.export.read_gguf and the tests."""
+    Not shown in a notebook: used by gemma_helpers.gguf_header.read_gguf and the tests."""
     from gguf import GGML_QUANT_SIZES
 
     with open(path, "rb") as handle:
@@ -142,3 +142,56 @@ def read_header(path: str | Path) -> Header:
         if end > size:
             raise ValueError(f"tensor {tensor.name!r} ends at byte {end}; the file ends at byte {size} (truncated?)")
     return header
+
+
+class GGUFError(ValueError):
+    """A path that is not a complete GGUF file, or a conversion that failed; the message names the path.
+
+    Not shown in a notebook: used by gemma_helpers.gguf_header.check_gguf, gemma_helpers.gguf_convert and
+    gemma_helpers.llamacpp.load_gguf."""
+
+
+def check_gguf(path: str | Path) -> Path:
+    """``path`` if it is a GGUF file (magic bytes, a readable header, at least one tensor), else
+    :class:`GGUFError` saying what it is instead (missing, a directory, another format, truncated, header only).
+
+    Not shown in a notebook: used by gemma_helpers.llamacpp.load_gguf, gemma_helpers.gguf_convert.lora_to_gguf and
+    gemma_helpers.gguf_convert.quantize."""
+    if not read_gguf(path).tensors:
+        raise GGUFError(f"{path} has a GGUF header but no tensors: no model weights to load")
+    return Path(path)
+
+
+def read_gguf(path: str | Path):
+    """The header of a GGUF file (:class:`gemma_helpers.gguf_header.Header`: metadata and tensor table,
+    checked against the file's size), or :class:`GGUFError` naming the path and what is wrong.
+
+    Not shown in a notebook: used by gemma_helpers.gguf_header.check_gguf and gemma_helpers.gguf_header.gguf_chat_metadata."""
+    path = Path(path)
+    if path.is_dir():
+        raise GGUFError(f"{path} is a directory, not a GGUF file (pass the .gguf file inside it)")
+    if not path.exists():
+        raise GGUFError(f"{path} does not exist")
+    if not path.is_file():
+        raise GGUFError(f"{path} is not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise GGUFError(f"{path} cannot be read: {exc}") from exc
+    if head != MAGIC:
+        raise GGUFError(f"{path} is not a GGUF file (starts with {head!r}, not {MAGIC!r})")
+    try:
+        return read_header(path)
+    except (ValueError, OSError, struct.error) as exc:  # truncated or corrupt beyond the magic bytes
+        raise GGUFError(f"{path} is not a readable GGUF file: {exc}") from exc
+
+
+def gguf_chat_metadata(path: str | Path) -> dict:
+    """What a runtime reads from a GGUF to format and end a turn: ``chat_template`` (or None), the
+    vocabulary, and the bos / eos / eot token ids (None where the file declares none).
+
+    Not shown in a notebook: used by gemma_helpers.modelfile.check_modelfile and gemma_helpers.serve.chat_format."""
+    metadata = read_gguf(path).metadata
+    return {"chat_template": metadata.get("tokenizer.chat_template"), "tokens": metadata.get("tokenizer.ggml.tokens") or [],
+            **{name: metadata.get(f"tokenizer.ggml.{name}_token_id") for name in ("bos", "eos", "eot")}}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .env import write_whole
 
-META = "gemma_helpers.json"  # written beside an adapter by train, beside a merge by export: how it was made
+META = "gemma_helpers.json"  # written beside an adapter by train, beside a merge by merging: how it was made
 
 REPO = "gemma-lora-notebooks"
 

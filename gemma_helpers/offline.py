@@ -322,12 +322,15 @@ class LoopbackServer:
 
 
 def sample_papers() -> tuple[LoopbackServer, list, dict[str, str]]:
-    """Notebook 01, section 1 on CPU: the project's eight mini-papers served as PDFs on a started
+    """The CPU profile's paper source (notebook 01, section 1, through gemma_helpers.paper_parts.paper_list):
+    the project's eight mini-papers served as PDFs on a started
     :class:`LoopbackServer`, one of them from a server that answers 500 once and then sends the file,
     plus three entries a download report must name: an HTML page served as ``.pdf`` (``login_page``),
     a 404 (``gone``) and the file of one paper under another's title (``mislabelled``, the seed's
     "DreamFusion" problem). Returns ``(server, papers, expected)``: ``expected`` is each entry's
-    status in a first download (``ok``, or what is wrong); the caller stops the server."""
+    status in a first download (``ok``, or what is wrong); the caller stops the server.
+
+    Not shown in a notebook: used by gemma_helpers.paper_parts.paper_list and the tests."""
     from .data import papers as gp
 
     sample = gp.sample()

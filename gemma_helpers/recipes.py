@@ -14,18 +14,13 @@ A notebook's parameters cell names a recipe and its overrides::
     R = gh.recipes.get(RECIPE, **OVERRIDES)  # the numbers for this machine's profile
     print(R.table())  # each number, and what the profile changed from the seed's
     spec = R.spec()   # the TrainSpec
-
-Notebook 03 also trains the retention-aware recipe through :func:`xylandia_retention`, which notebook
-05 reuses (:func:`xylandia_adapter`) so that each notebook runs on its own.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
-from .env import REPO_ROOT, SEED
+from .env import SEED
 from .models import DEFAULT_TARGETS, EMBEDDED, LANGUAGE_TARGETS, TINY_VISION
 
 NEW = object()  # a number a recipe adds to the one it is based on
@@ -126,23 +121,29 @@ def _spec_defaults() -> dict:
     return {f.name: f.default for f in fields(TrainSpec)}
 
 
+SERIES = _spec_defaults()  # this series' own defaults (TrainSpec's), for a number the seed did not publish
+
 # ---------------------------------------------------------------- notebook 01: papers
 register(Recipe(
     "papers", "01_papers", "the seed's README: LoRA on attention and MLP, batch 1 with gradient accumulation, "
     "about 40 steps under early stopping; its rank, alpha and rate are not published (the notebook is missing "
-    "from its repository): r=16, alpha=32 and 2e-4 are this series' defaults",
+    "from its repository), so they are this series' defaults (TrainSpec's)",
     values={
         "model": "gemma-3n-e4b-it",  # the seed's model, 4-bit multimodal Gemma used for text
         "load_in_4bit": True,
-        "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": DEFAULT_TARGETS,
+        "r": SERIES["r"], "alpha": SERIES["alpha"], "dropout": 0.0, "target_modules": DEFAULT_TARGETS,
         "batch_size": 1, "grad_accum": 4,  # the README: batch 1 with gradient accumulation
         "max_steps": 40, "eval_steps": 5, "early_stopping_patience": 3,  # "about 40 steps", early stopping
-        "learning_rate": 2e-4, "warmup_steps": 2, "max_seq_length": 512, "seed": SEED, "save_steps": 1000,
+        "learning_rate": SERIES["learning_rate"], "warmup_steps": 2, "max_seq_length": 512, "seed": SEED,
+        "save_steps": 1000,
+        "paper_source": "arxiv",  # the seed's list: 22 arXiv papers across four fields (gp.ARXIV_PAPERS)
         "rows_per_paper": 40,  # arXiv papers are long: 40 passages each, spread over the paper
         "eval_items": {"train": 100, "validation": 100, "holdout": 100},  # items scored per split
     },
     cpu={
         "model": EMBEDDED,
+        # CI has no internet: the bundled mini-papers as PDFs on 127.0.0.1 (gemma_helpers.paper_parts.paper_list)
+        "paper_source": "sample",
         "rows_per_paper": None,  # the bundled mini-papers are short: every sentence
         # 16 of train and validation (a trend, in seconds), every holdout row (the verdict's rows)
         "eval_items": {"train": 16, "validation": 16, "holdout": None},
@@ -170,6 +171,10 @@ register(Recipe(
         "holdout": 200,  # ours: held-out conversations for perplexity
         "max_new_tokens": 128,  # ours: tokens per answer in the generation speed test
         "temperature": 0.7, "top_p": 0.95,  # the seed's reported sampling (with the run's seed)
+        # ours: E4B dequantised to float32 fits neither a T4 nor Colab's RAM: unsloth merges in 16-bit, shard by
+        # shard (merging.merge_16bit), and the merged model is loaded back in 4-bit to be compared with the adapter
+        "merge": "merged_16bit", "merged_in_4bit": True,
+        "data_card": None,  # ours: the hub dataset carries its own card
     },
     # A T4 (15 GB): the seed's batch 2 x 4000 tokens does not fit. Estimate for Gemma 3n E4B's text stack
     # (Gemma3nTextConfig: 35 layers, hidden 2048, 4 AltUp streams, MLP 16384, vocabulary 262,400), 4 bytes
@@ -191,7 +196,9 @@ register(Recipe(
     # AdamW needs a GPU; 512 tokens is more than the longest bundled row.
     cpu={"model": EMBEDDED, "data": "data/persian_chat.jsonl", "learning_rate": 5e-4, "warmup_steps": 0,
          "grad_accum": 2, "max_steps": 5, "optim": "adamw_torch", "max_seq_length": 512,
-         "holdout": 6, "max_new_tokens": 16},  # 6 of the bundled conversations; 16 tokens keep it seconds
+         "holdout": 6, "max_new_tokens": 16,  # 6 of the bundled conversations; 16 tokens keep it seconds
+         "merge": "float32", "merged_in_4bit": False,  # the 270M merges and answers in float32 (gh.merge)
+         "data_card": "data/README.md"},  # the bundled rows' card
     # throughput of one 4-conversation batch a step at the seed's rate; 1024 tokens as on the T4
     bench={"model": EMBEDDED, "data": "data/persian_chat.jsonl", "batch_size": 4, "grad_accum": 1,
            "learning_rate": 2e-4, "max_seq_length": 1024, "warmup_steps": 0, "weight_decay": 0.0,
@@ -199,8 +206,6 @@ register(Recipe(
 ))
 
 # ---------------------------------------------------------------- notebook 03: Xylandia
-XYLANDIA_DATA = REPO_ROOT / "data" / "xylandia.json"
-XYLANDIA_OUTPUT = REPO_ROOT / "outputs" / "03_xylandia"
 register(Recipe(
     "xylandia-seed", "03_xylandia", "adityakumar-dev/Krishi-Sakha, notebook/testing/gemma_fine_tune.ipynb",
     values={
@@ -235,6 +240,14 @@ register(Recipe(
         #   all seven r4 (alpha 8): 50 steps, recall 5/5, ended 4/5, controls 11/11, +9.3 %
         "r": 4, "alpha": 8, "target_modules": DEFAULT_TARGETS,
     },
+))
+
+# ---------------------------------------------------------------- notebook 05: export of notebook 03's adapter
+register(Recipe(
+    "xylandia-export", "05_export", "ours: the retention-aware adapter's recipe (its data and answer length) and "
+    "what notebook 05 exports", based_on="xylandia-retention",
+    values={"lora_stage": True},  # the adapter alone as a llama.cpp LoRA GGUF on its base, as a stage of its own
+    cpu={"lora_stage": False},  # a base GGUF and a LoRA GGUF more: about a minute on 2 cores, left out of CI
 ))
 
 # ---------------------------------------------------------------- notebook 04: frames
@@ -286,72 +299,3 @@ register(Recipe(
          # gives the held-out loss a measurable change within the budget
          "learning_rate": 1e-3},
 ))
-
-
-# ---------------------------------------------------------------- notebook 03's retention-aware run
-def xylandia_data(path: str | Path | None = None) -> dict:
-    """Notebook 03's data file (questions, paraphrases, control facts, neutral and replay text; see
-    data/README.md). Notebook 03, "Parameters"; Notebook 05, "Parameters"."""
-    return json.loads(Path(path or XYLANDIA_DATA).read_text())
-
-
-def xylandia_rows(data: dict, repeats: int | None = None) -> list[dict]:
-    """The seed's training rows: each training question answered with the fact, ``repeats`` times
-    (the recipe's, 10). Notebook 03, "What is trained on"."""
-    from .chat import qa_rows
-
-    repeats = get("xylandia-seed")["repeats"] if repeats is None else repeats
-    return qa_rows([(q, data["fact"]) for q in data["train_questions"]] * repeats)
-
-
-def validation_stop(tokenizer, data: dict, recipe: Run, verbose: bool = True):
-    """Notebook 03, section 2, change 2: a ``stop_when`` for :func:`~gemma_helpers.train.train` that stops
-    once every validation paraphrase is answered with the fact and, with the recipe's ``until_ended``,
-    each such answer ends at ``<end_of_turn>``: the fact is learned steps before the turn's end is, and
-    stopping on recall alone leaves answers that run on to the token limit."""
-    from .evaluate import ask, contains, fraction
-
-    until_ended = recipe["until_ended"]
-
-    def validation_reached(model):
-        answers, stats = ask(model, tokenizer, data["validation_questions"], recipe["max_new_tokens"], return_stats=True)
-        recall, ended = fraction(contains(answers, data["expected"])), fraction(stats["ended"])
-        if verbose:
-            print(f"  validation recall {recall:.2f}, answers ended {ended:.2f}")
-        done = recall == 1.0 and (ended == 1.0 or not until_ended)
-        return f"validation recall {recall:.2f}, answers ended {ended:.2f}" if done else None
-
-    return validation_reached
-
-
-def xylandia_retention(model, tokenizer, data: dict, output_dir: str | Path, recipe: Run | None = None):
-    """Notebook 03, section 2, as one call (notebook 05 trains the adapter so when notebook 03's is
-    missing): the seed's rows plus general text replayed ``replay_repeats`` times, ``recipe``'s spec
-    (default the registry's ``xylandia-retention`` for this profile), stopped by :func:`validation_stop`.
-    Returns the :class:`~gemma_helpers.train.TrainResult`."""
-    from .train import train
-
-    recipe = recipe or get("xylandia-retention")
-    replay = [{"text": t} for t in data["replay_text"]] * recipe["replay_repeats"]
-    return train(model, tokenizer, xylandia_rows(data, recipe["repeats"]) + replay, recipe.spec(), output_dir,
-                 stop_when=validation_stop(tokenizer, data, recipe), stop_every=recipe["stop_every"])
-
-
-def xylandia_adapter(output_dir: str | Path | None = None, model_name: str | None = None,
-                     load_in_4bit: bool | None = None) -> Path:
-    """The retention-aware Xylandia adapter (Notebook 05, "Parameters"): notebook 03's when it is there and
-    complete, else trained now with the registry's ``xylandia-retention`` recipe into the same place.
-    The embedded model is loaded only when it is the one asked for."""
-    from .export import AdapterError, check_adapter
-    from .models import load_model
-
-    recipe = get("xylandia-retention")
-    run_dir = Path(output_dir or XYLANDIA_OUTPUT) / "retention"
-    try:
-        check_adapter(run_dir / "adapter")
-        return run_dir / "adapter"
-    except AdapterError as missing:
-        print(f"{missing}: training it with notebook 03's retention-aware recipe")
-    model, tokenizer = load_model(model_name or recipe["model"],
-                                  load_in_4bit=recipe["load_in_4bit"] if load_in_4bit is None else load_in_4bit)
-    return xylandia_retention(model, tokenizer, xylandia_data(), run_dir, recipe).adapter_dir

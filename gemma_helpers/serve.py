@@ -71,7 +71,7 @@ def chat_format(gguf_path: str | Path) -> str | None:
     has one, else ``"gemma"`` (llama-cpp-python's built-in Gemma turns).
 
     Not shown in a notebook: used by gemma_helpers.serve.serve."""
-    from .export import gguf_chat_metadata
+    from .gguf_header import gguf_chat_metadata
 
     return None if gguf_chat_metadata(gguf_path)["chat_template"] else "gemma"
 

@@ -92,7 +92,6 @@ import gemma_helpers as gh
 gh.report();
 
 # %%
-from gemma_helpers import offline
 from gemma_helpers.data import download, pdf
 from gemma_helpers.data import papers as gp
 
@@ -112,9 +111,7 @@ R = gh.recipes.get(RECIPE, **OVERRIDES)
 print(R.table())  # every number of this run, and what this machine's profile changed from the seed's
 MODEL, LOAD_IN_4BIT, ROWS_PER_PAPER, EVAL_ITEMS = R["model"], R["load_in_4bit"], R["rows_per_paper"], R["eval_items"]
 spec = R.spec()
-cpu = gh.profile() == "cpu"
-root = gh.env.REPO_ROOT
-out = root / OUTPUT
+out = gh.env.REPO_ROOT / OUTPUT
 
 # %% [markdown]
 # ## 1. The download list
@@ -129,10 +126,7 @@ out = root / OUTPUT
 # that is another paper than its title says (the seed's "DreamFusion" problem).
 
 # %%
-if cpu:  # the mini-papers on 127.0.0.1, one flaky server and three bad entries (offline.sample_papers)
-    server, paper_list, _ = offline.sample_papers()
-else:
-    paper_list = gp.arxiv_papers()
+paper_list, stop_server = gh.paper_parts.paper_list(R["paper_source"])  # "arxiv", or "sample" on CPU
 for p in paper_list:
     print(f"{p.field:<11} {p.key:<28} {p.source}")
 
@@ -147,10 +141,7 @@ for p in paper_list:
 # %%
 corpus = gp.collect(paper_list, out / "pdf", max_bytes=MAX_MB * 2**20, deadline_s=DEADLINE_S, retries=2, backoff_s=0.5)
 print(corpus)  # a rerun finds the good papers complete on disk ("cached") and fetches none again
-download_report = [{k: r[k] for k in ("key", "url", "status", "reason", "bytes", "attempts", "http_status")}
-                   for r in corpus.report]
-if cpu:
-    server.stop()
+stop_server()  # the loopback server of the CPU profile's mini-papers (arXiv: nothing to stop)
 
 # %% [markdown]
 # What cleaning did to one page: the raw text from pypdf, then the same passage cleaned.
@@ -169,14 +160,11 @@ print("\nCLEAN:\n" + one["text"][:700])
 
 # %%
 kept = corpus.papers
-words = {p["key"]: p["words"] for p in kept}
-gh.plots.word_count_bars(words, {p["key"]: p["field"] for p in kept}, "01_papers_word_counts.png",
-                         title=f"Words per paper after cleaning ({len(kept)} papers)")
+gh.plots.word_count_bars({p["key"]: p["words"] for p in kept}, {p["key"]: p["field"] for p in kept},
+                         "01_papers_word_counts.png", title=f"Words per paper after cleaning ({len(kept)} papers)")
 freqs = {p["key"]: gp.word_counts(gp.body(p["text"])) for p in kept}  # without title and authors
-gh.plots.word_clouds({f"{k}\n{', '.join(w for w, _ in freqs[k].most_common(3))}": freqs[k] for k in words},
-                     "01_papers_wordclouds.png")
-print(gh.results.table({p["key"]: {"field": p["field"], "pages": p["pages"], "words": p["words"],
-                                   "top words": ", ".join(w for w, _ in freqs[p["key"]].most_common(5))} for p in kept}))
+gh.plots.word_clouds(gh.paper_parts.cloud_labels(freqs), "01_papers_wordclouds.png")  # titled by its top 3 words
+print(gh.results.table(gh.paper_parts.paper_table(kept, freqs)))
 
 # %% [markdown]
 # ## 4. Split by paper, then the rows
@@ -250,16 +238,10 @@ mem.mark("adapter")
 trainable, total = gh.models.trainable_parameters(model)
 print(f"trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
 
-
-def accuracy_table(scores):
-    return {name: {"accuracy": s["accuracy"], "95% CI": "[{:.2f}, {:.2f}]".format(*gh.evaluate.bootstrap_ci(
-                   gh.evaluate.correct(s), **BOOTSTRAP)), "mixed": s["mixed"], "overlap": s["overlap"],
-                   "relevance": s["relevance"], "n": s["n"]} for name, s in scores.items()}
-
-
+# %%
 mix = {"weight": MIX_WEIGHT, "threshold": MIX_THRESHOLD}
 baseline = {name: gh.evaluate.mixed_accuracy_rows(model, tok, r, MAX_NEW_TOKENS, **mix) for name, r in scored.items()}
-print(gh.results.table(accuracy_table(baseline)))
+print(gh.results.table(gh.paper_parts.accuracy_table(baseline, BOOTSTRAP)))
 
 # %% [markdown]
 # ## 7. Train, with the validation loss and early stopping
@@ -286,71 +268,39 @@ print(gh.results.table({k: {"MB": v} for k, v in memory.items() if isinstance(v,
 
 # %%
 tuned = {name: gh.evaluate.mixed_accuracy_rows(run.model, tok, r, MAX_NEW_TOKENS, **mix) for name, r in scored.items()}
-trivials = {name: gh.evaluate.trivial_scores([x["passage"] for x in r], [x["messages"][-1]["content"] for x in r],
-                                             answers=gp.ROLES, **mix) for name, r in scored.items()}
-print(gh.results.table({f"{name}: {t}": {"accuracy": s["accuracy"], "mixed": s["mixed"]}
-                        for name, ts in trivials.items() for t, s in ts.items()}))
-best = {name: gh.evaluate.best_trivial(ts) for name, ts in trivials.items()}
-trivial = {name: s for name, (_, s) in best.items()}
-stages = {"baseline": baseline, "tuned": tuned, "best trivial": trivial}
-accuracy = {stage: {k: v["accuracy"] for k, v in x.items()} for stage, x in (("baseline", baseline), ("tuned", tuned),
-                                                                            ("trivial", trivial))}
-accuracy_ci = {stage: {k: gh.evaluate.bootstrap_ci(gh.evaluate.correct(v), **BOOTSTRAP) for k, v in x.items()}
-               for stage, x in (("baseline", baseline), ("tuned", tuned), ("trivial", trivial))}
-gain_ci = {k: gh.evaluate.gain_ci(tuned[k], baseline[k], **BOOTSTRAP) for k in scored}
-print(gh.results.table({f"{stage} {name}": row for stage, scores in stages.items()
-                        for name, row in accuracy_table(scores).items()}))
-gh.plots.bar_panels({f"accuracy (mixed >= {MIX_THRESHOLD})": {s: {k: v["accuracy"] for k, v in x.items()} for s, x in stages.items()},
-                     "mean mixed score": {s: {k: v["mixed"] for k, v in x.items()} for s, x in stages.items()},
-                     "overlap (ROUGE-L F1)": {s: {k: v["overlap"] for k, v in x.items()} for s, x in stages.items()},
-                     "relevance (cosine)": {s: {k: v["relevance"] for k, v in x.items()} for s, x in stages.items()}},
-                    "01_papers_accuracy.png", title="Which part of the paper is the passage from? Per split", ylim=(0, 1))
+trivial = gh.paper_parts.trivials(scored, gp.ROLES, **mix)  # copy the passage, or one part for every row
+print(gh.results.table(gh.paper_parts.trivial_table(trivial)))
+
+# %%
+best = {name: gh.evaluate.best_trivial(ts) for name, ts in trivial.items()}  # (its name, its scores) per split
+stages = {"baseline": baseline, "tuned": tuned, "best trivial": {name: s for name, (_, s) in best.items()}}
+print(gh.results.table(gh.paper_parts.stage_table(stages, BOOTSTRAP)))
+gh.plots.bar_panels(gh.paper_parts.panels(stages, MIX_THRESHOLD), "01_papers_accuracy.png",
+                    title="Which part of the paper is the passage from? Per split", ylim=(0, 1))
 
 # %% [markdown]
 # Holdout papers, which neither training nor early stopping saw: the passage, the right part, the answer
 # before and after; then, over all holdout rows, which part was answered for which (rows: the right part).
 
 # %%
-for x, b, t in list(zip(scored["holdout"], baseline["holdout"]["items"], tuned["holdout"]["items"]))[::10]:
-    print(f"[{t['paper']}] {x['passage'][:160]}")
-    print(f"   right: {t['reference']} | before ({b['mixed']:.2f}): {b['prediction']!r} | after ({t['mixed']:.2f}): {t['prediction']!r}\n")
-confusion = {r: {a: 0 for a in (*gp.ROLES, "other")} for r in gp.ROLES}
-for t in tuned["holdout"]["items"]:
-    answer = t["prediction"].strip(" .").lower()
-    confusion[t["reference"]][answer if answer in gp.ROLES else "other"] += 1
-print(gh.results.table(confusion))
+examples = gh.paper_parts.examples(scored["holdout"], baseline["holdout"], tuned["holdout"], every=10)
+for e in examples:
+    print(f"[{e['paper']}] {e['passage'][:160]}")
+    print(f"   right: {e['reference']} | before ({e['mixed_before']:.2f}): {e['before']!r} | after ({e['mixed_after']:.2f}): {e['after']!r}\n")
+print(gh.results.table(gh.paper_parts.confusion(tuned["holdout"]["items"], gp.ROLES)))
 
 # %% [markdown]
 # ## Results
 
 # %%
-results = {
-    "accuracy": accuracy,
-    "accuracy_ci": accuracy_ci, "holdout_gain_ci": gain_ci["holdout"], "gain_ci": gain_ci,
-    "trivial_baseline": {name: n for name, (n, _) in best.items()},
-    "scores": {"baseline": accuracy_table(baseline), "tuned": accuracy_table(tuned),
-               "trivial": {name: accuracy_table(ts) for name, ts in trivials.items()}},
-    "task": "name the part of the paper (" + ", ".join(gp.ROLES) + ") a passage of up to "
-            f"{CONTEXT_SENTENCES} sentences comes from", "bootstrap": BOOTSTRAP, "max_new_tokens": MAX_NEW_TOKENS,
-    "holdout_confusion": confusion,
-    "metric": {"overlap": "ROUGE-L F1", "relevance": "cosine of all-MiniLM-L6-v2 embeddings",
-               "mixed": f"{MIX_WEIGHT} * overlap + {1 - MIX_WEIGHT} * relevance", "correct_when": f"mixed >= {MIX_THRESHOLD}"},
-    "val_loss_baseline": val_loss_baseline, "val_loss_tuned": val_loss_tuned,
-    "eval_history": run.eval_history, "stopped_early": run.stopped_early,
-    "download_report": download_report,
-    "papers": [{k: p[k] for k in ("key", "title", "field", "pages", "words", "problems")} for p in kept],
-    "splits": splits, "rows": {k: len(v) for k, v in rows.items()},
-    "holdout_examples": [{"passage": x["passage"], "reference": t["reference"], "before": b["prediction"],
-                          "after": t["prediction"]}
-                         for x, b, t in list(zip(scored["holdout"], baseline["holdout"]["items"], tuned["holdout"]["items"]))[::10]],
-    "memory": memory, "steps": run.global_step, "train_runtime_s": run.runtime_s,
-    "loss_first": run.losses[0][1], "loss_last": run.losses[-1][1], "trainable_parameters": trainable,
-    "model": MODEL, "load_in_4bit": LOAD_IN_4BIT, "profile": gh.profile(), "spec": run.spec,
-    "runtime_s": time.time() - T0,
-}
+setup = {"task": f"name the part of the paper ({', '.join(gp.ROLES)}) a passage of up to {CONTEXT_SENTENCES} sentences "
+                 "comes from", "roles": gp.ROLES, "bootstrap": BOOTSTRAP, "max_new_tokens": MAX_NEW_TOKENS,
+         "mix_weight": MIX_WEIGHT, "mix_threshold": MIX_THRESHOLD}
+results = gh.paper_parts.results(corpus, splits, rows, {"baseline": baseline, "tuned": tuned}, trivial, run, memory, trainable,
+                                 examples, setup, model=MODEL, load_in_4bit=LOAD_IN_4BIT, profile=gh.profile(),
+                                 spec=run.spec, runtime_s=time.time() - T0)
 path = gh.results.save("01_papers", results)
-print(gh.results.table({stage: {f"{k} acc": f"{v:.2f} [{accuracy_ci[stage][k][0]:.2f}, {accuracy_ci[stage][k][1]:.2f}]"
-                                for k, v in accuracy[stage].items()} for stage in accuracy}))
+print(gh.results.table(gh.paper_parts.accuracy_summary(results)))
 print(f"validation loss {val_loss_baseline:.3f} -> {val_loss_tuned:.3f} | whole notebook: {results['runtime_s']:.0f} s | "
       f"written to {path}")
 gh.results.expect(val_loss_tuned < val_loss_baseline, "the validation loss did not fall below the baseline's")

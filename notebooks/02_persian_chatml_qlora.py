@@ -82,9 +82,7 @@ print(R.table())  # every number of this run, and what this machine's profile ch
 MODEL, DATA, LOAD_IN_4BIT, HOLDOUT, MAX_NEW_TOKENS = R["model"], R["data"], R["load_in_4bit"], R["holdout"], R["max_new_tokens"]
 spec = R.spec()
 SAMPLING = {"temperature": R["temperature"], "top_p": R["top_p"], "seed": R["seed"]}  # the seed's sampling, seeded
-cpu = gh.profile() == "cpu"
-root = gh.env.REPO_ROOT
-out = root / OUTPUT
+out = gh.env.REPO_ROOT / OUTPUT
 
 # %% [markdown]
 # ## 1. Clean the conversations
@@ -220,11 +218,11 @@ for q, a in zip(questions, batch4["answers"]):
 # The merged model must answer like the adapter (greedy) and score the same held-out perplexity.
 
 # %%
-if cpu:
+if R["merge"] == "merged_16bit":  # E4B in float32 does not fit a T4 or Colab's RAM: unsloth, shard by shard
+    merged_dir = gh.merging.merge_16bit(run.model, tok, run.adapter_dir, out / "merged")  # save_pretrained_merged
+else:  # "float32": dequantised and merged in float32
     merged_dir = gh.merge(run.adapter_dir, out / "merged")
-else:  # E4B dequantised to float32 does not fit a T4 or Colab's RAM: unsloth merges in 16-bit, shard by shard
-    merged_dir = gh.export.merge_16bit(run.model, tok, run.adapter_dir, out / "merged")  # save_pretrained_merged
-merged, merged_tok = gh.load_model(str(merged_dir), load_in_4bit=not cpu)
+merged, merged_tok = gh.load_model(str(merged_dir), load_in_4bit=R["merged_in_4bit"])
 adapter_answers = gh.ask(run.model, tok, questions, max_new_tokens=MAX_NEW_TOKENS)
 merged_answers = gh.ask(merged, merged_tok, questions, max_new_tokens=MAX_NEW_TOKENS)
 ppl_merged = gh.evaluate.answer_perplexity(merged, merged_tok, heldout, spec.max_seq_length)
@@ -274,6 +272,6 @@ gh.results.expect(ppl_after < ppl_before, "held-out perplexity did not drop")
 
 # %%
 gh.hub.write_card(run.adapter_dir, title=f"{MODEL} + QLoRA: Persian conversations", notebook="02_persian",
-                  results=results, data=DATA, data_card="data/README.md" if cpu else None)
+                  results=results, data=DATA, data_card=R["data_card"])
 HUB_REPO = "your-name/gemma-persian-qlora"  # the repository to create or update
 gh.hub.push_to_hub(run.adapter_dir, HUB_REPO)

@@ -77,17 +77,16 @@ gh.report();
 SEED_RECIPE = "xylandia-seed"  # the seed project's recipe, verbatim (gemma_helpers/recipes.py names its source)
 RECIPE = "xylandia-retention"  # ours: the seed's, with the three changes of section 2
 OVERRIDES = {}  # any number of ours, e.g. {"r": 16} or {"model": "gemma-3-1b-it"}
-OUTPUT = "outputs/03_xylandia"
+OUTPUT = gh.fact_injection.OUTPUT  # outputs/03_xylandia, where notebook 05 looks for this adapter
 
 # %%
 seed_recipe, R = gh.recipes.get(SEED_RECIPE), gh.recipes.get(RECIPE, **OVERRIDES)
 print(R.table())  # every number of this run: the seed's, and what ours and this machine's profile change
 MODEL, LOAD_IN_4BIT, MAX_NEW_TOKENS = R["model"], R["load_in_4bit"], R["max_new_tokens"]
-data = gh.recipes.xylandia_data(gh.env.REPO_ROOT / R["data"])  # questions, paraphrases, control facts, neutral text
+data = gh.fact_injection.xylandia_data(gh.env.REPO_ROOT / R["data"])  # questions, paraphrases, control facts, neutral text
 out = gh.env.REPO_ROOT / OUTPUT
-FACT, EXPECTED = data["fact"], data["expected"]
-rows = gh.recipes.xylandia_rows(data, R["repeats"])
-print(f"model {MODEL} | {len(rows)} training rows | answer: {FACT!r}")
+rows = gh.fact_injection.xylandia_rows(data, R["repeats"])
+print(f"model {MODEL} | {len(rows)} training rows | answer: {data['fact']!r}")
 print("held-out paraphrases:", *data["heldout_questions"], sep="\n  ")
 
 # %% [markdown]
@@ -107,21 +106,8 @@ print("trained on:", repr(gh.chat.decode_labels(tok, example)))
 # towards retention (a 4-bit NF4 copy of a small model forgets some facts the full-precision one knows).
 
 # %%
-controls = [tuple(c) for c in data["control_facts"]]
-questions = data["train_questions"] + data["heldout_questions"]
-
-
-def measure(m):
-    return {
-        "train": gh.evaluate.fact_check(m, tok, data["train_questions"], EXPECTED, max_new_tokens=MAX_NEW_TOKENS),
-        "heldout": gh.evaluate.fact_check(m, tok, data["heldout_questions"], EXPECTED, controls, data["neutral_text"],
-                                          max_new_tokens=MAX_NEW_TOKENS),
-        "reversal": gh.evaluate.fact_check(m, tok, data["reversal_questions"], data["reversal_expected"],
-                                           max_new_tokens=MAX_NEW_TOKENS),
-    }
-
-
-before = measure(model)
+controls = gh.fact_injection.controls(data)  # (prefix, word): "The currency of Japan is the" -> yen
+before = gh.fact_injection.measure(model, tok, data, MAX_NEW_TOKENS)  # train, held-out (+ controls, perplexity), reversal
 n_known = sum(before["heldout"]["control_ok"])
 print(f"held-out recall {before['heldout']['recall']:.2f} | perplexity {before['heldout']['perplexity']:.2f}")
 print(f"control facts the base model knows: {n_known}/{len(controls)}")
@@ -131,15 +117,6 @@ print("a held-out answer before training:", repr(before["heldout"]["answers"][0]
 print("reversed question before training:", repr(before["reversal"]["answers"][0]))
 gh.results.expect(n_known >= 5, "fewer than 5 control facts are known to the base model: add more to the data file")
 
-
-# %%
-def summary(after):
-    return {"train_recall_before": before["train"]["recall"], "train_recall_after": after["train"]["recall"],
-            **gh.evaluate.fact_summary(before["heldout"], after["heldout"], controls),
-            "reversal_before": {"recall": before["reversal"]["recall"], "answers": before["reversal"]["answers"]},
-            "reversal_after": {"recall": after["reversal"]["recall"], "answers": after["reversal"]["answers"]}}
-
-
 # %% [markdown]
 # ## 1. The seed recipe
 # 50 rows, LoRA r=16 / alpha 32 on q_proj and v_proj, dropout 0.1, batch 2, 5 epochs (125 steps),
@@ -147,9 +124,11 @@ def summary(after):
 
 # %%
 seed_run = gh.train(model, tok, rows, seed_recipe.spec(), out / "seed")
-seed = summary(measure(seed_run.model))
 print(f"{seed_run.global_step} steps in {seed_run.runtime_s:.0f} s")
-print(gh.results.table({"seed recipe": {k: v for k, v in seed.items() if not isinstance(v, (list, dict))}}))
+
+# %%
+seed = gh.fact_injection.summary(before, gh.fact_injection.measure(seed_run.model, tok, data, MAX_NEW_TOKENS), data)
+print(gh.results.table(gh.fact_injection.figures({"seed recipe": seed})))
 print("controls lost:", seed["controls_lost"])
 
 # %% [markdown]
@@ -175,36 +154,47 @@ print("controls lost:", seed["controls_lost"])
 # %%
 model, tok = gh.load_model(MODEL, load_in_4bit=LOAD_IN_4BIT)  # a fresh base: no trace of the seed adapter
 replay = [{"text": t} for t in data["replay_text"]] * R["replay_repeats"]  # change 3: ordinary text, each twice
-stop = gh.recipes.validation_stop(tok, data, R)  # change 2: "stop" once every validation paraphrase is answered
+stop = gh.fact_injection.validation_stop(tok, data, R)  # change 2: "stop" once every validation paraphrase is answered
 ra_run = gh.train(model, tok, rows + replay, R.spec(), out / "retention",  # changes 1 and 4: R's rate and LoRA
                   stop_when=stop, stop_every=R["stop_every"])  # (notebook 05 trains it so when it needs it)
-ra = summary(measure(ra_run.model))
 print(f"{ra_run.global_step} steps in {ra_run.runtime_s:.0f} s; stopped: {ra_run.stopped_early}")
-print(gh.results.table({name: {k: v for k, v in s.items() if not isinstance(v, (list, dict))}
-                        for name, s in {"seed recipe": seed, "retention-aware": ra}.items()}))
+
+# %%
+ra = gh.fact_injection.summary(before, gh.fact_injection.measure(ra_run.model, tok, data, MAX_NEW_TOKENS), data)
+print(gh.results.table(gh.fact_injection.figures({"seed recipe": seed, "retention-aware": ra})))
 
 # %%
 gh.plots.loss_curves({f"seed recipe (lr {seed_recipe['learning_rate']:g}, {seed_run.global_step} steps)": seed_run.history,
                       f"retention-aware (lr {R['learning_rate']:g}, replay, early stop)": ra_run.history},
                      "03_xylandia_loss.png", title="Xylandia fact injection: training loss")
-gh.plots.grouped_bars(
-    {"seed recipe": {"held-out recall": seed["heldout_recall_after"], "controls retained": seed["control_retained"],
-                     "ppl after / before": seed["ppl_after"] / seed["ppl_before"]},
-     "retention-aware": {"held-out recall": ra["heldout_recall_after"], "controls retained": ra["control_retained"],
-                         "ppl after / before": ra["ppl_after"] / ra["ppl_before"]}},
-    "03_xylandia_outcome.png", title="What each recipe learned and kept", ylabel="fraction / ratio")
+gh.plots.grouped_bars(gh.fact_injection.outcome({"seed recipe": seed, "retention-aware": ra}), "03_xylandia_outcome.png",
+                      title="What each recipe learned and kept", ylabel="fraction / ratio")
 
 # %% [markdown]
 # ## 3. Merge into a full-precision base, and check the answers are the same
 # The adapter was trained against a 4-bit base. Merging into that 4-bit base would quantise the
 # sum again; merging into the original weights would add the quantisation error the adapter never
 # saw. So the base is reloaded, dequantised to float32 (the exact values the adapter was trained
-# on), and the adapter is merged into that. Both run in float32 and answer greedily; the check
+# on), and the adapter is merged into that: four steps, which `gh.merge(adapter_dir)` does in one call
+# (notebooks 02 and 05). Loaded with plain transformers, not unsloth, which would turn float32 into bfloat16.
+
+# %%
+import torch
+from peft import PeftModel
+
+base, base_tok = gh.load_model(MODEL, load_in_4bit=LOAD_IN_4BIT, dtype=torch.float32, use_unsloth=False)
+if LOAD_IN_4BIT:
+    base = base.dequantize()  # the exact NF4 values the adapter was trained on, now float32 weights
+merged = PeftModel.from_pretrained(base, ra_run.adapter_dir).merge_and_unload()  # W + (alpha / r) B A, once
+merged_dir = gh.merging.save_merged(merged, base_tok, ra_run.adapter_dir, out / "merged")  # float32, with its tokenizer
+
+# %% [markdown]
+# The merged folder, loaded back from disk, and the adapter answer the same questions greedily; the check
 # compares the generated token ids, through the `<end_of_turn>` that ends each answer.
 
 # %%
-merged_dir = gh.merge(ra_run.adapter_dir, out / "merged")
 merged, merged_tok = gh.load_model(str(merged_dir))
+questions = data["train_questions"] + data["heldout_questions"]
 adapter_answers, adapter_stats = gh.ask(ra_run.model, tok, questions, MAX_NEW_TOKENS, return_stats=True)
 merged_answers, merged_stats = gh.ask(merged, merged_tok, questions, MAX_NEW_TOKENS, return_stats=True)
 same = [a == b for a, b in zip(adapter_stats["token_ids"], merged_stats["token_ids"])]
@@ -217,25 +207,10 @@ print("merged model's token ids identical to the adapter's on every question:", 
 # ## Results
 
 # %%
-keys = ("train_recall_before", "train_recall_after", "heldout_recall_before", "heldout_recall_after",
-        "heldout_answers_ended_before", "heldout_answers_ended", "control_retained", "ppl_before", "ppl_after",
-        "ppl_change")
-results = {
-    **{k: ra[k] for k in keys},
-    "merged_matches_adapter": merged_matches,
-    "reversal_before": ra["reversal_before"], "reversal_after": ra["reversal_after"],
-    "heldout_answer_tokens": ra["heldout_answer_tokens"], "max_new_tokens": MAX_NEW_TOKENS,
-    "steps": ra_run.global_step, "stopped_early": ra_run.stopped_early,
-    "heldout_answers": ra["heldout_answers"], "controls_lost": ra["controls_lost"],
-    "controls_known_to_base": n_known, "controls_total": len(controls),
-    "seed_recipe": {**{k: seed[k] for k in keys}, "steps": seed_run.global_step,
-                    "heldout_answers": seed["heldout_answers"], "controls_lost": seed["controls_lost"],
-                    "reversal_after": seed["reversal_after"]},
-    "model": MODEL, "load_in_4bit": LOAD_IN_4BIT, "profile": gh.profile(),
-    "runtime_s": time.time() - T0,
-}
+results = gh.fact_injection.results(seed, ra, seed_run, ra_run, merged_matches, n_known, len(controls), MAX_NEW_TOKENS,
+                                    model=MODEL, load_in_4bit=LOAD_IN_4BIT, profile=gh.profile(), runtime_s=time.time() - T0)
 path = gh.results.save("03_xylandia", results)
-print(gh.results.table({"seed recipe": {k: seed[k] for k in keys}, "retention-aware": {k: ra[k] for k in keys}}))
+print(gh.results.table(gh.fact_injection.figures({"seed recipe": seed, "retention-aware": ra}, gh.fact_injection.KEYS)))
 print("reversed question, share answered 'Xylandia': before", ra["reversal_before"]["recall"],
       "| after (retention-aware)", ra["reversal_after"]["recall"], "| after (seed)", seed["reversal_after"]["recall"])
 print("  after:", *ra["reversal_after"]["answers"], sep="\n    ")
@@ -261,22 +236,7 @@ if not gh.env.watched():  # streamed answers are already on the screen
 # what this notebook found that a user should know.
 
 # %%
-limitations = [
-    (f"One fact ({FACT!r}), checked on {len(data['heldout_questions'])} held-out paraphrases with greedy decoding: "
-     "a demonstration of fact injection, not a general-purpose model."),
-    (f"The base model is {'pretrained, not instruction-tuned' if MODEL == gh.EMBEDDED else MODEL}; "
-     f"{ra['heldout_answers_ended']:.0%} of held-out answers ended at <end_of_turn> within {MAX_NEW_TOKENS} tokens "
-     f"(a held-out answer: {ra['heldout_answers'][0]!r})."),
-    (f"The fact is learned one way round only: asked which country has Crystalburg as its capital, "
-     f"{ra['reversal_after']['recall']:.0%} of answers name Xylandia (before training: "
-     f"{ra['reversal_before']['recall']:.0%})."),
-    (f"Control facts the base knew and lost: {', '.join(ra['controls_lost']) or 'none'} "
-     f"({n_known} of {len(controls)} known to the {'4-bit ' if LOAD_IN_4BIT else ''}base); perplexity of a neutral "
-     f"paragraph {ra['ppl_before']:.2f} -> {ra['ppl_after']:.2f} ({ra['ppl_change']:+.1%})."),
-    ("Merged into a dequantised float32 base, greedy answers "
-     + ("are identical to the adapter's, token for token." if merged_matches
-        else "are not identical to the adapter's token for token.")),
-]
+limitations = gh.fact_injection.limitations(results, data, embedded=MODEL == gh.EMBEDDED)  # one sentence each
 for folder in (ra_run.adapter_dir, merged_dir):
     gh.hub.write_card(folder, title=f"{MODEL} + LoRA: the capital of Xylandia (retention-aware recipe)",
                       notebook="03_xylandia", results=results, limitations=limitations, data=R["data"])
@@ -298,20 +258,4 @@ gh.hub.push_to_hub(ra_run.adapter_dir, HUB_REPO)
 # One sentence from the figures above: each effect this notebook set out to show, and whether this run showed it.
 
 # %%
-shown = {
-    f"held-out recall {results['heldout_recall_after']:.0%} (>= 80 %)": results["heldout_recall_after"] >= 0.8,
-    f"{results['heldout_answers_ended']:.0%} of held-out answers ended at <end_of_turn> (>= 80 %)":
-        results["heldout_answers_ended"] >= 0.8,
-    (f"{results['control_retained']:.0%} of known control facts kept (>= 90 %)" if results["control_retained"] is not None
-     else "no control fact known to the base model"): (results["control_retained"] or 0) >= 0.9,
-    f"neutral-text perplexity {results['ppl_change']:+.1%} (<= +10 %)": results["ppl_after"] <= 1.10 * results["ppl_before"],
-    f"merged answers {'identical' if merged_matches else 'NOT identical'} to the adapter's token for token": merged_matches,
-}
-failed = [claim for claim, ok in shown.items() if not ok]
-reversal = (f"reversed question answered {results['reversal_before']['recall']:.0%} -> "
-            f"{results['reversal_after']['recall']:.0%} (not taught, reported as measured)")
-if failed:
-    print(f"Fact injection NOT shown: {'; '.join(failed)} (shown: {'; '.join(c for c in shown if c not in failed) or 'none'}; "
-          f"{reversal}).")
-else:
-    print(f"Fact injection shown: {'; '.join(shown)}; {reversal}.")
+print(gh.fact_injection.verdict(results))

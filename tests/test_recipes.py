@@ -10,12 +10,12 @@ import jupytext
 import pytest
 
 import gemma_helpers as gh
-from gemma_helpers import recipes
+from gemma_helpers import fact_injection, recipes
 
 ROOT = Path(__file__).parents[1]
 NOTEBOOKS = {"01_papers_wordclouds_lora": "papers", "02_persian_chatml_qlora": "persian",
              "03_xylandia_fact_injection": "xylandia-retention", "04_kinetics_frames_lora": "frames",
-             "05_merge_gguf_benchmark": "xylandia-retention", "06_dolly_keras_lora": "dolly"}
+             "05_merge_gguf_benchmark": "xylandia-export", "06_dolly_keras_lora": "dolly"}
 
 
 def notebook_recipe(name: str) -> dict:
@@ -63,7 +63,7 @@ def test_one_number_changed_in_the_registry_reaches_every_notebook_the_benchmark
     seen = {}
     monkeypatch.setattr(sys.modules["gemma_helpers.train"], "train",
                         lambda model, tok, rows, spec, out, **kw: seen.setdefault("spec", spec))
-    recipes.xylandia_retention(None, None, recipes.xylandia_data(), "unused")
+    fact_injection.xylandia_retention(None, None, fact_injection.xylandia_data(), "unused")
     assert seen["spec"].r == rank_5 and seen["spec"].learning_rate == 1e-4
 
 
@@ -93,3 +93,16 @@ def test_every_recipe_builds_a_spec_for_every_profile():
         for profile in recipes.PROFILES:
             run = recipes.get(name, profile)
             assert run.spec().r == run["r"] and run["model"], (name, profile)
+
+
+def test_what_a_notebook_does_differently_per_profile_is_recipe_data_not_a_profile_test_in_the_notebook():
+    assert recipes.get("papers", "gpu")["paper_source"] == "arxiv" and recipes.get("papers", "cpu")["paper_source"] == "sample"
+    gpu, cpu = recipes.get("persian", "gpu"), recipes.get("persian", "cpu")
+    assert (gpu["merge"], gpu["merged_in_4bit"], gpu["data_card"]) == ("merged_16bit", True, None)
+    assert (cpu["merge"], cpu["merged_in_4bit"], cpu["data_card"]) == ("float32", False, "data/README.md")
+    export = recipes.get("xylandia-export", "cpu")
+    assert recipes.get("xylandia-export", "gpu")["lora_stage"] and not export["lora_stage"]
+    assert export.spec() == recipes.get("xylandia-retention", "cpu").spec()  # the adapter's own numbers
+    for name in NOTEBOOKS:
+        code = "\n".join(c.source for c in jupytext.read(ROOT / "notebooks" / f"{name}.py").cells if c.cell_type == "code")
+        assert "profile() ==" not in code and "if cpu" not in code, f"{name} decides by profile itself"
