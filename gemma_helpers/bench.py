@@ -259,3 +259,17 @@ def speedup(results, numerator: str, denominator: str, key: str = "gen_tps") -> 
     return top[key] / bottom[key]
 
 
+
+
+def speedup_over(results, numerator: str, candidates) -> tuple[str, float]:
+    """``(name, ratio)``: ``numerator``'s generation tokens/s over the first of ``candidates`` measured on
+    the same kind of device. On a CPU the merged transformers model is the baseline; on a GPU, where the
+    merged model runs on CUDA and llama.cpp on the CPU, the next candidate (the f16 GGUF) is.
+
+    Notebook 05, section 4."""
+    by_name = {r["name"]: r for r in results}
+    device = by_name[numerator].get("device", "cpu")
+    for name in candidates:
+        if by_name.get(name, {}).get("device", "cpu") == device and name in by_name:
+            return name, speedup(results, numerator, name)
+    raise ValueError(f"none of {list(candidates)} ran on {device} like {numerator!r}: no speed-up to state")

@@ -598,7 +598,7 @@ def _papers(run, ledger, downloaded):
                              eval_tokens_per_step=validation / max(r["eval_steps"], 1))]
 
 
-def _persian(run, ledger, downloaded):
+def _persian(run, ledger, downloaded, free_trained: bool = True):
     """Notebook 02: E4B in 4-bit (section 4), one epoch (section 6), a 16-bit merge and the merged model
     loaded in 4-bit while the trained one is alive (section 8)."""
     r = run("persian")
@@ -611,6 +611,8 @@ def _persian(run, ledger, downloaded):
                             eval_tokens=perplexity))
     steps.append(merge_step(ledger, "section 8: merge 16-bit", r["model"], dtype_bytes=BF16_BYTES, on_gpu=False,
                             fix_gpu="merge on the CPU"))
+    if free_trained:
+        ledger.free("model")  # section 8: `model = run.model = None; gh.memory.release()` before the merged load
     steps.append(load_step(ledger, "merged", "section 8: load merged 4-bit", r["model"], True, downloaded=downloaded,
                            fix_gpu="free the trained model before section 8's load of the merged folder "
                                    "(del run, model; gc.collect(); torch.cuda.empty_cache())"))
@@ -709,10 +711,11 @@ NOTEBOOKS = {"00": lambda run, ledger, downloaded: [], "01": _papers, "02": _per
              "04": _frames, "05": _export, "06": _dolly}
 
 
-def for_notebook(notebook, runs: dict | None = None) -> Budget:
+def for_notebook(notebook, runs: dict | None = None, walk=None) -> Budget:
     """Walk notebook ``notebook``'s GPU-profile steps in order with a :class:`Ledger` (``2``, ``"02"`` or
     ``"02_persian"``). ``runs`` replaces a recipe's numbers (``{"persian": {...}}``); by default each is
-    ``recipes.get(name, profile="gpu")``.
+    ``recipes.get(name, profile="gpu")``. ``walk`` replaces the notebook's walker (:data:`NOTEBOOKS`), to
+    budget a variant of the notebook.
 
     Not shown in a notebook: used by tests/test_budget.py (issue 25)."""
     number = _number(notebook)
@@ -728,4 +731,4 @@ def for_notebook(notebook, runs: dict | None = None) -> Budget:
     assumptions = (f"T4 {T4_FP32_TFLOPS} TFLOP/s float32 at {T4_SUSTAINED:.0%} sustained",
                    f"CUDA context {CUDA_CONTEXT_GB} GB", f"downloads {DOWNLOAD_GB_PER_MIN} GB/min",
                    f"host RAM before any model {HOST_BASE_GB} GB", f"unquantised weights {UNQUANTISED_BYTES} bytes")
-    return Budget(number, NOTEBOOKS[number](run, Ledger(), set()), assumptions)
+    return Budget(number, (walk or NOTEBOOKS[number])(run, Ledger(), set()), assumptions)

@@ -189,7 +189,14 @@ register(Recipe(
     #   7.8 GB (16-bit embeddings) = ~11.7 GB, under 15 GB; with float32 embeddings ~17.5 GB, which does not
     #   fit: not measured (no GPU was at hand), so watch notebook 02's memory table on the first run.
     #   Gradient accumulation 8 keeps the seed's 8 conversations per step; longer rows are cut.
-    gpu={"batch_size": 1, "grad_accum": 8, "max_seq_length": 1024},
+    # Time on a T4 (gemma_helpers.budget, float32 at ~35 % of 8.1 TFLOP/s, rows ~512 tokens): about 0.66 min
+    #   a step of 8 conversations, so the seed's 738 steps (5,904 conversations) take ~8 h, past a free Colab
+    #   session. Loading, the two perplexity passes over 200 conversations and the 16-bit merge take ~25 min;
+    #   the 60-minute budget leaves ~35 min of training: 50 steps (400 conversations, a stated subset of the
+    #   data set's first rows). In 50 steps the seed's 2e-5 would barely move the weights: 2e-4 (QLoRA's
+    #   usual rate) with 5 warm-up steps. A checkpoint every 10 steps (~7 min) is what a disconnect can lose.
+    gpu={"batch_size": 1, "grad_accum": 8, "max_seq_length": 1024, "max_steps": 50, "learning_rate": 2e-4,
+         "warmup_steps": 5, "save_steps": 10},
     # 2 cores, a few minutes: the seed runs 738 steps of 8 conversations at 2e-5; here 5 steps of 2 x 2
     # conversations (20 of the 64 bundled training rows) fit the time, and in 5 steps 2e-5 barely moves
     # the weights, so 5e-4 with no warm-up (linear decay to 0); adamw_torch because bitsandbytes' 8-bit

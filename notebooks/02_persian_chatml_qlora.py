@@ -215,15 +215,21 @@ for q, a in zip(questions, batch4["answers"]):
 # The adapter was trained against the 4-bit base. `gh.merge` reloads that base, dequantises it (the
 # exact values the adapter saw) and merges in full precision, then saves the model with the tokenizer
 # and chat template; merging into the 4-bit model, as the seed did, would quantise the sum again.
-# The merged model must answer like the adapter (greedy) and score the same held-out perplexity.
+# The merged model must answer like the adapter (greedy) and score the same held-out perplexity. The
+# adapter answers first; then the trained model is dropped before the merged one loads: two E4B copies
+# (about 19 GB) do not fit a 15 GB T4 (`gh.budget.for_notebook(2)` counts both, section 8). On a T4 the
+# merged E4B is loaded back in 4-bit, which quantises the merged weights again: small differences from
+# the adapter's answers are expected there, and the perplexity is the check.
 
 # %%
+adapter_answers = gh.ask(run.model, tok, questions, max_new_tokens=MAX_NEW_TOKENS)
 if R["merge"] == "merged_16bit":  # E4B in float32 does not fit a T4 or Colab's RAM: unsloth, shard by shard
     merged_dir = gh.merging.merge_16bit(run.model, tok, run.adapter_dir, out / "merged")  # save_pretrained_merged
 else:  # "float32": dequantised and merged in float32
     merged_dir = gh.merge(run.adapter_dir, out / "merged")
+model = run.model = None  # the trained model goes before the merged one loads
+print(f"GPU memory still allocated: {gh.memory.release():.0f} MiB")
 merged, merged_tok = gh.load_model(str(merged_dir), load_in_4bit=R["merged_in_4bit"])
-adapter_answers = gh.ask(run.model, tok, questions, max_new_tokens=MAX_NEW_TOKENS)
 merged_answers = gh.ask(merged, merged_tok, questions, max_new_tokens=MAX_NEW_TOKENS)
 ppl_merged = gh.evaluate.answer_perplexity(merged, merged_tok, heldout, spec.max_seq_length)
 merged_matches = adapter_answers == merged_answers

@@ -216,3 +216,13 @@ def test_without_a_gpu_unsloth_is_never_tried(monkeypatch, capsys, no_unsloth_fa
     monkeypatch.setattr(env, "cuda_available", lambda: False)
     monkeypatch.setattr(env.importlib.util, "find_spec", lambda name: pytest.fail("looked for unsloth"))
     assert env.unsloth_available() is False and capsys.readouterr().out == ""
+
+
+def test_on_a_gpu_the_quantised_file_is_compared_with_the_f16_file_not_the_cuda_model():
+    on_cpu = [{"name": "merged", "device": "cpu", "gen_tps": 10.0}, {"name": "gguf f16", "device": "cpu", "gen_tps": 20.0},
+              {"name": "gguf Q4_K_M", "device": "cpu", "gen_tps": 30.0}]
+    assert bench.speedup_over(on_cpu, "gguf Q4_K_M", ("merged", "gguf f16")) == ("merged", 3.0)
+    on_gpu = [dict(on_cpu[0], device="cuda"), *on_cpu[1:]]
+    assert bench.speedup_over(on_gpu, "gguf Q4_K_M", ("merged", "gguf f16")) == ("gguf f16", 1.5)
+    with pytest.raises(ValueError, match="no speed-up to state"):
+        bench.speedup_over(on_gpu, "gguf Q4_K_M", ("merged",))
