@@ -4,10 +4,10 @@ A notebook does ``import gemma_helpers as gh`` and calls ``gh.load_model(...)``,
 ``gh.train(...)``, ``gh.merge(...)``; the modules are rooms with one job each:
 env, models, jsonl, chat, data (persian, dolly, frames, papers), train, trl_compat, memory, evaluate,
 merging (an adapter into its base), gguf_convert, gguf_header, modelfile (Ollama), llamacpp, hub, serve,
-bench (export stages), throughput (training), plots, results, recipes, paper_parts (notebook 01's
+bench (export stages), budget (a T4's memory, RAM, disk and minutes), throughput (training), plots, results, recipes, paper_parts (notebook 01's
 experiment), fact_injection (notebook 03's), rehearsal, offline.
 """
-from . import (bench, chat, env, evaluate, fact_injection, gguf_convert, gguf_header, hub, jsonl, llamacpp, memory,
+from . import (bench, budget, chat, env, evaluate, fact_injection, gguf_convert, gguf_header, hub, jsonl, llamacpp, memory,
                merging, modelfile, models, paper_parts, plots, recipes, rehearsal, results)
 from .chat import DataError, qa_rows, tokenize_rows, validate_rows
 from .env import profile, report
@@ -34,6 +34,7 @@ __all__ = [
     "ask",
     "attach_lora",
     "bench",
+    "budget",
     "chat",
     "complete",
     "env",

@@ -732,3 +732,23 @@ def for_notebook(notebook, runs: dict | None = None, walk=None) -> Budget:
                    f"CUDA context {CUDA_CONTEXT_GB} GB", f"downloads {DOWNLOAD_GB_PER_MIN} GB/min",
                    f"host RAM before any model {HOST_BASE_GB} GB", f"unquantised weights {UNQUANTISED_BYTES} bytes")
     return Budget(number, (walk or NOTEBOOKS[number])(run, Ledger(), set()), assumptions)
+
+
+CHECKED_PROFILES = ("gpu", "rehearse")  # profiles that run the GPU path: the budget stops them before a step that cannot fit
+
+
+def show(notebook, R=None) -> Budget:
+    """Print notebook ``notebook``'s T4 budget (the short table) before anything heavy runs; on a profile
+    that runs the GPU path (``gpu``, and the CPU rehearsal of it) also check it, so a step that would
+    exceed 15 GB of GPU memory, Colab's RAM or the hour stops the notebook here with the line to change.
+    ``R``, the notebook's recipe (:func:`gemma_helpers.recipes.get` with the notebook's overrides), is
+    budgeted as it is on the ``gpu`` profile; elsewhere the registry's gpu numbers are.
+
+    Notebook 02, "Parameters" (the same line in notebooks 01 and 03 to 06)."""
+    profile = getattr(R, "profile", None)
+    runs = {R.recipe.name: R} if profile == "gpu" else None
+    budget = for_notebook(notebook, runs=runs)
+    print(budget.table())
+    if profile in CHECKED_PROFILES:
+        budget.check()
+    return budget

@@ -109,6 +109,7 @@ OUTPUT = "outputs/01_papers"
 # %%
 R = gh.recipes.get(RECIPE, **OVERRIDES)
 print(R.table())  # every number of this run, and what this machine's profile changed from the seed's
+gh.budget.show(1, R)  # what the GPU profile needs on a free T4, before anything heavy runs
 MODEL, LOAD_IN_4BIT, ROWS_PER_PAPER, EVAL_ITEMS = R["model"], R["load_in_4bit"], R["rows_per_paper"], R["eval_items"]
 spec = R.spec()
 out = gh.env.REPO_ROOT / OUTPUT

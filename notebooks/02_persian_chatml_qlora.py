@@ -79,6 +79,7 @@ OUTPUT = "outputs/02_persian"
 # %%
 R = gh.recipes.get(RECIPE, **OVERRIDES)
 print(R.table())  # every number of this run, and what this machine's profile changed from the seed's
+gh.budget.show(2, R)  # what the GPU profile needs on a free T4, before anything heavy runs
 MODEL, DATA, LOAD_IN_4BIT, HOLDOUT, MAX_NEW_TOKENS = R["model"], R["data"], R["load_in_4bit"], R["holdout"], R["max_new_tokens"]
 spec = R.spec()
 SAMPLING = {"temperature": R["temperature"], "top_p": R["top_p"], "seed": R["seed"]}  # the seed's sampling, seeded

@@ -82,6 +82,7 @@ OUTPUT = gh.fact_injection.OUTPUT  # outputs/03_xylandia, where notebook 05 look
 # %%
 seed_recipe, R = gh.recipes.get(SEED_RECIPE), gh.recipes.get(RECIPE, **OVERRIDES)
 print(R.table())  # every number of this run: the seed's, and what ours and this machine's profile change
+gh.budget.show(3, R)  # what the GPU profile needs on a free T4, before anything heavy runs
 MODEL, LOAD_IN_4BIT, MAX_NEW_TOKENS = R["model"], R["load_in_4bit"], R["max_new_tokens"]
 data = gh.fact_injection.xylandia_data(gh.env.REPO_ROOT / R["data"])  # questions, paraphrases, control facts, neutral text
 out = gh.env.REPO_ROOT / OUTPUT

@@ -88,6 +88,7 @@ OUTPUT = "outputs/04_frames"
 # %%
 R = gh.recipes.get(RECIPE, **OVERRIDES)
 print(R.table())  # every number of this run, and what this machine's profile changed from the seed's
+gh.budget.show(4, R)  # what the GPU profile needs on a free T4, before anything heavy runs
 MODEL, N_FRAMES, FRAME_SIZE, HELDOUT, MAX_NEW_TOKENS = R["model"], R["n_frames"], R["frame_size"], R["heldout"], R["max_new_tokens"]
 
 # %% [markdown]

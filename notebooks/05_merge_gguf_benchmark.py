@@ -78,6 +78,7 @@ MIN_RECALL = 0.8  # every GGUF must answer >= 4 of the 5 held-out paraphrases
 
 # %%
 R = gh.recipes.get(RECIPE)
+gh.budget.show(5, R)  # what the GPU profile needs on a free T4, before anything heavy runs
 MAX_NEW_TOKENS = R["max_new_tokens"]  # answer length for the held-out paraphrases, as notebook 03 asks them
 LORA_STAGE = R["lora_stage"] if LORA_STAGE is None else LORA_STAGE
 data = gh.fact_injection.xylandia_data(gh.env.REPO_ROOT / R["data"])

@@ -86,6 +86,7 @@ OUTPUT = "outputs/06_dolly"
 # %%
 R = gh.recipes.get(RECIPE, **OVERRIDES)
 print(R.table())  # every number of this run, and what this machine's profile changed from the tutorial's
+gh.budget.show(6, R)  # what the GPU profile needs on a free T4, before anything heavy runs
 MODEL, DATA, LORA_RANK, LEARNING_RATE, WEIGHT_DECAY = R["model"], R["data"], R["r"], R["learning_rate"], R["weight_decay"]
 BATCH_SIZE, EPOCHS, SEQUENCE_LENGTH = R["batch_size"], R["epochs"], R["max_seq_length"]
 N_TRAIN, N_HELDOUT, N_SAMPLES, MAX_NEW_TOKENS = R["n_train"], R["n_heldout"], R["n_samples"], R["max_new_tokens"]

@@ -162,3 +162,14 @@ def test_a_step_over_ram_names_its_fix():
     b = Budget("00", [Step("big load", 1.0, 20.0, 0.0, 1.0, fix_ram="load with low_cpu_mem_usage")])
     with pytest.raises(BudgetError, match=r"big load: 20.0 GB of host RAM > 12.7 GB; change: load with low_cpu"):
         b.check()
+
+
+def test_a_notebook_on_the_gpu_profile_stops_before_a_step_that_cannot_fit(capsys):
+    gpu = recipes.get("persian", profile="gpu")
+    assert budget.show(2, gpu).minutes <= budget.NOTEBOOK_MINUTES  # the recipe as it is: printed, checked, fits
+    assert "section 8: load merged 4-bit" in capsys.readouterr().out
+    seeds = recipes.get("persian", profile="gpu", max_steps=738)  # the seed's whole epoch: ~8 h on a T4
+    with pytest.raises(BudgetError, match=r"recipes\.py: persian gpu max_steps"):
+        budget.show(2, seeds)
+    cpu = recipes.get("persian", profile="cpu", max_steps=738)  # the CPU profile prints the T4's budget only
+    assert budget.show(2, cpu).minutes <= budget.NOTEBOOK_MINUTES
