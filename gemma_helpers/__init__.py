@@ -2,9 +2,11 @@
 
 A notebook does ``import gemma_helpers as gh`` and calls ``gh.load_model(...)``,
 ``gh.train(...)``, ``gh.merge(...)``; the modules are rooms with one job each:
-env, models, jsonl, chat, data (persian, dolly, frames, papers), train, trl_compat, memory, evaluate, export, hub, serve, bench (export stages), throughput (training), plots, results, recipes, rehearsal, offline.
+env, embedded (the offline Gemma 3 270M), models, vision, jsonl, chat, data (persian, dolly, frames, papers, hub),
+train, trl_compat, memory, evaluate, export, hub, serve, bench (export stages), throughput (training), plots,
+results, recipes, offline; above them all, ``python -m gemma_helpers rehearse``.
 """
-from . import bench, chat, env, evaluate, export, hub, jsonl, memory, models, plots, recipes, rehearsal, results
+from . import bench, chat, embedded, env, evaluate, export, hub, jsonl, memory, models, plots, recipes, results, vision
 from .chat import DataError, qa_rows, tokenize_rows, validate_rows
 from .env import profile, report
 from .evaluate import ask, complete, perplexity
@@ -13,6 +15,7 @@ from .memory import memory_monitor
 from .models import EMBEDDED, REGISTRY, attach_lora, load_model
 from .serve import serve
 from .train import NoLabelsError, NonFiniteLossError, TrainResult, TrainSpec, train
+from .vision import load_vision_model
 
 __all__ = [
     "EMBEDDED",
@@ -29,6 +32,7 @@ __all__ = [
     "bench",
     "chat",
     "complete",
+    "embedded",
     "env",
     "evaluate",
     "export",
@@ -37,6 +41,7 @@ __all__ = [
     "load_adapter",
     "load_gguf",
     "load_model",
+    "load_vision_model",
     "memory",
     "memory_monitor",
     "merge",
@@ -47,7 +52,6 @@ __all__ = [
     "qa_rows",
     "quantize",
     "recipes",
-    "rehearsal",
     "report",
     "results",
     "serve",
@@ -55,5 +59,6 @@ __all__ = [
     "tokenize_rows",
     "train",
     "validate_rows",
+    "vision",
 ]
 __version__ = "0.1.0"

