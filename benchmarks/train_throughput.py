@@ -102,7 +102,7 @@ def random_checkpoint(name: str, folder: Path) -> Path:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(target, safe_serialization=True)
-    AutoTokenizer.from_pretrained(gh.models.embedded_path()).save_pretrained(target)
+    AutoTokenizer.from_pretrained(gh.embedded.embedded_path()).save_pretrained(target)
     return target
 
 

@@ -739,7 +739,7 @@ CHECKED_PROFILES = ("gpu", "rehearse")  # profiles that run the GPU path: the bu
 
 def show(notebook, R=None) -> Budget:
     """Print notebook ``notebook``'s T4 budget (the short table) before anything heavy runs; on a profile
-    that runs the GPU path (``gpu``, and the CPU rehearsal of it) also check it, so a step that would
+    that runs the GPU path (``gpu``, and ``rehearse``, its cut run on a CPU) also check it, so a step that would
     exceed 15 GB of GPU memory, Colab's RAM or the hour stops the notebook here with the line to change.
     ``R``, the notebook's recipe (:func:`gemma_helpers.recipes.get` with the notebook's overrides), is
     budgeted as it is on the ``gpu`` profile; elsewhere the registry's gpu numbers are.

@@ -15,7 +15,7 @@ assistant turn, found by rendering with and without each answer) and :func:`prom
 (multimodal rows, the last turn only, rendered by a processor whose Gemma 4 generation prompt is
 not a prefix of the rendered answer). :class:`VisionCollator` stays here rather than in
 :mod:`gemma_helpers.data.frames`: it is the labels-on-the-answer rule for any processor row (the
-frames of notebook 04, rehearsal's Gemma 4 stand-in; :func:`gemma_helpers.evaluate.answer_rows`
+frames of notebook 04, the Gemma 4 stand-in of ``python -m gemma_helpers rehearse``; :func:`gemma_helpers.evaluate.answer_rows`
 builds its prompts the same way) and knows nothing about video. Cleaning a Persian set lives in :mod:`gemma_helpers.data.persian`.
 """
 from __future__ import annotations

@@ -47,9 +47,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
     import torch
 
     from .env import watched
-    from .rehearsal import cut_tokens
 
-    max_new_tokens = cut_tokens(max_new_tokens)  # the GPU-profile rehearsal only: a few tokens
     streamer = None
     if watched() if stream is None else stream:
         from transformers import TextStreamer
@@ -187,9 +185,8 @@ def answer_perplexity(model, tokenizer, rows: Sequence[dict], max_length: int | 
 
     Notebook 02, sections 5, 6 and 8."""
     from .chat import tokenize_rows
-    from .rehearsal import cut_items
 
-    return math.exp(answer_loss(model, tokenize_rows(tokenizer, cut_items(rows), max_length)))
+    return math.exp(answer_loss(model, tokenize_rows(tokenizer, rows, max_length)))
 
 
 def fact_check(model, tokenizer, questions: Sequence[str], expected: str,
@@ -253,9 +250,7 @@ def answer_loss(model, examples: Sequence[dict]) -> float:
     import torch
 
     from .chat import IGNORE_INDEX
-    from .rehearsal import cut_items
 
-    examples = cut_items(examples)  # the GPU-profile rehearsal only: a few rows
     device = next(model.parameters()).device
     total, count = 0.0, 0
     with _eval_mode(model), torch.inference_mode():
@@ -440,9 +435,7 @@ def mixed_accuracy_rows(model, tokenizer, rows: Sequence[dict], max_new_tokens: 
     the reference answer as the assistant turn); every item also carries its ``paper`` when the row has one.
 
     Notebook 01, sections 6 and 8."""
-    from .rehearsal import cut_items
 
-    rows = cut_items(rows)  # the GPU-profile rehearsal only: a few rows
     predictions = ask(model, tokenizer, [r["messages"][0]["content"] for r in rows], max_new_tokens)
     out = mixed_accuracy(predictions, [r["messages"][-1]["content"] for r in rows], **kwargs)
     for item, row in zip(out["items"], rows):
@@ -460,11 +453,9 @@ def answer_rows(model, processor, rows: Sequence[dict], load_images, max_new_tok
     import torch
 
     from .chat import prompt_and_target
-    from .rehearsal import cut_tokens
 
     tok = getattr(processor, "tokenizer", processor)
     device = next(model.parameters()).device
-    max_new_tokens = cut_tokens(max_new_tokens)  # the GPU-profile rehearsal only: a few tokens
     answers = []
     with _eval_mode(model), torch.inference_mode():
         for row in rows:

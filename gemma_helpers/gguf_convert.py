@@ -36,7 +36,7 @@ def converter_dir() -> Path:
     import subprocess
     import sys
 
-    from .models import cache_root
+    from .embedded import cache_root
 
     target = cache_root() / CONVERTER.replace("==", "-")
     if (target / "convert_hf_to_gguf.py").is_file():
@@ -82,7 +82,8 @@ def _sentencepiece_model(model_dir: Path, scratch: Path) -> list[Path]:
     """``tokenizer.model`` for a Gemma 3 folder saved without one: the base checkpoint's own file (a
     local folder, or a hub id through the hub cache) when the folder names its base, else rebuilt from
     the embedded GGUF's vocabulary (every Gemma 3 size shares it), which needs the embedded package."""
-    from .models import EMBEDDED, assembled_gguf, cache_root, resolve, sentencepiece_files
+    from .embedded import EMBEDDED, assembled_gguf, cache_root, sentencepiece_files
+    from .models import resolve
 
     base = _meta(model_dir).get("base")
     if base and base != EMBEDDED:

@@ -52,7 +52,7 @@ def preprocessor_problem(preset: str) -> str | None:
 
 def preset(model_name: str) -> str:
     """KerasHub's preset for a registry name, hub id or folder: a local folder as it is (the embedded
-    model, a rehearsal stand-in), a hub id as ``hf://<id>``.
+    model, a copy under the hub mirror), a hub id as ``hf://<id>``.
 
     Notebook 06, section 2."""
     from pathlib import Path
@@ -127,10 +127,9 @@ def fit(lm, examples: Sequence[dict], epochs: int = 1, batch_size: int = 1, verb
     loss per optimizer step, recovered from Keras's running epoch mean.
 
     Notebook 06, section 2."""
-    from .rehearsal import cut_rows
 
     keras, _ = import_keras()
-    ids, mask, _ = pad(cut_rows(examples, batch_size))  # the GPU-profile rehearsal only: a few steps
+    ids, mask, _ = pad(examples)
     steps: list[dict] = []
 
     class PerStep(keras.callbacks.Callback):
@@ -158,12 +157,11 @@ def answer_loss(lm, examples: Sequence[dict]) -> float:
     import numpy as np
     import torch
 
-    from .rehearsal import cut_items
 
     keras, _ = import_keras()
     total, count = 0.0, 0
     with torch.no_grad():
-        for ex in cut_items(examples):  # the GPU-profile rehearsal only: a few rows
+        for ex in examples:
             # inputs on Keras's device (the GPU where there is one), labels beside the logits
             ids = keras.ops.convert_to_tensor(np.array([ex["input_ids"]], dtype="int32"))
             logits = lm({"token_ids": ids, "padding_mask": keras.ops.ones_like(ids, dtype="bool")})
@@ -200,9 +198,7 @@ def generate(lm, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, sa
     import numpy as np
     import torch
 
-    from .rehearsal import cut_tokens
 
-    max_new_tokens = cut_tokens(max_new_tokens)  # the GPU-profile rehearsal only: a few tokens
     keras, keras_hub = import_keras()
     lm.sampler = keras_hub.samplers.get(sampler) if isinstance(sampler, str) else sampler
     stops = [i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")) if i is not None]

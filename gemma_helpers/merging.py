@@ -122,7 +122,8 @@ def check_merge_target(adapter_dir: str | Path, out_dir: str | Path) -> None:
 
     Not shown in a notebook: used by gemma_helpers.merging.merge, gemma_helpers.merging.merge_16bit and
     gemma_helpers.merging.save_trained_base."""
-    from .models import EMBEDDED, cache_root, hub_id
+    from .embedded import EMBEDDED, cache_root
+    from .models import hub_id
 
     adapter_dir = Path(adapter_dir)
     base = str(check_adapter(adapter_dir).get("base_model_name_or_path") or "")
@@ -191,20 +192,22 @@ def save_merged(model, tokenizer, adapter_dir: str | Path, out_dir: str | Path, 
 
 def merge_16bit(model, tokenizer, adapter_dir: str | Path, out_dir: str | Path) -> Path:
     """A model too large to merge in float32 on a T4 (Gemma 3n E4B): unsloth's ``save_pretrained_merged``
-    (``merged_16bit``, shard by shard) on a GPU; elsewhere (the GPU-profile rehearsal) :func:`merge`
+    (``merged_16bit``, shard by shard) on a GPU; elsewhere (the ``rehearse`` profile on a CPU) :func:`merge`
     of ``adapter_dir`` in bfloat16.
 
     Notebook 02, section 8."""
     import torch
 
-    from . import env, rehearsal
+    from . import env
+    from .models import log_unsloth
 
     out_dir = Path(out_dir)
     check_merge_target(adapter_dir, out_dir)
+    call = f"save_pretrained_merged({str(out_dir)!r}, tokenizer, save_method='merged_16bit')"
+    log_unsloth(call, made=env.unsloth_available())
     if env.unsloth_available():
         model.save_pretrained_merged(str(out_dir), tokenizer, save_method="merged_16bit")
         return out_dir
-    rehearsal.note(f"unsloth save_pretrained_merged({str(out_dir)!r}, tokenizer, save_method='merged_16bit')")
     return merge(adapter_dir, out_dir, dtype=torch.bfloat16)
 
 

@@ -11,8 +11,8 @@ against things written here instead (notebook 01, sections 1 and 2; notebook 04,
 - :func:`synthetic_clips`: short MPEG-4 clips of a shape moving, growing or shrinking, whose action
   is the answer (PyAV).
 
-Nothing here is used on the GPU profile with real data; the GPU-profile rehearsal
-(:mod:`gemma_helpers.rehearsal`) uses the server and the PDFs to stand in for arXiv.
+Nothing here is used on the GPU profile with real data; ``python -m gemma_helpers rehearse`` serves
+these PDFs under the real papers' titles as the arXiv mirror of the ``rehearse`` profile.
 """
 from __future__ import annotations
 
@@ -77,8 +77,8 @@ def write_pdf(path: str | Path | None, title: str, sections: Sequence[tuple[str,
     get a corrupt content stream, ``password`` encrypts the file, ``image_only`` draws the text as
     an image (no text layer).
 
-    Not shown in a notebook: used by gemma_helpers.offline.example_pdf, gemma_helpers.offline.sample_pdf and the
-    GPU-profile rehearsal."""
+    Not shown in a notebook: used by gemma_helpers.offline.example_pdf, gemma_helpers.offline.sample_pdf and
+    ``python -m gemma_helpers rehearse``."""
     from fpdf import FPDF
 
     class _Paper(FPDF):
@@ -200,7 +200,7 @@ class LoopbackServer:
     ``hits`` counts requests per name and ``times`` keeps when each came (``time.monotonic``).
     Use as a context manager; ``url(name)`` gives the address (notebook 01, section 1: the CPU profile's arXiv).
 
-    Not shown in a notebook: used by gemma_helpers.offline.sample_papers and the GPU-profile rehearsal."""
+    Not shown in a notebook: used by gemma_helpers.offline.sample_papers and ``python -m gemma_helpers rehearse``."""
 
     def __init__(self, files: Mapping[str, bytes], faults: Mapping[str, str] | None = None, hang_s: float = 30.0,
                  trickle_s: float = 2.0):

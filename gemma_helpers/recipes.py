@@ -3,7 +3,9 @@
 A :class:`Recipe` holds the seed project's run as published (``values``: model, data, LoRA,
 training spec and the few other numbers its notebook needs, each with its source in a comment) and
 the changes a profile needs, with their arithmetic: ``cpu`` (the 2-core CI machine), ``gpu`` (a
-Colab T4, where the seed's run does not fit) and ``bench`` (``benchmarks/train_throughput.py``).
+Colab T4, where the seed's run does not fit), ``bench`` (``benchmarks/train_throughput.py``) and
+``rehearse`` (the ``gpu`` profile's run with its steps, generated tokens and scored rows cut, which
+``python -m gemma_helpers rehearse`` runs on a CPU: the same code path in minutes).
 A recipe may be a set of changes over another (``based_on``): our retention-aware Xylandia recipe
 is the seed's with a lower rate, replay and a stop.
 
@@ -21,10 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 from .env import SEED
-from .models import DEFAULT_TARGETS, EMBEDDED, LANGUAGE_TARGETS, TINY_VISION
+from .models import DEFAULT_TARGETS, EMBEDDED, LANGUAGE_TARGETS
+from .vision import TINY_VISION
 
 NEW = object()  # a number a recipe adds to the one it is based on
-PROFILES = ("gpu", "cpu", "bench")
+PROFILES = ("gpu", "cpu", "bench", "rehearse")
+# The rehearse profile's cuts of a gpu-profile run: the code path is the point, not the figures
+STEPS = 2  # optimizer steps per training run
+NEW_TOKENS = 4  # generated tokens per answer
+ROWS = 8  # rows scored by a loss or an accuracy over many rows
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,8 @@ class Recipe:
     cpu: Mapping = field(default_factory=dict)  # changes for the CPU profile, each with its reason
     gpu: Mapping = field(default_factory=dict)  # changes for a Colab T4 where the seed's run does not fit
     bench: Mapping = field(default_factory=dict)  # changes for benchmarks/train_throughput.py
+    # cuts of the gpu profile's run (applied over its changes): steps, tokens and rows, and what needs CUDA
+    rehearse: Mapping = field(default_factory=dict)
     based_on: str | None = None
 
 
@@ -61,7 +70,8 @@ class Run(dict):
         """Every number, one per line, with the seed's value beside each one this profile changed."""
         width = max(map(len, self))
         based = f"{self.recipe.based_on} recipe" if self.recipe.based_on else "seed"
-        lines = [f"recipe {self.recipe.name!r} ({self.recipe.source}), {self.profile} profile:"]
+        over = " (the gpu profile's run, cut)" if self.profile == "rehearse" else ""
+        lines = [f"recipe {self.recipe.name!r} ({self.recipe.source}), {self.profile} profile{over}:"]
         for key, value in self.items():
             note = ""
             if key in self.changed:
@@ -102,7 +112,9 @@ def get(name: str, profile: str | None = None, **overrides) -> Run:
     else:
         values, changed = dict(recipe.values), {}
     defaults = _spec_defaults()  # a number the seed left at TrainSpec's default may change too
-    for key, value in {**getattr(recipe, profile), **overrides}.items():
+    # the rehearse profile is the gpu profile's changes, then its cuts
+    layers = (recipe.gpu, recipe.rehearse) if profile == "rehearse" else (getattr(recipe, profile),)
+    for key, value in {**{k: v for layer in layers for k, v in layer.items()}, **overrides}.items():
         if key not in values and key not in defaults:
             raise KeyError(f"recipe {name!r} has no number {key!r}; it has {', '.join(values)} and TrainSpec's fields")
         changed.setdefault(key, values.get(key, defaults.get(key)))
@@ -156,6 +168,8 @@ register(Recipe(
         "max_steps": -1, "eval_steps": 0, "early_stopping_patience": 0, "warmup_steps": 0,  # --steps sets the length
         "save_steps": 10_000,  # no checkpoint inside the timed steps
     },
+    # a validation loss at every step (early stopping runs), 8 rows of each split scored
+    rehearse={"max_steps": STEPS, "eval_steps": 1, "eval_items": {"train": ROWS, "validation": ROWS, "holdout": ROWS}},
 ))
 
 # ---------------------------------------------------------------- notebook 02: Persian
@@ -210,6 +224,8 @@ register(Recipe(
     bench={"model": EMBEDDED, "data": "data/persian_chat.jsonl", "batch_size": 4, "grad_accum": 1,
            "learning_rate": 2e-4, "max_seq_length": 1024, "warmup_steps": 0, "weight_decay": 0.0,
            "optim": "adamw_torch", "epochs": 1, "save_steps": 10_000},
+    # bitsandbytes' 8-bit AdamW runs CUDA kernels: adamw_torch; 8 held-out conversations for the perplexities
+    rehearse={"max_steps": STEPS, "optim": "adamw_torch", "holdout": ROWS, "max_new_tokens": NEW_TOKENS},
 ))
 
 # ---------------------------------------------------------------- notebook 03: Xylandia
@@ -226,6 +242,7 @@ register(Recipe(
     },
     cpu={"model": EMBEDDED},  # the seed's 1B-it does not ship offline; its recipe runs unchanged
     bench={"model": EMBEDDED, "save_steps": 10_000},
+    rehearse={"max_steps": STEPS, "max_new_tokens": NEW_TOKENS},  # the retention recipe inherits these cuts
 ))
 register(Recipe(
     "xylandia-retention", "03_xylandia", "ours: the seed's rows, data and model with the changes below",
@@ -277,6 +294,8 @@ register(Recipe(
     cpu={"model": TINY_VISION, "frame_size": 64, "learning_rate": 2e-2, "warmup_steps": 0, "batch_size": 2,
          "grad_accum": 1, "max_steps": 80, "optim": "adamw_torch", "save_steps": 1000,
          "max_new_tokens": 4},  # CPU answers are 1-2 words and the end-of-turn token
+    # the paged 8-bit AdamW runs CUDA kernels: adamw_torch
+    rehearse={"max_steps": STEPS, "optim": "adamw_torch", "max_new_tokens": NEW_TOKENS},
 ))
 
 # ---------------------------------------------------------------- notebook 06: Dolly on Keras and transformers
@@ -305,4 +324,6 @@ register(Recipe(
          # 16 steps at 5e-5 barely move a rank-4 adapter (1,000 steps do in the tutorial): a 20x rate
          # gives the held-out loss a measurable change within the budget
          "learning_rate": 1e-3},
+    # Keras's fit has no step limit: its rows are the steps (batch 1)
+    rehearse={"max_steps": STEPS, "n_train": STEPS, "n_heldout": ROWS, "max_new_tokens": NEW_TOKENS},
 ))

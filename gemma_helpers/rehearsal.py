@@ -1,41 +1,57 @@
 """The GPU-profile rehearsal: every notebook's GPU / Colab code path, run on a CPU against local stand-ins.
 
 The GPU profile of every notebook loads hub checkpoints (Gemma 3 1B-it, Gemma 3n E4B, Gemma 4 E4B)
-through unsloth, hub datasets and arXiv PDFs. None of that can be reached here or in CI, so the
-rehearsal runs the GPU profile's own code (its model ids, recipes, dataset loaders, merge and export
-calls) against stand-ins:
+through unsloth, hub datasets and arXiv PDFs. None of that can be reached here or in CI, so
+``python -m gemma_helpers rehearse notebooks`` runs the GPU profile's own code (its model ids,
+recipes, dataset loaders, merge and export calls) with the ``rehearse`` profile and stand-ins. Core
+modules never ask whether they are rehearsing; everything is set up here, at the edge, before a
+notebook starts:
 
-- random-weight checkpoints of the real architectures at a small width, saved as safetensors folders
-  under ``<cache>/standins/``, carrying the real tokenizer quirks (Gemma 3 1B-it's 262,145-entry
-  tokenizer against 262,144 embedding rows);
-- the hub datasets' files in their own schemas (from the bundled samples), loaded through
-  ``datasets.load_dataset``;
-- arXiv through the loopback HTTP server, serving PDFs under the real papers' titles;
-- training cut to :data:`STEPS` optimizer steps and generation to :data:`NEW_TOKENS` tokens.
+- the cuts are the ``rehearse`` profile of the recipe registry (:mod:`gemma_helpers.recipes`): the
+  gpu profile's run with :data:`~gemma_helpers.recipes.STEPS` optimizer steps, a few generated
+  tokens and scored rows, adamw_torch for bitsandbytes' CUDA-only optimisers; each notebook's
+  parameters cell prints them (``R.table()``), chosen as any profile is (``GEMMA_PROFILE=rehearse``);
+  the outcome bars are declared not applicable to that profile (``env.OUTCOMES_CHECKED``), and each
+  unmet one is printed, not asserted;
+- random-weight checkpoints of the real architectures at a small width, with the real tokenizer
+  quirks (Gemma 3 1B-it's 262,145-entry tokenizer against 262,144 embedding rows), are saved under
+  their real hub ids in a local hub mirror (``<cache>/standins/hub/unsloth/gemma-3-1b-it``, ...), and
+  the hub datasets' files in their own schemas (from the bundled samples) under
+  ``<mirror>/datasets/<id>``; ``GEMMA_HUB_MIRROR`` points the notebooks there, so
+  ``gemma_helpers.models`` loads ``unsloth/gemma-3n-E4B-it`` and ``datasets.load_dataset`` reads
+  ``mshojaei77/persian-gk`` the normal way and finds the stand-in;
+- arXiv is a loopback HTTP server in this process, serving PDFs under the real papers' titles at
+  arXiv's paths, reached through ``GEMMA_ARXIV_MIRROR``;
+- unsloth's calls and CUDA kernels are not executed. ``gemma_helpers.models`` logs every unsloth call
+  of the GPU path, made or not, on the ``gemma_helpers.unsloth`` logger (silent by default). The
+  rehearsal puts one first cell into the scratch copy of each notebook it executes, which shows
+  that logger's calls not made as ``rehearsal: would call unsloth ...`` lines. That is the least
+  magical way found: no module is replaced and nothing is patched, so the notebook runs the very
+  functions a user's would (a stand-in ``unsloth`` package would have had to re-implement
+  ``FastModel`` and would never be imported anyway: without CUDA the code takes the transformers +
+  peft path); the injected cell is visible in the executed copy, and notebooks/ is never edited.
 
-One switch selects all of it: ``GEMMA_REHEARSAL=1`` (with ``GEMMA_PROFILE=gpu``); no notebook is
-edited for it. unsloth's calls and CUDA kernels are not executed: each is announced on a line
-``rehearsal: would call unsloth ...`` and the plain transformers / PEFT path runs instead.
 ``python -m gemma_helpers rehearse notebooks`` runs every notebook so and writes
-``outputs/results/rehearsal.json``.
+``outputs/results/rehearsal.json``: each notebook's status, seconds, the calls not executed and the
+outcome checks not applied.
 """
 from __future__ import annotations
 
-import functools
 import json
+import logging
 import os
 import re
 import shutil
 from pathlib import Path
 
-from .models import cache_root, embedded_path, prepare_tokenizer
+from .embedded import cache_root, embedded_path
+from .models import REGISTRY, UNSLOTH_LOG, prepare_tokenizer
+from .vision import gemma4_processor_without_video
 
-STEPS = 2  # optimizer steps per training run in the rehearsal
-NEW_TOKENS = 4  # generated tokens per answer in the rehearsal
-ITEMS = 8  # rows scored by a loss or accuracy over many rows in the rehearsal
 IMAGE_SOFT_TOKEN = "<image_soft_token>"
 REAL_VOCAB = 262144  # every Gemma 3 size's embedding rows
 WOULD_CALL = "rehearsal: would call "
+NOT_APPLIED = "outcome check not applicable"
 
 
 class StandInUnavailable(RuntimeError):
@@ -46,79 +62,48 @@ class StandInUnavailable(RuntimeError):
     stand-in"."""
 
 
-def rehearsing() -> bool:
-    """``GEMMA_REHEARSAL=1``: the GPU profile runs on the stand-ins of this module.
+class _WouldCall(logging.Handler):
+    """Prints each unsloth call the GPU path did not make (a ``gemma_helpers.unsloth`` record, ``made`` False)."""
 
-    Not shown in a notebook: used by gemma_helpers.data.papers.arxiv_papers, gemma_helpers.models and
-    gemma_helpers.models.resolve."""
-    return os.environ.get("GEMMA_REHEARSAL", "").strip().lower() in ("1", "true", "yes")
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "made", True) is False:
+            print(f"{WOULD_CALL}unsloth {record.unsloth_call}", flush=True)
 
 
-def note(call: str) -> None:
-    """Announce an unsloth call (or a download) that the rehearsal does not make.
+def show_unsloth_calls() -> None:
+    """Print, from now on in this process, every unsloth call that ``gemma_helpers`` logs as not made
+    (``rehearsal: would call unsloth ...``); once is enough, a second call adds nothing.
 
-    Not shown in a notebook: used by gemma_helpers.export.merge_16bit, gemma_helpers.models and the GPU-profile
-    rehearsal."""
-    print(WOULD_CALL + call, flush=True)
+    Not shown in a notebook: used by the first cell the rehearsal puts into each scratch copy it runs."""
+    UNSLOTH_LOG.setLevel(logging.INFO)
+    UNSLOTH_LOG.propagate = False  # the kernel's own handlers would print the record a second time
+    if not any(isinstance(h, _WouldCall) for h in UNSLOTH_LOG.handlers):
+        UNSLOTH_LOG.addHandler(_WouldCall())
 
 
 def standins_root() -> Path:
-    """The folder that holds the rehearsal's stand-in checkpoints and data sets.
+    """The folder that holds the rehearsal's stand-ins.
 
     Not shown in a notebook: used by the GPU-profile rehearsal."""
     return cache_root() / "standins"
 
 
-# ---------------------------------------------------------------- training and generation, cut
-def cut_steps(spec):
-    """``spec`` with at most :data:`STEPS` optimizer steps (and an evaluation every step) when rehearsing.
+def mirror_root() -> Path:
+    """The local hub mirror the rehearsal fills with stand-ins (``GEMMA_HUB_MIRROR`` of the notebooks it runs).
 
-    Not shown in a notebook: used by gemma_helpers.train.train and the tests."""
-    from dataclasses import replace
-
-    if not rehearsing():
-        return spec
-    print(f"rehearsal: training cut to {STEPS} steps (max_steps {spec.max_steps}, epochs {spec.epochs})", flush=True)
-    optim = spec.optim
-    if "8bit" in optim:  # bitsandbytes' 8-bit optimisers run CUDA kernels
-        note(f"bitsandbytes optim={optim!r} (CUDA kernels); adamw_torch runs instead")
-        optim = "adamw_torch"
-    return replace(spec, max_steps=STEPS, eval_steps=min(spec.eval_steps, 1), save_steps=max(spec.save_steps, STEPS),
-                   optim=optim)
-
-
-def cut_tokens(max_new_tokens: int) -> int:
-    """max_new_tokens, cut to the rehearsal's few tokens while rehearsing.
-
-    Not shown in a notebook: used by gemma_helpers.evaluate.answer_rows, gemma_helpers.evaluate.generate and
-    gemma_helpers.kerashub.generate."""
-    return min(max_new_tokens, NEW_TOKENS) if rehearsing() else max_new_tokens
-
-
-def cut_items(items):
-    """The first :data:`ITEMS` of ``items`` scored by an aggregate (a perplexity, an accuracy) when rehearsing.
-
-    Not shown in a notebook: used by gemma_helpers.evaluate.answer_loss, gemma_helpers.evaluate.answer_perplexity and
-    gemma_helpers.evaluate.mixed_accuracy_rows."""
-    return list(items)[:ITEMS] if rehearsing() and items is not None else items
-
-
-def cut_rows(rows: list, batch_size: int = 1) -> list:
-    """The first :data:`STEPS` batches of ``rows`` when rehearsing (a framework without a step limit).
-
-    Not shown in a notebook: used by gemma_helpers.kerashub.fit."""
-    return list(rows)[: STEPS * batch_size] if rehearsing() else rows
+    Not shown in a notebook: used by the GPU-profile rehearsal."""
+    return standins_root() / "hub"
 
 
 # ---------------------------------------------------------------- checkpoints
 def checkpoint(spec) -> Path:
-    """The stand-in folder for a registry entry (built once, under :func:`standins_root`).
+    """The stand-in of a registry entry, built once in the hub mirror under its real hub id.
 
-    Not shown in a notebook: used by gemma_helpers.models.resolve."""
+    Not shown in a notebook: used by gemma_helpers.rehearsal.fill_mirror and the tests."""
     builders = {"gemma3": gemma3_text_checkpoint, "gemma3n": gemma3n_text_checkpoint, "gemma4": gemma4_checkpoint}
-    if spec.family not in builders:
-        raise ValueError(f"no rehearsal stand-in for {spec.name} (family {spec.family})")
-    return builders[spec.family](standins_root() / spec.name)
+    if spec.family not in builders or spec.source == "embedded":
+        raise ValueError(f"no rehearsal stand-in for {spec.name} (family {spec.family}, source {spec.source})")
+    return builders[spec.family](mirror_root() / spec.source)
 
 
 def gemma3_text_tokenizer(extra_special: tuple[str, ...] = (IMAGE_SOFT_TOKEN,)):
@@ -259,85 +244,6 @@ def gemma4_tokenizer():
     return tok
 
 
-def gemma4_processor_class():
-    """transformers' ``Gemma4Processor``, imported also where torchvision is missing.
-
-    transformers 5.17's ``processing_gemma4`` imports two names from ``image_processing_gemma4`` (the
-    torchvision image processor): the ``Gemma4ImageProcessorKwargs`` typed dict and the pure-arithmetic
-    ``get_aspect_ratio_preserving_size``. ``image_processing_pil_gemma4`` (the PIL backend) defines both,
-    with the same source (a test compares them). Without torchvision the first module cannot be imported, so
-    its name is bound to the second one before the import; with torchvision nothing is changed.
-
-    Not shown in a notebook: used by the GPU-profile rehearsal and the tests."""
-    import sys
-
-    from transformers.utils import is_torchvision_available
-
-    name = "transformers.models.gemma4.image_processing_gemma4"
-    if not is_torchvision_available() and name not in sys.modules:
-        from transformers.models.gemma4 import image_processing_pil_gemma4
-
-        sys.modules[name] = image_processing_pil_gemma4
-    from transformers.models.gemma4.processing_gemma4 import Gemma4Processor
-
-    return Gemma4Processor
-
-
-def gemma4_processor(path: str | Path):
-    """The ``Gemma4Processor`` of a checkpoint folder, loaded where torchvision is missing.
-
-    ``AutoProcessor.from_pretrained`` cannot do it there: the processor has a video slot, and
-    ``Gemma4VideoProcessor`` (like every transformers video processor) is built on torchvision; in
-    transformers 5.17 ``AutoImageProcessor`` itself requires torchvision. This loads the parts from
-    the folder with their own classes (the tokenizer through ``AutoTokenizer``, the PIL backend of the
-    image processor, ``Gemma4ImageProcessorPil``, and the audio feature extractor) and the folder's
-    ``processor_config.json`` into ``Gemma4Processor`` with its video slot empty: a subclass that
-    changes nothing but accepting ``video_processor=None``. Images and text go through
-    ``Gemma4Processor``'s own code; a call with ``videos=`` fails (video is not used by the series).
-
-    Not shown in a notebook: used by gemma_helpers.models.load_vision_model."""
-    from transformers import AutoTokenizer
-    from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
-    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
-
-    without_video = _gemma4_processor_without_video()
-    processor_dict, kwargs = without_video.get_processor_dict(str(path))
-    parts = [Gemma4AudioFeatureExtractor.from_pretrained(path), Gemma4ImageProcessorPil.from_pretrained(path),
-             AutoTokenizer.from_pretrained(path), None]
-    return without_video.from_args_and_dict(parts, processor_dict, **kwargs)
-
-
-@functools.cache
-def _gemma4_processor_without_video():
-    """``Gemma4Processor`` that accepts ``video_processor=None`` (see :func:`gemma4_processor`)."""
-    base = gemma4_processor_class()
-
-    class Gemma4ProcessorWithoutVideo(base):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name == "video_processor" and argument is None:
-                return None
-            return super().check_argument_for_proper_class(argument_name, argument)
-
-        def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
-            """What ``ProcessorMixin.save_pretrained`` writes (the tokenizer, the chat template,
-            ``processor_config.json`` with the other parts and ``processor_class: Gemma4Processor``),
-            less the empty video slot, which that method cannot skip."""
-            if push_to_hub:
-                raise ValueError("a Gemma4Processor without its video processor is not pushed to the hub")
-            save_directory = Path(save_directory)
-            save_directory.mkdir(parents=True, exist_ok=True)
-            self.tokenizer.save_pretrained(save_directory)
-            if isinstance(self.chat_template, str):
-                (save_directory / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
-            config = {k: v for k, v in self.to_dict().items() if v is not None}
-            config["processor_class"] = base.__name__
-            path = save_directory / "processor_config.json"
-            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            return [str(path)]
-
-    return Gemma4ProcessorWithoutVideo
-
-
 def gemma4_checkpoint(folder: str | Path, hidden_size: int = 64, layers: int = 2, seed: int = 0,
                       init_range: float = 0.2) -> Path:
     """A random-weight ``Gemma4ForConditionalGeneration`` (Gemma 4's vision encoder at a small width,
@@ -345,7 +251,7 @@ def gemma4_checkpoint(folder: str | Path, hidden_size: int = 64, layers: int = 2
     :func:`gemma4_tokenizer`, ``Gemma4ImageProcessorPil`` at the real settings (patch 16, pooling 3,
     280 soft tokens per image) and Gemma 4's audio feature extractor, saved as a safetensors folder in
     the real checkpoint's layout (``processor_config.json`` names ``Gemma4Processor``). No video
-    processor is saved: it needs torchvision (see :func:`gemma4_processor`).
+    processor is saved: it needs torchvision (see :func:`gemma_helpers.vision.gemma4_processor`).
 
     Not shown in a notebook: used by the GPU-profile rehearsal and the tests."""
     import torch
@@ -376,7 +282,7 @@ def gemma4_checkpoint(folder: str | Path, hidden_size: int = 64, layers: int = 2
     model = Gemma4ForConditionalGeneration(config).float()
     model.generation_config.eos_token_id = text["eos_token_id"]
     model.generation_config.pad_token_id = tok.pad_token_id
-    processor = _gemma4_processor_without_video()(
+    processor = gemma4_processor_without_video()(
         feature_extractor=Gemma4AudioFeatureExtractor(), image_processor=Gemma4ImageProcessorPil(), tokenizer=tok,
         video_processor=None, chat_template=tok.chat_template)
     return _save(folder, model, processor, "Gemma 4 (vision + text, no audio tower), 262,144 embedding rows, "
@@ -422,63 +328,57 @@ def _dolly_rows() -> list[dict]:
 DATASETS = {"mshojaei77/persian-gk": _persian_rows, "databricks/databricks-dolly-15k": _dolly_rows}
 
 
-def dataset_file(hub_id: str) -> Path:
-    """The stand-in data file for a hub dataset, in that dataset's schema (JSON lines).
+def dataset_folder(hub_id: str) -> Path:
+    """The stand-in of a hub dataset in the mirror (``<mirror>/datasets/<id>/train.jsonl``, in that
+    dataset's schema), written afresh.
 
-    Not shown in a notebook: used by the GPU-profile rehearsal."""
+    Not shown in a notebook: used by gemma_helpers.rehearsal.fill_mirror and the tests."""
     if hub_id not in DATASETS:
         raise ValueError(f"no rehearsal stand-in for the dataset {hub_id}; known: {sorted(DATASETS)}")
-    path = standins_root() / "datasets" / hub_id.replace("/", "--") / "train.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    folder = mirror_root() / "datasets" / hub_id
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".train.jsonl.tmp-{os.getpid()}"
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in DATASETS[hub_id]()), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    os.replace(tmp, folder / "train.jsonl")
+    return folder
 
 
-def load_hub_dataset(hub_id: str, split: str = "train"):
-    """``datasets.load_dataset(hub_id, split=split)``; in the rehearsal, the same call on the stand-in file.
+def arxiv_files() -> dict[str, bytes]:
+    """The arXiv stand-ins, at arXiv's own paths (``pdf/<id>``): each of
+    :data:`~gemma_helpers.data.papers.ARXIV_PAPERS` under its real title, with the sections of a bundled
+    mini-paper, so the download, title check and cleaning code runs as on arXiv.
 
-    Notebook 02, section 1."""
-    from datasets import load_dataset
-
-    if not rehearsing():
-        return load_dataset(hub_id, split=split)
-    path = dataset_file(hub_id)
-    print(f"rehearsal: {hub_id} read from {path} (its schema, stand-in rows)", flush=True)
-    return load_dataset("json", data_files={"train": str(path)}, split=split)
-
-
-_SERVER = None
-
-
-def arxiv_papers(papers) -> list:
-    """``papers`` (:data:`~gemma_helpers.data.papers.ARXIV_PAPERS`) served by the loopback server: each
-    under its real title, with the sections of a bundled mini-paper, so the download, title check and
-    cleaning code runs as on arXiv.
-
-    Not shown in a notebook: used by gemma_helpers.data.papers.arxiv_papers."""
-    from dataclasses import replace
-
+    Not shown in a notebook: used by gemma_helpers.rehearsal.fill_mirror and the tests."""
     from . import offline
     from .data import papers as gp
 
-    global _SERVER
     sample = gp.sample()
-    files = {p.key: offline.write_pdf(None, p.title, [(s["heading"], s["text"]) for s in sample[i % len(sample)]["sections"]],
-                                 authors=sample[i % len(sample)].get("authors", ""),
-                                 running_header=f"rehearsal stand-in - {p.field}")
-             for i, p in enumerate(papers)}
-    if _SERVER is not None:
-        _SERVER.stop()
-    _SERVER = offline.LoopbackServer(files).start()
-    print(f"rehearsal: {len(papers)} arXiv PDFs served by the loopback server under their titles", flush=True)
-    return [replace(p, url=_SERVER.url(p.key)) for p in papers]
+    return {f"pdf/{p.arxiv_id}": offline.write_pdf(
+                None, p.title, [(x["heading"], x["text"]) for x in sample[i % len(sample)]["sections"]],
+                authors=sample[i % len(sample)].get("authors", ""), running_header=f"rehearsal stand-in - {p.field}")
+            for i, p in enumerate(gp.ARXIV_PAPERS)}
+
+
+def fill_mirror() -> Path:
+    """Every registry model's stand-in (built once) and every hub dataset's, in :func:`mirror_root`.
+
+    Not shown in a notebook: used by gemma_helpers.rehearsal.run_notebooks and the tests."""
+    for spec in REGISTRY.values():
+        if spec.source != "embedded":
+            checkpoint(spec)
+    for hub_id in DATASETS:
+        dataset_folder(hub_id)
+    return mirror_root()
 
 
 # ---------------------------------------------------------------- the runner
-SWITCH = {"GEMMA_PROFILE": "gpu", "GEMMA_REHEARSAL": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-          "WANDB_MODE": "disabled"}
+# the environment of every notebook run (plus GEMMA_HUB_MIRROR and GEMMA_ARXIV_MIRROR, set by run_notebooks)
+SWITCH = {"GEMMA_PROFILE": "rehearse", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+FIRST_CELL = ("# put here by `python -m gemma_helpers rehearse` (its scratch copy only): the unsloth calls that\n"
+              "# the GPU path would make and the transformers + peft path makes in their place are printed\n"
+              "from gemma_helpers import rehearsal\n"
+              "\n"
+              "rehearsal.show_unsloth_calls()")
 COPIED = ("gemma_helpers", "notebooks", "data", "requirements-local.txt", "requirements-colab.txt",
           "requirements-keras.txt", "pyproject.toml")
 
@@ -494,17 +394,29 @@ def _scratch_repo(root: Path, scratch: Path) -> Path:
             shutil.copytree(source, scratch / name, ignore=shutil.ignore_patterns("__pycache__", "*.py[co]"))
         elif source.is_file():
             shutil.copy2(source, scratch / name)
+    for notebook in sorted((scratch / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        _with_first_cell(notebook)
     return scratch
 
 
+def _with_first_cell(notebook: Path) -> None:
+    """Put :data:`FIRST_CELL` at the top of ``notebook`` (a scratch copy)."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(FIRST_CELL, metadata={"tags": ["rehearsal"]}))
+    nbformat.write(nb, notebook)
+
+
 def _said(executed: Path) -> list[str]:
-    """The ``rehearsal: ...`` lines a notebook printed (the calls it did not make, what was cut)."""
+    """The ``rehearsal: ...`` lines a notebook printed (the calls it did not make) and its outcome checks
+    not applied."""
     import nbformat
 
     lines = []
     for cell in nbformat.read(executed, as_version=4).cells:
         for output in cell.get("outputs", []):
-            lines += [line for line in output.get("text", "").splitlines() if line.startswith("rehearsal: ")]
+            lines += [line for line in output.get("text", "").splitlines() if line.startswith(("rehearsal: ", NOT_APPLIED))]
     return list(dict.fromkeys(lines))
 
 
@@ -523,27 +435,12 @@ def _text(output) -> str:
     return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
 
 
-def run_notebooks(folder: str | Path, only: tuple[str, ...] = (), timeout: int = 900,
-                  out: str | Path | None = None) -> dict:
-    """Execute every notebook of ``folder`` with the GPU profile on the stand-ins, each in a fresh
-    process, and write per-notebook status and seconds to ``outputs/results/rehearsal.json``.
-
-    Not shown in a notebook: used by the ``python -m gemma_helpers`` command line and the tests."""
+def _run_each(notebooks: list[str], scratch: Path, env: dict, timeout: int, report: dict) -> None:
+    """Run each scratch notebook in its own process; one entry per notebook into ``report``."""
     import subprocess
     import sys
     import time
 
-    from .env import REPO_ROOT
-    from .results import save
-
-    folder = Path(folder).resolve()
-    root = REPO_ROOT
-    scratch = _scratch_repo(root, root / "outputs" / "rehearsal")
-    notebooks = sorted(p.name for p in folder.glob("[0-9][0-9]_*.ipynb") if not only or p.name[:2] in only)
-    env = {**os.environ, **SWITCH, "PYTHONPATH": str(scratch)}
-    report = {"switch": " ".join(f"{k}={v}" for k, v in SWITCH.items() if k.startswith("GEMMA")),
-              "standins": str(standins_root()), "steps": STEPS, "new_tokens": NEW_TOKENS, "notebooks": []}
-    started_all = time.time()
     for name in notebooks:
         started = time.time()
         print(f"rehearsing {name} ...", flush=True)
@@ -572,6 +469,35 @@ def run_notebooks(folder: str | Path, only: tuple[str, ...] = (), timeout: int =
             print(entry["error"][-1500:], flush=True)
         elif entry["status"] == "no stand-in":
             print(f"  {entry['reason']}", flush=True)
+
+
+def run_notebooks(folder: str | Path, only: tuple[str, ...] = (), timeout: int = 900,
+                  out: str | Path | None = None) -> dict:
+    """Execute every notebook of ``folder`` with the ``rehearse`` profile on the stand-ins (the hub mirror
+    filled and the arXiv server started first), each in a fresh process, and write per-notebook status
+    and seconds to ``outputs/results/rehearsal.json``.
+
+    Not shown in a notebook: used by the ``python -m gemma_helpers`` command line and the tests."""
+    import time
+
+    from . import offline
+    from .env import ARXIV_MIRROR, HUB_MIRROR, REPO_ROOT
+    from .recipes import NEW_TOKENS, ROWS, STEPS
+    from .results import save
+
+    folder = Path(folder).resolve()
+    root = REPO_ROOT
+    scratch = _scratch_repo(root, root / "outputs" / "rehearsal")
+    notebooks = sorted(p.name for p in folder.glob("[0-9][0-9]_*.ipynb") if not only or p.name[:2] in only)
+    print(f"rehearsal: stand-ins in the hub mirror {fill_mirror()}", flush=True)
+    with offline.LoopbackServer(arxiv_files()) as arxiv:
+        mirrors = {HUB_MIRROR: str(mirror_root()), ARXIV_MIRROR: arxiv.url("").rstrip("/")}
+        env = {**os.environ, **SWITCH, **mirrors, "PYTHONPATH": str(scratch)}
+        report = {"switch": " ".join(f"{k}={v}" for k, v in {**SWITCH, **mirrors}.items() if k.startswith("GEMMA")),
+                  "standins": str(mirror_root()), "steps": STEPS, "new_tokens": NEW_TOKENS, "rows": ROWS,
+                  "notebooks": []}
+        started_all = time.time()
+        _run_each(notebooks, scratch, env, timeout, report)
     if only:  # a partial run updates those notebooks' entries in the last full report
         from .results import RESULTS
 

@@ -384,47 +384,67 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
 
     Notebook 01, section 7; Notebook 02, section 6; Notebook 03, sections 1 and 2 (also notebooks 04, 06).
     """
-    from datasets import Dataset
-    from trl import SFTTrainer
+    output_dir, last = _start_dir(Path(output_dir), resume)
+    model = _with_lora(model, spec)
+    dataset, labels = _tokenized(tokenizer, model, rows, spec, "training", data_collator)
+    evaluate = bool(eval_rows)
+    eval_dataset = _tokenized(tokenizer, model, eval_rows, spec, "validation", data_collator)[0] if evaluate else None
+    trainer, stopper, patience = _trainer(model, tokenizer, dataset, eval_dataset, spec, output_dir, data_collator,
+                                          stop_when, stop_every, callbacks)
+    eval_history, stopped_early, runtime = _run_here(trainer, spec, last, evaluate, stopper, patience)
+    adapter_dir = _save_adapter(trainer, tokenizer, spec, output_dir, stopped_early, len(dataset), labels)
+    return _result(trainer, spec, output_dir, adapter_dir, eval_history, stopped_early, runtime, last)
 
-    from .rehearsal import cut_items, cut_steps
 
-    spec, eval_rows = cut_steps(spec), cut_items(eval_rows)  # the GPU-profile rehearsal only: a few steps and rows
-    output_dir = Path(output_dir)
+def _start_dir(output_dir: Path, resume: bool) -> tuple[Path, str | None]:
+    """Step 1 of :func:`train`: ``output_dir`` checked and made, and the checkpoint to resume from (None:
+    a fresh run, whose old checkpoints are cleared so that it never mixes with them)."""
     check_history_file(output_dir)  # a history.json that is not ours stops the run before anything is written
     last = resume_checkpoint(output_dir) if resume else None
     if not resume:
-        clear_previous_run(output_dir)  # a fresh run never mixes with an old one's checkpoints
+        clear_previous_run(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    return output_dir, last
 
-    if not hasattr(model, "peft_config"):
-        from transformers import set_seed
 
-        set_seed(spec.seed)  # LoRA's A matrices are drawn now: the same seed gives the same run
-        model = attach_lora(model, r=spec.r, alpha=spec.alpha, dropout=spec.dropout,
-                            target_modules=spec.target_modules, seed=spec.seed)
+def _with_lora(model, spec: TrainSpec):
+    """Step 2: ``model`` with fresh LoRA adapters from ``spec``, unless it carries adapters already."""
+    if hasattr(model, "peft_config"):
+        return model
+    from transformers import set_seed
 
+    set_seed(spec.seed)  # LoRA's A matrices are drawn now: the same seed gives the same run
+    return attach_lora(model, r=spec.r, alpha=spec.alpha, dropout=spec.dropout,
+                       target_modules=spec.target_modules, seed=spec.seed)
+
+
+def _tokenized(tokenizer, model, items: Sequence[dict], spec: TrainSpec, name: str,
+               data_collator: Callable | None):
+    """Step 3: ``items`` as a ``Dataset``, tokenized with answer-only labels (raw for a collator, which
+    loads the images), each id checked against the embedding and the labels checked (the label
+    preflight raises when no row has one; rows without one are left out); and the trained tokens per
+    row, min / median / max (None for a collator)."""
+    from datasets import Dataset
+
+    if data_collator is not None:
+        return Dataset.from_list(list(items)), None
     rows_in_embedding = embedding_rows(model)
-    labels = None  # trained tokens per row, min / median / max (the label preflight)
+    examples = tokenize_rows(tokenizer, items, spec.max_seq_length, strict=False)
+    for i, example in enumerate(examples):
+        check_ids(example["input_ids"], rows_in_embedding, f"{name} row {i}")
+    report = label_preflight(tokenizer, items, examples, spec.max_seq_length)
+    print(report.summary().replace("label preflight:", f"label preflight ({name}):"))
+    low, mid, high = report.spread()
+    return Dataset.from_list([ex for i, ex in enumerate(examples) if i not in report.empty]), f"{low} / {mid:g} / {high}"
 
-    def as_dataset(items, name):  # tokenized with answer-only labels; raw for a collator (it loads the images)
-        if data_collator is not None:
-            return Dataset.from_list(list(items))
-        examples = tokenize_rows(tokenizer, items, spec.max_seq_length, strict=False)
-        for i, example in enumerate(examples):
-            check_ids(example["input_ids"], rows_in_embedding, f"{name} row {i}")
-        report = label_preflight(tokenizer, items, examples, spec.max_seq_length)  # raises when no row has a label
-        print(report.summary().replace("label preflight:", f"label preflight ({name}):"))
-        if name == "training":
-            nonlocal labels
-            low, mid, high = report.spread()
-            labels = f"{low} / {mid:g} / {high}"
-        return Dataset.from_list([ex for i, ex in enumerate(examples) if i not in report.empty])
 
-    dataset = as_dataset(rows, "training")
-    evaluate = bool(eval_rows)
-    eval_dataset = as_dataset(eval_rows, "validation") if evaluate else None
+def _trainer(model, tokenizer, dataset, eval_dataset, spec: TrainSpec, output_dir: Path,
+             data_collator: Callable | None, stop_when: Callable | None, stop_every: int, callbacks: Sequence):
+    """Step 4: TRL's ``SFTTrainer`` for ``spec`` with this series' callbacks (non-finite loss, ``stop_when``,
+    early stopping); returns it with the ``stop_when`` and early-stopping callbacks (None when unused)."""
+    from trl import SFTTrainer
 
+    evaluate = eval_dataset is not None
     trl_compat.ensure_lm_head_kernel()
     if padding_free(spec, multimodal=data_collator is not None):
         trl_compat.quiet_packed_warning(model)
@@ -447,12 +467,18 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
     # TRL's SFTTrainer writes its own model card to output_dir/README.md at every checkpoint, over any README.md
     # already there (the user's); the adapter's card is hub.write_card's, in output_dir/adapter
     trainer.create_model_card = lambda *args, **kwargs: None
+    return trainer, stopper, patience
+
+
+def _run_here(trainer, spec: TrainSpec, last: str | None, evaluate: bool, stopper, patience):
+    """Step 5: :func:`_run` on this device; on a CPU with the trainable weights in float32 and 4-bit
+    weights dequantised once for the run, and everything as it was afterwards."""
     on_cpu = not env.cuda_available()
     if on_cpu:
         trl_compat.keep_trainable_float32(trainer.model)
         restore = dequantise_once(trainer.model, "bfloat16" if trainer.args.bf16 else "float32")
     try:
-        eval_history, stopped_early, runtime = _run(trainer, spec, last, evaluate, stopper, patience)
+        return _run(trainer, spec, last, evaluate, stopper, patience)
     finally:
         trl_compat.TorchLogProb.forget()
         if on_cpu:  # afterwards the caller's model computes with bitsandbytes' kernel, in float32, as before
@@ -460,19 +486,29 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
             if trainer.args.bf16:  # accelerate wrapped its forward in autocast
                 trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
 
+
+def _save_adapter(trainer, tokenizer, spec: TrainSpec, output_dir: Path, stopped_early: str | None, rows: int,
+                  labels: str | None) -> Path:
+    """Step 6: the adapter and tokenizer in ``output_dir/adapter``, naming its base by hub id, with what
+    merge() needs to rebuild that base and the card (the recipe now; a notebook rewrites it with its figures)."""
     adapter_dir = output_dir / "adapter"
     for config in trainer.model.peft_config.values():  # the hub id, not this machine's cache folder
         if config.base_model_name_or_path:  # a model built in memory (tiny vision configs) has none
             config.base_model_name_or_path = hub_id(config.base_model_name_or_path)
     trainer.model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
-    # what merge() needs to rebuild the exact base the adapter was trained on, and what the card says
     four_bit = bool(getattr(trainer.model, "is_loaded_in_4bit", False))
     env.write_whole(adapter_dir / META, json.dumps(
         {"load_in_4bit": four_bit,
          "train": {"spec": asdict(spec), "global_step": trainer.state.global_step, "stopped_early": stopped_early,
-                   "rows": len(dataset), "load_in_4bit": four_bit, "label_tokens": labels}}, indent=2, default=str))
-    write_card(adapter_dir)  # the recipe now; a notebook rewrites it with its measured figures
+                   "rows": rows, "load_in_4bit": four_bit, "label_tokens": labels}}, indent=2, default=str))
+    write_card(adapter_dir)
+    return adapter_dir
+
+
+def _result(trainer, spec: TrainSpec, output_dir: Path, adapter_dir: Path, eval_history: list[dict],
+            stopped_early: str | None, runtime: float, last: str | None) -> TrainResult:
+    """Step 7: the :class:`TrainResult`, and its history written to ``output_dir/history.json``."""
     history = [
         {"step": h["step"], **{k: h[k] for k in ("loss", "learning_rate", "grad_norm") if k in h}}
         for h in trainer.state.log_history

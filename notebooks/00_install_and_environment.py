@@ -75,7 +75,8 @@ REQUIREMENTS = None  # None: requirements-colab.txt on Colab, requirements-local
 
 # %% [markdown]
 # ## The report
-# `profile` is `gpu` with a CUDA GPU and `cpu` otherwise (override with `GEMMA_PROFILE`). It picks
+# `profile` is `gpu` with a CUDA GPU and `cpu` otherwise (override with `GEMMA_PROFILE`; `rehearse` is the
+# `gpu` path cut to a few steps, for `python -m gemma_helpers rehearse`). It picks
 # the model and the size of each run in later notebooks. Training runs in bfloat16 where the GPU
 # has it and in float32 elsewhere: never float16, which overflows in Gemma 3 / 3n / 4 (a T4 has no
 # bf16, so there it is float32).

@@ -96,11 +96,12 @@ out = gh.env.REPO_ROOT / OUTPUT
 
 # %%
 from gemma_helpers.data import persian
+from gemma_helpers.data.hub import load_hub_dataset
 
 if DATA.endswith(".jsonl"):
     raw = gh.jsonl.read_jsonl(root / DATA, errors="raise")
 else:
-    raw = list(gh.rehearsal.load_hub_dataset(DATA, split="train"))  # datasets.load_dataset(DATA, split="train")
+    raw = list(load_hub_dataset(DATA, split="train"))  # datasets.load_dataset(DATA, split="train")
 rows, cleaning = persian.clean_conversations(raw)
 print(cleaning)
 for d in cleaning.dropped[:20]:

@@ -32,7 +32,7 @@
 # On a GPU it trains the real `google/gemma-4-e4b-it` (4-bit, unsloth) on clips you supply. On CPU (CI) it
 # writes synthetic clips of moving shapes with PyAV and trains a tiny random-weight
 # `Gemma3ForConditionalGeneration` with a real `Gemma3Processor` (why not Gemma 4 there: see
-# `gemma_helpers.models.tiny_vision_model`). Results go to `outputs/results/04_frames.json`.
+# `gemma_helpers.vision.tiny_vision_model`). Results go to `outputs/results/04_frames.json`.
 
 # %%
 # Setup: the same cell in every notebook (`make sync` writes it from gemma_helpers/setup_cell.py).
@@ -75,7 +75,7 @@ import gemma_helpers as gh
 gh.report();
 
 # %%
-from gemma_helpers import evaluate, models, offline
+from gemma_helpers import evaluate, offline, vision
 from gemma_helpers.chat import IGNORE_INDEX, VisionCollator
 from gemma_helpers.data import frames
 
@@ -134,7 +134,7 @@ def load_images(row):
 # get `token_type_ids` (which tokens are image placeholders), which they need in training.
 
 # %%
-model, processor = models.load_vision_model(MODEL)
+model, processor = vision.load_vision_model(MODEL)
 collate = VisionCollator(processor, load_images)
 batch = collate(train_rows[:2])
 tok = processor.tokenizer
@@ -168,7 +168,7 @@ print("first answers:", before_answers[:3])
 # %%
 spec = R.spec()
 run = gh.train(model, processor, train_rows, spec, out / "run", data_collator=collate)
-check = models.vision_report(run.model)
+check = vision.vision_report(run.model)
 losses = [loss for _, loss in run.losses]
 print(f"{run.global_step} steps in {run.runtime_s:.0f} s; loss {losses[0]:.3f} -> {losses[-1]:.3f}")
 print(f"trainable parameters {check['trainable_params']:,}; vision tower and projector frozen: {check['frozen_vision']}; "

@@ -7,7 +7,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 import gemma_helpers as gh
-from gemma_helpers import models, offline
+from gemma_helpers import models, offline, vision
 from gemma_helpers.chat import VisionCollator
 from gemma_helpers.data import frames as F
 
@@ -16,7 +16,7 @@ rank = int(os.environ.get("RANK", "0"))
 root = out / f"data-rank{rank}"  # each rank writes the same clips (same seed) to its own folder
 rows, _ = F.build_rows(offline.synthetic_clips(root / "clips", per_action=1, n_frames=6, size=48), root, 4, 48,
                        progress=False)
-model, processor = models.tiny_vision_model(seed=0)
+model, processor = vision.tiny_vision_model(seed=0)
 spec = gh.TrainSpec(target_modules=models.LANGUAGE_TARGETS, max_steps=3, batch_size=1, learning_rate=1e-2,
                     save_steps=1000)
 result = gh.train(model, processor, rows, spec, out / f"run-rank{rank}",

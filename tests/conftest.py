@@ -22,7 +22,7 @@ assert XY_HELDOUT in _xylandia()["heldout_questions"]
 
 @pytest.fixture(scope="session")
 def embedded_dir():
-    from gemma_helpers.models import embedded_path
+    from gemma_helpers.embedded import embedded_path
 
     return embedded_path()
 

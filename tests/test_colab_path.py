@@ -90,7 +90,7 @@ def test_a_lora_gguf_of_an_adapter_on_a_hub_id_reads_the_base_config_through_the
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    monkeypatch.delenv("GEMMA_REHEARSAL", raising=False)
+    monkeypatch.delenv("GEMMA_HUB_MIRROR", raising=False)  # the hub id resolves to the hub (its cache), no mirror
     adapter = shutil.copytree(tiny_adapter, tmp_path / "adapter")
     config = json.loads((adapter / "adapter_config.json").read_text())
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "unsloth/gemma-3-1b-it"}))

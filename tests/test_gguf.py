@@ -13,7 +13,7 @@ from conftest import XY_HELDOUT, XY_TRAIN, tiny_chat_gguf
 
 import gemma_helpers as gh
 from gemma_helpers import bench
-from gemma_helpers.models import assembled_gguf, cache_root, sentencepiece_files
+from gemma_helpers.embedded import assembled_gguf, cache_root, sentencepiece_files
 
 TEXT = ("The river runs through the middle of the town. In the morning, people walk along its banks to the "
         "market, where farmers sell bread, cheese and fresh vegetables.")

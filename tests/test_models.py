@@ -4,7 +4,7 @@ import math
 import pytest
 
 import gemma_helpers as gh
-from gemma_helpers import evaluate, models
+from gemma_helpers import embedded, evaluate, models
 from gemma_helpers.chat import prompt_text
 
 
@@ -68,7 +68,7 @@ def test_an_interrupted_gguf_assembly_is_redone(tmp_path):
 
     partial = tmp_path / pkg.MODEL_NAME
     partial.write_bytes(b"GGUF" + b"\0" * 1000)  # what a killed copy leaves behind
-    path = models.assembled_gguf(tmp_path)
+    path = embedded.assembled_gguf(tmp_path)
     assert path == partial
     assert hashlib.sha256(path.read_bytes()).hexdigest() == pkg.EXPECTED_SHA256
 

@@ -1,57 +1,138 @@
-"""The GPU-profile rehearsal's switch and stand-ins (the runner itself runs in `make test`)."""
+"""The GPU-profile rehearsal's pieces: the rehearse profile (recipe data), the stand-ins found through the
+mirror settings, the unsloth calls shown by its first cell (the runner itself runs in `make test`)."""
+import logging
 from pathlib import Path
 
 import pytest
 
 import gemma_helpers as gh
-from gemma_helpers import rehearsal
+from gemma_helpers import recipes, rehearsal
 from gemma_helpers.data import dolly, persian
 
 
 @pytest.fixture()
-def rehearsing(monkeypatch, tmp_path):
-    monkeypatch.setenv("GEMMA_REHEARSAL", "1")
+def cache(monkeypatch, tmp_path):
+    """The stand-ins built into a fresh cache; no mirror set."""
     monkeypatch.setenv("GEMMA_HELPERS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(gh.env.HUB_MIRROR, raising=False)
+    monkeypatch.delenv(gh.env.ARXIV_MIRROR, raising=False)
 
 
-def test_without_the_switch_nothing_is_cut_or_replaced(monkeypatch):
-    monkeypatch.delenv("GEMMA_REHEARSAL", raising=False)
-    spec = gh.TrainSpec(max_steps=738, optim="adamw_8bit")
-    assert rehearsal.cut_steps(spec) == spec and rehearsal.cut_tokens(128) == 128
-    assert gh.models.resolve("gemma-3-1b-it")[0] == "unsloth/gemma-3-1b-it"
-    with pytest.raises(AssertionError, match="did not drop"):
-        gh.results.expect(False, "held-out perplexity did not drop")
+def test_the_rehearse_profile_is_the_gpu_run_with_steps_tokens_and_rows_cut(monkeypatch):
+    for name in recipes.REGISTRY:
+        gpu, cut = recipes.get(name, "gpu"), recipes.get(name, "rehearse")
+        assert cut["model"] == gpu["model"] and cut.get("data") == gpu.get("data"), name
+        assert cut["max_steps"] == recipes.STEPS and "8bit" not in cut.spec().optim, name
+        assert cut.get("max_new_tokens", 0) <= recipes.NEW_TOKENS, name
+        kept = {k for k in gpu if k not in ("max_steps", "optim", "eval_steps", "max_new_tokens", "eval_items",
+                                           "holdout", "n_train", "n_heldout")}
+        assert {k: cut[k] for k in kept} == {k: gpu[k] for k in kept}, name  # nothing else differs
+    papers = recipes.get("papers", "rehearse")
+    assert papers["eval_items"] == {"train": recipes.ROWS, "validation": recipes.ROWS, "holdout": recipes.ROWS}
+    assert recipes.get("persian", "rehearse")["max_seq_length"] == recipes.get("persian", "gpu")["max_seq_length"] == 1024
+    assert recipes.get("dolly", "rehearse")["n_train"] == recipes.STEPS  # Keras's fit: a row per step
+    table = recipes.get("persian", "rehearse").table()
+    assert "rehearse profile (the gpu profile's run, cut)" in table
+    assert "optim          'adamw_torch'   (seed: 'adamw_8bit')" in table
+    monkeypatch.setenv("GEMMA_PROFILE", "rehearse")  # chosen as any profile is
+    assert gh.profile() == "rehearse" and recipes.get("xylandia-retention")["max_steps"] == recipes.STEPS
 
 
-def test_the_switch_cuts_steps_and_replaces_cuda_only_optimisers(rehearsing, capsys):
-    spec = rehearsal.cut_steps(gh.TrainSpec(epochs=3, optim="paged_adamw_8bit", eval_steps=5))
-    assert (spec.max_steps, spec.optim, spec.eval_steps) == (rehearsal.STEPS, "adamw_torch", 1)
-    assert rehearsal.cut_tokens(128) == rehearsal.NEW_TOKENS
+def test_outcome_checks_are_declared_not_applicable_by_the_profile_and_printed(monkeypatch, capsys):
+    for profile in ("gpu", "cpu"):
+        monkeypatch.setenv("GEMMA_PROFILE", profile)
+        with pytest.raises(AssertionError, match="did not drop"):
+            gh.results.expect(False, "held-out perplexity did not drop")
+    monkeypatch.setenv("GEMMA_PROFILE", "rehearse")
+    gh.results.expect(True, "never printed")
     gh.results.expect(False, "held-out perplexity did not drop")  # reported, not raised
     said = capsys.readouterr().out
-    assert "rehearsal: would call bitsandbytes optim='paged_adamw_8bit'" in said
-    assert "outcome check not applied (random-weight stand-in): held-out perplexity did not drop" in said
+    assert said == ("outcome check not applicable in the rehearse profile (its models learn nothing): "
+                    "held-out perplexity did not drop\n")
+    assert gh.env.OUTCOMES_CHECKED == {"gpu": True, "cpu": True, "rehearse": False}
 
 
-def test_hub_datasets_stand_in_with_their_own_schema_through_load_dataset(rehearsing):
-    raw = list(rehearsal.load_hub_dataset("mshojaei77/persian-gk"))
+def test_a_model_is_found_in_the_hub_mirror_under_its_hub_id(monkeypatch, tmp_path):
+    monkeypatch.delenv(gh.env.HUB_MIRROR, raising=False)
+    assert gh.models.resolve("gemma-3-1b-it")[0] == "unsloth/gemma-3-1b-it"
+    monkeypatch.setenv(gh.env.HUB_MIRROR, str(tmp_path))
+    assert gh.models.resolve("gemma-3-1b-it")[0] == "unsloth/gemma-3-1b-it"  # not in this mirror: the hub
+    (tmp_path / "unsloth" / "gemma-3-1b-it").mkdir(parents=True)
+    (tmp_path / "datasets" / "someone" / "rows").mkdir(parents=True)
+    assert gh.models.resolve("gemma-3-1b-it")[0] == str(tmp_path / "unsloth" / "gemma-3-1b-it")
+    assert gh.models.resolve("unsloth/gemma-3-1b-it")[0] == str(tmp_path / "unsloth" / "gemma-3-1b-it")
+    assert gh.env.hub_mirror("someone/rows", "dataset") == tmp_path / "datasets" / "someone" / "rows"
+    assert gh.env.hub_mirror("someone/rows") is None  # a model of that name is not there
+    assert gh.env.hub_mirror("../unsloth/gemma-3-1b-it") is None and gh.env.hub_mirror("/etc") is None
+
+
+def test_hub_datasets_stand_in_with_their_own_schema_through_load_dataset(cache, monkeypatch, capsys):
+    from gemma_helpers.data.hub import load_hub_dataset
+
+    for hub_id in rehearsal.DATASETS:
+        rehearsal.dataset_folder(hub_id)
+    monkeypatch.setenv(gh.env.HUB_MIRROR, str(rehearsal.mirror_root()))
+    raw = list(load_hub_dataset("mshojaei77/persian-gk"))
+    assert "mshojaei77/persian-gk: read from the local mirror" in capsys.readouterr().out
     rows, report = persian.clean_conversations(raw)
     assert len(rows) > 200  # the GPU profile holds 200 out
     assert all(set(m) == {"role", "content"} for r in rows for m in r["messages"])
     free = dolly.context_free(dolly.from_hub())
     assert len(free) >= 1100  # the GPU profile's 1,000 training + 100 held-out rows
     with pytest.raises(ValueError, match="no rehearsal stand-in for the dataset some/other"):
-        rehearsal.load_hub_dataset("some/other")
+        rehearsal.dataset_folder("some/other")
 
 
-def test_arxiv_stand_ins_download_and_pass_the_title_check(rehearsing, tmp_path):
+def test_arxiv_stand_ins_through_the_mirror_setting_download_and_pass_the_title_check(monkeypatch, tmp_path):
+    from gemma_helpers import offline
     from gemma_helpers.data import papers as gp
 
-    papers = gp.arxiv_papers()
-    assert [p.key for p in papers] == [p.key for p in gp.ARXIV_PAPERS]
-    assert all(p.source.startswith("http://127.0.0.1:") for p in papers)
-    corpus = gp.collect(papers[:3], tmp_path / "pdf", progress=False)
+    monkeypatch.delenv(gh.env.ARXIV_MIRROR, raising=False)
+    assert [p.source for p in gp.arxiv_papers()] == [f"https://arxiv.org/pdf/{p.arxiv_id}" for p in gp.ARXIV_PAPERS]
+    with offline.LoopbackServer(rehearsal.arxiv_files()) as arxiv:
+        monkeypatch.setenv(gh.env.ARXIV_MIRROR, arxiv.url(""))
+        papers = gp.arxiv_papers()
+        assert [p.key for p in papers] == [p.key for p in gp.ARXIV_PAPERS]
+        assert papers[0].source == arxiv.url(f"pdf/{gp.ARXIV_PAPERS[0].arxiv_id}")
+        corpus = gp.collect(papers[:3], tmp_path / "pdf", progress=False)
     assert [r["status"] for r in corpus.report] == ["ok"] * 3, corpus.report
+
+
+def test_the_first_cell_prints_each_unsloth_call_not_made(gemma3_1b_it_layout, capsys):
+    logger = logging.getLogger("gemma_helpers.unsloth")
+    saved = (logger.level, logger.propagate, list(logger.handlers))
+    try:
+        gh.models.log_unsloth("FastModel.from_pretrained(...)", made=False)
+        assert capsys.readouterr().out == ""  # silent until a handler is set
+        assert rehearsal.FIRST_CELL.endswith("rehearsal.show_unsloth_calls()")  # what the scratch copy's first cell runs
+        rehearsal.show_unsloth_calls()
+        rehearsal.show_unsloth_calls()  # twice: one handler
+        gh.models.log_unsloth("save_pretrained_merged(...)", made=True)  # made: nothing to say
+        model, _ = gh.load_model(str(gemma3_1b_it_layout))  # a local folder: the unsloth path on a GPU
+        gh.attach_lora(model, r=4, alpha=8)
+        said = capsys.readouterr().out.splitlines()
+        loaded = (f"rehearsal: would call unsloth FastModel.from_pretrained(model_name={str(gemma3_1b_it_layout)!r}, "
+                  "max_seq_length=1024, load_in_4bit=False, dtype=None)")
+        lora = ("rehearsal: would call unsloth FastModel.get_peft_model(r=4, lora_alpha=8, target_modules="
+                "['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'])")
+        assert said == [loaded, lora]
+    finally:
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        logger.handlers[:] = saved[2]
+
+
+def test_the_scratch_copy_gets_the_first_cell_and_notebooks_do_not(tmp_path):
+    import nbformat
+
+    root = tmp_path / "repo"
+    (root / "notebooks").mkdir(parents=True)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import gemma_helpers as gh")])
+    nbformat.write(nb, root / "notebooks" / "01_x.ipynb")
+    scratch = rehearsal._scratch_repo(root, tmp_path / "scratch")
+    cells = nbformat.read(scratch / "notebooks" / "01_x.ipynb", as_version=4).cells
+    assert [c.source for c in cells] == [rehearsal.FIRST_CELL, "import gemma_helpers as gh"]
+    assert len(nbformat.read(root / "notebooks" / "01_x.ipynb", as_version=4).cells) == 1
 
 
 def test_a_notebook_past_its_timeout_is_an_entry_and_the_others_still_run(tmp_path, monkeypatch):
@@ -70,6 +151,8 @@ def test_a_notebook_past_its_timeout_is_an_entry_and_the_others_still_run(tmp_pa
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(rehearsal, "_scratch_repo", lambda root, scratch: tmp_path)
+    monkeypatch.setattr(rehearsal, "fill_mirror", lambda: tmp_path / "mirror")
+    monkeypatch.setattr(rehearsal, "arxiv_files", dict)
     monkeypatch.setattr(subprocess, "run", fake_run)
     report = rehearsal.run_notebooks(notebooks, timeout=7, out=tmp_path / "results")
     entries = {e["notebook"]: e for e in report["notebooks"]}
@@ -90,12 +173,13 @@ def test_gemma4_stand_in_processes_an_image_and_trains_a_step_without_torchvisio
     from PIL import Image
     from transformers.utils import is_torchvision_available
 
+    from gemma_helpers import vision
     from gemma_helpers.chat import IGNORE_INDEX, VisionCollator
 
     folder = rehearsal.gemma4_checkpoint(tmp_path / "gemma-4-e4b-it")
-    model, processor = gh.models.load_vision_model(str(folder), load_in_4bit=False)
+    model, processor = gh.vision.load_vision_model(str(folder), load_in_4bit=False)
     assert type(model).__name__ == "Gemma4ForConditionalGeneration"
-    assert isinstance(processor, rehearsal.gemma4_processor_class())
+    assert isinstance(processor, vision.gemma4_processor_class())
     if not is_torchvision_available():
         assert type(processor.image_processor).__name__ == "Gemma4ImageProcessorPil"
     tok = processor.tokenizer
@@ -126,7 +210,7 @@ def test_gemma4_stand_in_processes_an_image_and_trains_a_step_without_torchvisio
 
 
 def test_gemma4_processor_import_without_torchvision_binds_names_of_the_same_source():
-    """Without torchvision, rehearsal.gemma4_processor_class binds the torchvision image processor's
+    """Without torchvision, vision.gemma4_processor_class binds the torchvision image processor's
     module name to the PIL one; processing_gemma4 imports two names from it, which must be the same
     code in both files (a transformers upgrade that lets them differ fails here)."""
     import ast

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import gemma_helpers as gh
-from gemma_helpers import evaluate, models, offline
+from gemma_helpers import evaluate, models, offline, vision
 from gemma_helpers.chat import IGNORE_INDEX, VisionCollator, prompt_and_target
 from gemma_helpers.data import frames as F
 
@@ -24,7 +24,7 @@ def clip_rows(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny():
-    return models.tiny_vision_model(seed=0)
+    return vision.tiny_vision_model(seed=0)
 
 
 def test_labels_decode_to_exactly_the_answers(tiny, clip_rows):
@@ -118,7 +118,7 @@ def one_step_ga8(tmp_path_factory, clip_rows, tiny):
             total += torch.nn.functional.cross_entropy(logits[0, :-1], labels, ignore_index=IGNORE_INDEX,
                                                        reduction="sum").item()
             count += int((labels != IGNORE_INDEX).sum())
-    vision_before = {n: p.detach().clone() for n, p in model.named_parameters() if any(v in n for v in models.VISION_PARTS)}
+    vision_before = {n: p.detach().clone() for n, p in model.named_parameters() if any(v in n for v in vision.VISION_PARTS)}
     # float32 like the hand computation: the test is about how the loss is averaged (1e-4), and bf16
     # compute (the default on a CPU with AVX512-BF16) moves it by ~1e-3 (its own test: test_train.py)
     spec = gh.TrainSpec(target_modules=models.LANGUAGE_TARGETS, max_steps=1, batch_size=1, grad_accum=8,
@@ -138,7 +138,7 @@ def test_logged_loss_is_the_mean_per_token_loss_with_gradient_accumulation(one_s
 def test_vision_tower_and_projector_stay_frozen(one_step_ga8):
     result, _, vision_before, collate, rows = one_step_ga8
     model = result.model
-    report = models.vision_report(model)
+    report = vision.vision_report(model)
     assert report["frozen_vision"] and report["trainable_vision"] == []
     assert report["lora_outside_language_model"] == [] and report["lora_tensors"] == 2 * 7 * 2  # A, B x 7 x 2 layers
     after = {n.replace("base_model.model.", ""): p for n, p in model.named_parameters()}

@@ -97,7 +97,7 @@ def from_hub(limit: int | None = None) -> list[dict]:
     """databricks-dolly-15k from the hub (Colab; CI is offline and uses the bundled sample).
 
     Notebook 06, "The data"."""
-    from ..rehearsal import load_hub_dataset
+    from .hub import load_hub_dataset
 
     split = "train" if limit is None else f"train[:{limit}]"
     ds = load_hub_dataset(HUB_ID, split=split)

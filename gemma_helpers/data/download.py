@@ -21,10 +21,19 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .papers import Paper  # anything with a ``key`` and a ``source`` URL
+
+class Paper(Protocol):
+    """What a download needs of an item (:class:`gemma_helpers.data.papers.Paper` is one): a ``key``, the
+    file's name, and the ``source`` URL.
+
+    Not shown in a notebook: used by gemma_helpers.data.download.download and gemma_helpers.data.download.paper_files."""
+
+    key: str
+
+    @property
+    def source(self) -> str: ...
 
 @dataclass
 class Fetch:

@@ -23,11 +23,11 @@ import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..chat import visible
-from ..env import SEED
+from ..env import SEED, arxiv_mirror
 from .download import download, short_error
 from .pdf import (
     KNOWN_HEADING,
@@ -96,14 +96,16 @@ instructblip     | vision     | 2305.06500 | InstructBLIP: Towards General-purpo
 )
 
 
-def arxiv_papers() -> list[Paper]:
-    """:data:`ARXIV_PAPERS`, the GPU profile's download list; in the GPU-profile rehearsal the same
-    papers served by the loopback server (:func:`gemma_helpers.rehearsal.arxiv_papers`).
+def arxiv_papers(mirror: str | None = None) -> list[Paper]:
+    """:data:`ARXIV_PAPERS`, the GPU profile's download list, from arxiv.org or from a mirror that serves
+    arXiv's paths (``mirror``, default ``$GEMMA_ARXIV_MIRROR``: :func:`gemma_helpers.env.arxiv_mirror`),
+    each PDF at ``<mirror>/pdf/<id>``. The title check after the download is the same either way.
 
     Notebook 01, section 1."""
-    from .. import rehearsal
-
-    return rehearsal.arxiv_papers(ARXIV_PAPERS) if rehearsal.rehearsing() else list(ARXIV_PAPERS)
+    base = (mirror or "").rstrip("/") or arxiv_mirror()
+    if not base:
+        return list(ARXIV_PAPERS)
+    return [replace(p, url=f"{base}/pdf/{p.arxiv_id}") for p in ARXIV_PAPERS]
 
 
 # ---------------------------------------------------------------- the corpus
@@ -175,7 +177,7 @@ def sample(path: str | Path = SAMPLE) -> list[dict]:
     """The project's own mini-papers (``data/papers_sample.json``), as written.
 
     Not shown in a notebook: used by gemma_helpers.data.papers.sample_rows, gemma_helpers.offline.sample_papers and
-    the GPU-profile rehearsal."""
+    ``python -m gemma_helpers rehearse``."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
