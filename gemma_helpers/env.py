@@ -219,13 +219,14 @@ def keep_outputs_on_drive(repo: str | Path, folder: str | Path = DRIVE_FOLDER) -
     return target
 
 
-def resume_training(outputs: str | Path | None = None) -> bool:
-    """Whether a training run resumes from its newest checkpoint by default: True where
-    :func:`keep_outputs_on_drive` put outputs on Drive (its marker is in ``outputs/``), else False
-    (a fresh run, as CI and a local run expect).
+def resume_training(folder: str | Path | None = None) -> bool:
+    """Whether a training run writing into ``folder`` resumes from its newest checkpoint by default: True
+    where :func:`keep_outputs_on_drive` put outputs on Drive (its marker lies in ``folder`` or a folder
+    above it; default ``outputs/``), else False (a fresh run, as CI and a local run expect).
 
     Not shown in a notebook: used by gemma_helpers.train.train and the tests."""
-    return (Path(outputs or REPO_ROOT / "outputs") / RESUME_MARKER).is_file()
+    folder = Path(folder or REPO_ROOT / "outputs").absolute()
+    return any((place / RESUME_MARKER).is_file() for place in (folder, *folder.parents))
 
 
 def in_ci() -> bool:

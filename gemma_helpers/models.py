@@ -183,14 +183,20 @@ def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length:
     if use_unsloth is not False:
         log_unsloth(f"FastModel.from_pretrained(model_name={spec.source if spec else name!r}, max_seq_length="
                     f"{max_seq_length}, load_in_4bit={load_in_4bit}, dtype={dtype})", made=unsloth)
+    model = None
     if unsloth:
-        from unsloth import FastModel  # imported only with a GPU: it raises without one
+        try:
+            from unsloth import FastModel  # imported only with a GPU: it raises without one
 
-        model, tokenizer = FastModel.from_pretrained(
-            model_name=path, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit, dtype=dtype
-        )
-        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-    else:
+            model, tokenizer = FastModel.from_pretrained(
+                model_name=path, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit, dtype=dtype
+            )
+            tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+        except Exception as exc:  # noqa: BLE001 - a release that breaks overnight fails in any way
+            if use_unsloth:  # asked for by name: no quiet fallback
+                raise
+            env.unsloth_failed(f"FastModel.from_pretrained({name!r}) failed ({type(exc).__name__}: {str(exc)[:200]})")
+    if model is None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

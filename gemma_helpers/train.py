@@ -358,7 +358,7 @@ def sft_config(spec: TrainSpec, output_dir: Path, multimodal: bool = False, eval
 
 
 def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: str | Path,
-          resume: bool = False, stop_when: Callable | None = None, stop_every: int = 5,
+          resume: bool | None = None, stop_when: Callable | None = None, stop_every: int = 5,
           callbacks: Sequence = (), data_collator: Callable | None = None,
           eval_rows: Sequence[dict] | None = None) -> TrainResult:
     """Train LoRA adapters on ``rows``; return where the adapter is and the loss history.
@@ -366,7 +366,9 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
     - LoRA from ``spec`` is attached unless ``model`` already carries adapters.
     - Checkpoints every ``spec.save_steps`` under ``output_dir``, keeping the last 2;
       ``resume=True`` continues from the newest one that reads (a damaged one is named and passed
-      over; a fresh start when there is none).
+      over; a fresh start when there is none) and says which; ``resume=None`` (the default) resumes
+      where outputs are kept on Google Drive (:func:`gemma_helpers.env.resume_training`: a notebook
+      run again after a Colab disconnect goes on from its last checkpoint), else starts afresh.
     - ``stop_when(model) -> str | None`` is called every ``stop_every`` steps; a returned
       reason stops training early (for instance: a validation recall has been reached).
     - ``data_collator`` (multimodal rows, e.g. :class:`gemma_helpers.chat.VisionCollator`): rows
@@ -396,12 +398,17 @@ def train(model, tokenizer, rows: Sequence[dict], spec: TrainSpec, output_dir: s
     return _result(trainer, spec, output_dir, adapter_dir, eval_history, stopped_early, runtime, last)
 
 
-def _start_dir(output_dir: Path, resume: bool) -> tuple[Path, str | None]:
+def _start_dir(output_dir: Path, resume: bool | None) -> tuple[Path, str | None]:
     """Step 1 of :func:`train`: ``output_dir`` checked and made, and the checkpoint to resume from (None:
     a fresh run, whose old checkpoints are cleared so that it never mixes with them)."""
     check_history_file(output_dir)  # a history.json that is not ours stops the run before anything is written
+    if resume is None:
+        resume = env.resume_training(output_dir)
     last = resume_checkpoint(output_dir) if resume else None
-    if not resume:
+    if resume:
+        print(f"resume: training resumes from {last}" if last else "resume: no checkpoint yet; training from step 0",
+              flush=True)
+    else:
         clear_previous_run(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     return output_dir, last
@@ -626,7 +633,10 @@ def _run(trainer, spec, last, evaluate, stopper, patience) -> tuple[list[dict], 
     if evaluate and last is None:
         eval_history.append({"step": 0, "eval_loss": trainer.evaluate()["eval_loss"]})
     started = time.time()
-    trainer.train(resume_from_checkpoint=last)
+    if last and _finished(last):  # a run that already ended: transformers would train one step more
+        _load_finished(trainer, last)
+    else:
+        trainer.train(resume_from_checkpoint=last)
     runtime = time.time() - started
     stopped_early = stopper.reason if stopper else None
     if evaluate:
@@ -642,6 +652,25 @@ def _run(trainer, spec, last, evaluate, stopper, patience) -> tuple[list[dict], 
                 f"{spec.early_stopping_patience} evaluations; restored {Path(best).name if best else 'the best'} "
                 f"(validation loss {trainer.state.best_metric:.4f})")
     return eval_history, stopped_early, runtime
+
+
+def _finished(checkpoint: str) -> bool:
+    """Whether ``checkpoint`` was written at the run's last step (its trainer state's global_step reached max_steps)."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return 0 < state.get("max_steps", 0) <= state["global_step"]
+
+
+def _load_finished(trainer, checkpoint: str) -> None:
+    """The adapter weights and trainer state of a finished run's last checkpoint, loaded instead of training
+    (a notebook run again after it finished, with its outputs kept on Drive)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+
+    set_peft_model_state_dict(trainer.model, load_file(str(Path(checkpoint) / "adapter_model.safetensors")))
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    print(f"resume: {checkpoint} is the run's last step ({trainer.state.global_step}); its adapter is loaded, "
+          f"nothing left to train", flush=True)
 
 
 def dequantise_once(model, dtype: str) -> Callable:

@@ -226,3 +226,25 @@ def test_on_a_gpu_the_quantised_file_is_compared_with_the_f16_file_not_the_cuda_
     assert bench.speedup_over(on_gpu, "gguf Q4_K_M", ("merged", "gguf f16")) == ("gguf f16", 1.5)
     with pytest.raises(ValueError, match="no speed-up to state"):
         bench.speedup_over(on_gpu, "gguf Q4_K_M", ("merged",))
+
+
+def test_a_model_unsloth_fails_to_load_is_loaded_by_transformers(monkeypatch, capsys, no_unsloth_failure,
+                                                                 gemma3_1b_it_layout):
+    """unsloth imports but its loader breaks (a release that changed overnight): the notebook goes on."""
+    unsloth = type(sys)("unsloth")
+
+    class FastModel:
+        @staticmethod
+        def from_pretrained(**kwargs):
+            raise AttributeError("'Gemma3Config' object has no attribute 'rope_scaling'")
+
+    unsloth.FastModel = FastModel
+    monkeypatch.setitem(sys.modules, "unsloth", unsloth)
+    monkeypatch.setattr(env, "cuda_available", lambda: True)
+    monkeypatch.setattr(env.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # transformers loads on the CPU here
+    model, tok = gh.load_model(str(gemma3_1b_it_layout))
+    assert model.config.model_type.startswith("gemma3") and tok is not None
+    out = capsys.readouterr().out
+    assert "unsloth: FastModel.from_pretrained(" in out and "failed (AttributeError: 'Gemma3Config'" in out
+    assert env.unsloth_available() is False  # attach_lora and train follow the same path afterwards

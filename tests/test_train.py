@@ -27,7 +27,7 @@ class Interrupt(Exception):
     pass
 
 
-def test_interrupted_training_resumes_to_a_finished_adapter(tmp_path, embedded_dir):
+def test_interrupted_training_resumes_to_a_finished_adapter(tmp_path, embedded_dir, capsys):
     from transformers import TrainerCallback
 
     class CrashAt(TrainerCallback):
@@ -45,8 +45,12 @@ def test_interrupted_training_resumes_to_a_finished_adapter(tmp_path, embedded_d
     assert checkpoints == ["checkpoint-3", "checkpoint-6"]
     assert not (tmp_path / "adapter").exists()
 
+    # outputs kept on Google Drive (env.keep_outputs_on_drive leaves its marker above the run's folder):
+    # the notebook run again after the disconnect resumes by default, and says from where
+    (tmp_path / gh.env.RESUME_MARKER).write_text("on Drive")
     model, tok = gh.load_model()  # a fresh process would start like this
-    result = gh.train(model, tok, rows, spec, tmp_path, resume=True)
+    result = gh.train(model, tok, rows, spec, tmp_path)
+    assert f"resume: training resumes from {tmp_path / 'checkpoint-6'}" in capsys.readouterr().out
     assert result.resumed_from.endswith("checkpoint-6")
     assert result.global_step == 10
     assert [h["step"] for h in result.history] == list(range(1, 11))  # history kept across the crash
@@ -54,6 +58,9 @@ def test_interrupted_training_resumes_to_a_finished_adapter(tmp_path, embedded_d
     reloaded, _ = gh.load_adapter(result.adapter_dir)
     assert gh.ask(reloaded, tok, ["What is the capital of Xylandia?"], max_new_tokens=12)[0] == \
         gh.ask(result.model, tok, ["What is the capital of Xylandia?"], max_new_tokens=12)[0]
+    again = gh.train(gh.load_model()[0], tok, rows, spec, tmp_path)  # run once more after it finished: nothing lost
+    assert again.resumed_from.endswith("checkpoint-10") and again.global_step == 10
+    assert [h["step"] for h in again.history] == list(range(1, 11))
 
 
 def test_a_fresh_run_removes_only_what_an_earlier_run_wrote(tmp_path, base_model):
