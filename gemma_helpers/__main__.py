@@ -18,9 +18,7 @@ from . import env, results
 
 
 def run_notebook(path: Path, timeout: int = 1800) -> Path:
-    """Execute one notebook in place with nbclient and return its path.
-
-    Not shown in a notebook: used by the ``python -m gemma_helpers`` command line."""
+    """Execute one notebook in place with nbclient and return its path."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -41,9 +39,7 @@ def _cells(nb) -> list[tuple]:
 
 
 def sync(folder: Path) -> list[Path]:
-    """Stamp the setup cell into every notebook .py of folder and write its paired .ipynb.
-
-    Not shown in a notebook: used by the ``python -m gemma_helpers`` command line and the tests."""
+    """Stamp the setup cell into every notebook .py of folder and write its paired .ipynb."""
     import jupytext
 
     from .setup_cell import stamp
@@ -69,9 +65,7 @@ def sync(folder: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``python -m gemma_helpers`` command line: run, sync, serve and the other subcommands.
-
-    Not shown in a notebook: used by ``python -m gemma_helpers`` (the Makefile, the benchmarks and the tests)."""
+    """The ``python -m gemma_helpers`` command line: run, sync, serve and the other subcommands."""
     parser = argparse.ArgumentParser(prog="python -m gemma_helpers")
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run")

@@ -48,10 +48,7 @@ class Stage:
 
 @dataclass
 class Workload:
-    """What every stage is asked to do; token ids come from the transformers tokenizer.
-
-    Not shown in a notebook: used by gemma_helpers.bench, gemma_helpers.bench.measure and
-    gemma_helpers.bench.measure_all."""
+    """What every stage is asked to do; token ids come from the transformers tokenizer."""
 
     prompt_ids: list[int]  # prefill and decode prompt (with <bos>)
     text_ids: list[int]  # perplexity text (with <bos>)
@@ -77,9 +74,7 @@ def workload(tokenizer, prompt: str, text: str, questions=(), expected: str = ""
 
 def size_mb(stage: Stage) -> float:
     """Bytes on disk the stage loads: the GGUF file (and its LoRA), a model folder's weights, or an
-    adapter plus the base weights it is loaded on.
-
-    Not shown in a notebook: used by gemma_helpers.bench.measure_here."""
+    adapter plus the base weights it is loaded on."""
     from .merging import check_adapter
 
     path = Path(stage.path)
@@ -114,9 +109,7 @@ def _ids(model, ids) -> "torch.Tensor":
 def clock(device) -> float:
     """``time.perf_counter()`` once the work queued on ``device`` has finished: CUDA runs
     asynchronously, so a timing taken without ``torch.cuda.synchronize()`` measures the launch, not
-    the work. On the CPU it is the plain clock.
-
-    Not shown in a notebook: used by gemma_helpers.bench.measure_here and the tests."""
+    the work. On the CPU it is the plain clock."""
     if getattr(device, "type", str(device)) == "cuda":
         import torch
 
@@ -201,9 +194,7 @@ def _measure_gguf(stage: Stage, work: Workload) -> dict:
 
 
 def measure_here(stage: Stage, work: Workload) -> dict:
-    """Measure ``stage`` in this process (use :func:`measure` for a clean one).
-
-    Not shown in a notebook: used by gemma_helpers.bench.measure and the tests."""
+    """Measure ``stage`` in this process (use :func:`measure` for a clean one)."""
     from .evaluate import contains, fraction
 
     if stage.kind not in KINDS:
@@ -215,9 +206,7 @@ def measure_here(stage: Stage, work: Workload) -> dict:
 
 
 def measure(stage: Stage, work: Workload) -> dict:
-    """Measure ``stage`` in a fresh process; the figures in this module's docstring, as a dict.
-
-    Not shown in a notebook: used by gemma_helpers.bench.measure_all and the tests."""
+    """Measure ``stage`` in a fresh process; the figures in this module's docstring, as a dict."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(measure_here, stage, work).result()
 

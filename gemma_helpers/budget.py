@@ -83,9 +83,7 @@ GEMMA3N_VISION_PARAMS = 300_000_000
 
 @dataclass(frozen=True)
 class Limits:
-    """What a notebook may use: GPU memory, host RAM, disk (GB) and minutes. :data:`T4` is a free Colab T4.
-
-    Not shown in a notebook: used by gemma_helpers.budget.Budget.check."""
+    """What a notebook may use: GPU memory, host RAM, disk (GB) and minutes. :data:`T4` is a free Colab T4."""
 
     gpu_gb: float = T4_GPU_GB
     host_ram_gb: float = COLAB_RAM_GB
@@ -97,17 +95,13 @@ T4 = Limits()
 
 
 class BudgetError(RuntimeError):
-    """A step over a limit; the message names the step, the figure, the limit and the line to change.
-
-    Not shown in a notebook: raised by gemma_helpers.budget.Budget.check."""
+    """A step over a limit; the message names the step, the figure, the limit and the line to change."""
 
 
 # ---------------------------------------------------------------- the real architectures
 @dataclass(frozen=True)
 class ModelCard:
-    """A registry model's published configuration and the figures to check its count against.
-
-    Not shown in a notebook: used by gemma_helpers.budget.architecture."""
+    """A registry model's published configuration and the figures to check its count against."""
 
     name: str
     source: str  # where the sizes come from
@@ -138,9 +132,7 @@ MODELS: dict[str, ModelCard] = {m.name: m for m in (
 
 @dataclass(frozen=True)
 class Architecture:
-    """Parameter counts of one model by kind, from the meta-device instantiation.
-
-    Not shown in a notebook: used by gemma_helpers.budget.Ledger and gemma_helpers.budget.for_notebook."""
+    """Parameter counts of one model by kind, from the meta-device instantiation."""
 
     name: str
     quantisable: int  # nn.Linear weights of the text stack that a 4-bit load stores in NF4
@@ -160,21 +152,18 @@ class Architecture:
 
     @property
     def total(self) -> int:
-        """Every parameter: text stack and towers. Not shown in a notebook: used by the tests and the table."""
+        """Every parameter: text stack and towers."""
         return self.quantisable + self.full_width + self.towers
 
     def weights_gb(self, four_bit: bool, dtype_bytes: float = UNQUANTISED_BYTES) -> float:
-        """GPU memory of the weights, loaded in 4-bit (NF4, the rest at ``UNQUANTISED_BYTES``) or in ``dtype_bytes``.
-
-        Not shown in a notebook: used by gemma_helpers.budget.Ledger.load."""
+        """GPU memory of the weights, loaded in 4-bit (NF4, the rest at ``UNQUANTISED_BYTES``) or in ``dtype_bytes``."""
         if four_bit:
             return (self.quantisable * NF4_BYTES + (self.full_width + self.towers) * UNQUANTISED_BYTES) / GB
         return self.total * dtype_bytes / GB
 
     def lora_params(self, r: int, target_modules) -> int:
         """Parameters of a rank-``r`` adapter on ``target_modules`` (PEFT's matching: a string is a regular
-        expression over the full module name, a list names module-name suffixes). Not shown in a notebook:
-        used by gemma_helpers.budget.train_step."""
+        expression over the full module name, a list names module-name suffixes)."""
         if isinstance(target_modules, str):
             pattern = re.compile(target_modules)
             hit = [(i, o) for name, i, o in self.linears if pattern.fullmatch(name)]
@@ -257,9 +246,7 @@ def _meta_model(build: str):
 
 @functools.lru_cache(maxsize=None)
 def architecture(name: str) -> Architecture:
-    """Count ``name``'s parameters by kind from its real architecture on the meta device (seconds, no memory).
-
-    Not shown in a notebook: used by gemma_helpers.budget.for_notebook and tests/test_budget.py."""
+    """Count ``name``'s parameters by kind from its real architecture on the meta device (seconds, no memory)."""
     import torch
 
     if name not in MODELS:
@@ -302,9 +289,7 @@ def architecture(name: str) -> Architecture:
 # ---------------------------------------------------------------- what is on the card
 @dataclass
 class Resident:
-    """One model held in memory: its name, GPU and host GB.
-
-    Not shown in a notebook: used by gemma_helpers.budget.Ledger."""
+    """One model held in memory: its name, GPU and host GB."""
 
     name: str
     gpu_gb: float
@@ -314,8 +299,7 @@ class Resident:
 
 class Ledger:
     """Every model alive at a moment of a notebook: loading one adds it, freeing one removes it, so a
-    second model loaded while the first is alive counts both. Not shown in a notebook: used by
-    gemma_helpers.budget.for_notebook (``Ledger.load(name, ...)``, ``Ledger.free(name)``)."""
+    second model loaded while the first is alive counts both."""
 
     def __init__(self):
         self.live: dict[str, Resident] = {}
@@ -323,7 +307,7 @@ class Ledger:
     def load(self, name: str, model: str | None = None, *, four_bit: bool = False, dtype_bytes: float = FP32_BYTES,
              gpu_gb: float | None = None, host_gb: float = 0.0) -> Resident:
         """Hold ``name``: the registry ``model``'s weights (4-bit, or ``dtype_bytes`` a parameter), or ``gpu_gb``
-        given. A name already alive is refused: free it first. Not shown in a notebook: used by for_notebook."""
+        given. A name already alive is refused: free it first."""
         if name in self.live:
             raise ValueError(f"{name!r} is already alive in the ledger; free it first")
         if gpu_gb is None:
@@ -333,33 +317,30 @@ class Ledger:
         return self.live[name]
 
     def free(self, name: str) -> None:
-        """Release ``name`` (``del model; gc.collect(); torch.cuda.empty_cache()`` in a notebook).
-        Not shown in a notebook: used by for_notebook."""
+        """Release ``name`` (``del model; gc.collect(); torch.cuda.empty_cache()`` in a notebook)."""
         if name not in self.live:
             raise KeyError(f"{name!r} is not alive; alive: {', '.join(self.live) or 'nothing'}")
         del self.live[name]
 
     def alive(self) -> tuple:
-        """What each live model is, in the order loaded. Not shown in a notebook: used by the steps."""
+        """What each live model is, in the order loaded."""
         return tuple(r.what for r in self.live.values())
 
     @property
     def gpu_gb(self) -> float:
-        """GB of GPU memory every live model holds. Not shown in a notebook: used by for_notebook."""
+        """GB of GPU memory every live model holds."""
         return sum(r.gpu_gb for r in self.live.values())
 
     @property
     def host_gb(self) -> float:
-        """GB of host RAM every live model holds. Not shown in a notebook: used by for_notebook."""
+        """GB of host RAM every live model holds."""
         return sum(r.host_gb for r in self.live.values())
 
 
 # ---------------------------------------------------------------- steps and the budget
 @dataclass
 class Step:
-    """One load, training run, merge or export: its figures and the line to change for each.
-
-    Not shown in a notebook: used by gemma_helpers.budget.Budget."""
+    """One load, training run, merge or export: its figures and the line to change for each."""
 
     name: str
     gpu_gb: float
@@ -379,9 +360,7 @@ class Step:
 @dataclass
 class Budget:
     """A notebook's GPU-profile steps in order: ``budget.for_notebook(2).table()`` and ``.check()`` (a
-    :class:`BudgetError` names the step, the figure, the limit and the line to change).
-
-    Not shown in a notebook: used by gemma_helpers.budget.for_notebook and tests/test_budget.py."""
+    :class:`BudgetError` names the step, the figure, the limit and the line to change)."""
 
     notebook: str
     steps: list = field(default_factory=list)
@@ -389,27 +368,26 @@ class Budget:
 
     @property
     def peak_gpu_gb(self) -> float:
-        """The highest GPU figure of any step. Not shown in a notebook: used by table and check."""
+        """The highest GPU figure of any step."""
         return max((s.gpu_gb for s in self.steps), default=CUDA_CONTEXT_GB)
 
     @property
     def host_ram_gb(self) -> float:
-        """The highest host-RAM figure of any step. Not shown in a notebook: used by table and check."""
+        """The highest host-RAM figure of any step."""
         return max((s.host_ram_gb for s in self.steps), default=HOST_BASE_GB)
 
     @property
     def disk_gb(self) -> float:
-        """Everything downloaded and written, added up. Not shown in a notebook: used by table and check."""
+        """Everything downloaded and written, added up."""
         return sum(s.disk_gb for s in self.steps)
 
     @property
     def minutes(self) -> float:
-        """The steps' minutes added up. Not shown in a notebook: used by table and check."""
+        """The steps' minutes added up."""
         return sum(s.minutes for s in self.steps)
 
     def table(self) -> str:
-        """A short text table: step, peak GPU GB, host RAM GB, disk GB, minutes, and the totals.
-        Not shown in a notebook: printed by for_notebook's callers."""
+        """A short text table: step, peak GPU GB, host RAM GB, disk GB, minutes, and the totals."""
         width = max([len(s.name) for s in self.steps] + [37])
         lines = [f"{'notebook ' + self.notebook + ', GPU profile on a T4':<{width}}  GPU GB  RAM GB  disk GB  minutes"]
         rows = [(s.name, s.gpu_gb, s.host_ram_gb, s.disk_gb, s.minutes) for s in self.steps]
@@ -421,14 +399,13 @@ class Budget:
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
-        """The figures as plain data (for outputs/results). Not shown in a notebook: used by the tests."""
+        """The figures as plain data (for outputs/results)."""
         return {"notebook": self.notebook, "peak_gpu_gb": self.peak_gpu_gb, "host_ram_gb": self.host_ram_gb,
                 "disk_gb": self.disk_gb, "minutes": self.minutes, "steps": [asdict(s) for s in self.steps],
                 "assumptions": list(self.assumptions)}
 
     def problems(self, limits: Limits = T4) -> list[str]:
-        """Every figure over ``limits``, each naming the step, the figure, the limit and the line to change.
-        Not shown in a notebook: used by check."""
+        """Every figure over ``limits``, each naming the step, the figure, the limit and the line to change."""
         found = []
         for s in self.steps:
             if s.gpu_gb > limits.gpu_gb:
@@ -455,8 +432,7 @@ class Budget:
         return found
 
     def check(self, limits: Limits = T4) -> "Budget":
-        """Raise :class:`BudgetError` listing every figure over ``limits``; return the budget when it fits.
-        Not shown in a notebook: used by tests/test_budget.py."""
+        """Raise :class:`BudgetError` listing every figure over ``limits``; return the budget when it fits."""
         found = self.problems(limits)
         if found:
             raise BudgetError("; ".join(found))
@@ -465,14 +441,13 @@ class Budget:
 
 # ---------------------------------------------------------------- the arithmetic of one step
 def tflops_minutes(flops: float) -> float:
-    """Minutes for ``flops`` at :data:`T4_SUSTAINED` of the T4's float32 peak.
-    Not shown in a notebook: used by train_step and tests/test_budget.py."""
+    """Minutes for ``flops`` at :data:`T4_SUSTAINED` of the T4's float32 peak."""
     return flops / (T4_FP32_TFLOPS * 1e12 * T4_SUSTAINED) / 60
 
 
 def activation_gb(arch: Architecture, batch: int, seq: int) -> float:
     """Activations of one micro-batch with gradient checkpointing, in GB (the formula above
-    ACT_HIDDEN_COPIES). Not shown in a notebook: used by train_step and tests/test_budget.py."""
+    ACT_HIDDEN_COPIES)."""
     per_token = (arch.layers * arch.hidden * arch.streams + ACT_HIDDEN_COPIES * arch.hidden
                  + ACT_MLP_COPIES * arch.intermediate + LOGIT_COPIES * arch.vocab)
     return batch * seq * per_token * FP32_BYTES / GB
@@ -483,7 +458,7 @@ def training_flops(arch: Architecture, tokens: float, seq: int) -> float:
     recomputed under checkpointing, 2 x path for the gradients of the activations through the frozen weights
     (no weight gradients: they are frozen) = 6 x path, plus attention 4 x (2 x layers x q_dim x seq / 2)
     (QK and AV over a causal half-context, forward, recompute and a backward twice the forward); the adapter's
-    own products (r << hidden) are left out. Not shown in a notebook: used by train_step."""
+    own products (r << hidden) are left out."""
     attention = 2 * arch.layers * arch.q_dim * seq / 2
     return tokens * (6 * arch.path + 4 * attention)
 
@@ -495,9 +470,7 @@ def train_step(ledger: Ledger, name: str, model, run, tokens_per_row: float, row
     most (memory; default the recipe's ``max_seq_length``, which cuts longer rows) on ``model``, alive in
     ``ledger``, with the recipe ``run``'s LoRA, batch and optimiser; ``eval_tokens`` are scored forward only
     (validation, perplexity) once, ``eval_tokens_per_step`` every optimizer step (a validation loss every
-    ``eval_steps`` steps, spread). ``model`` is a registry name or an :class:`Architecture`.
-
-    Not shown in a notebook: used by for_notebook and tests/test_budget.py."""
+    ``eval_steps`` steps, spread). ``model`` is a registry name or an :class:`Architecture`."""
     arch = model if isinstance(model, Architecture) else architecture(model)
     lora = arch.lora_params(run["r"], run["target_modules"])
     optim_bytes = ADAMW_8BIT_BYTES if "8bit" in str(run.get("optim", "adamw_torch")) else ADAMW_BYTES
@@ -523,9 +496,7 @@ def train_step(ledger: Ledger, name: str, model, run, tokens_per_row: float, row
 def load_step(ledger: Ledger, name: str, step: str, model: str, four_bit: bool, *, downloaded: set, fix_gpu: str,
               dtype_bytes: float = FP32_BYTES) -> Step:
     """Load ``model`` as ``name`` into ``ledger``: its 16-bit checkpoint downloaded (once per notebook: a model in
-    ``downloaded`` is in the cache), one shard of it in host RAM at a time, and every model alive on the card.
-
-    Not shown in a notebook: used by for_notebook and tests/test_budget.py."""
+    ``downloaded`` is in the cache), one shard of it in host RAM at a time, and every model alive on the card."""
     arch = architecture(model)
     checkpoint = arch.total * BF16_BYTES / GB
     download = 0.0 if model in downloaded else checkpoint
@@ -541,9 +512,7 @@ def load_step(ledger: Ledger, name: str, step: str, model: str, four_bit: bool, 
 def merge_step(ledger: Ledger, step: str, model: str, *, dtype_bytes: float, on_gpu: bool, fix_gpu: str) -> Step:
     """A merge that writes ``model`` in ``dtype_bytes`` a parameter: on the GPU (gh.merge: the base reloaded in
     4-bit and dequantised there, a full copy beside every live model) or layer by layer (unsloth's
-    merged_16bit, one layer's weights at a time on the card).
-
-    Not shown in a notebook: used by for_notebook."""
+    merged_16bit, one layer's weights at a time on the card)."""
     arch = architecture(model)
     size = arch.total * dtype_bytes / GB
     gpu = CUDA_CONTEXT_GB + ledger.gpu_gb + (size if on_gpu else size / arch.layers)
@@ -715,9 +684,7 @@ def for_notebook(notebook, runs: dict | None = None, walk=None) -> Budget:
     """Walk notebook ``notebook``'s GPU-profile steps in order with a :class:`Ledger` (``2``, ``"02"`` or
     ``"02_persian"``). ``runs`` replaces a recipe's numbers (``{"persian": {...}}``); by default each is
     ``recipes.get(name, profile="gpu")``. ``walk`` replaces the notebook's walker (:data:`NOTEBOOKS`), to
-    budget a variant of the notebook.
-
-    Not shown in a notebook: used by tests/test_budget.py (issue 25)."""
+    budget a variant of the notebook."""
     number = _number(notebook)
     runs = dict(runs or {})
 

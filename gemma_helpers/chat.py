@@ -86,17 +86,13 @@ class DataError(ValueError):
 
 
 def install_chat_template(tokenizer) -> None:
-    """Give a tokenizer Gemma's chat template unless it already has one.
-
-    Not shown in a notebook: used by gemma_helpers.models.embedded_path and gemma_helpers.models.prepare_tokenizer."""
+    """Give a tokenizer Gemma's chat template unless it already has one."""
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = GEMMA3_CHAT_TEMPLATE
 
 
 def qa_rows(pairs: Iterable[tuple[str, str]], system: str | None = None) -> list[dict]:
-    """``[(question, answer), ...]`` as single-exchange training rows.
-
-    Not shown in a notebook: used by gemma_helpers.fact_injection.xylandia_rows and the tests."""
+    """``[(question, answer), ...]`` as single-exchange training rows."""
     rows = []
     for question, answer in pairs:
         messages = [{"role": "system", "content": system}] if system else []
@@ -107,10 +103,7 @@ def qa_rows(pairs: Iterable[tuple[str, str]], system: str | None = None) -> list
 
 def visible(text: str) -> str:
     """``text`` without what draws nothing: whitespace, control characters (NUL...), format characters
-    (ZWNJ, bidi marks such as U+200F, BOM...), unassigned or private code points, Hangul fillers.
-
-    Not shown in a notebook: used by gemma_helpers.chat.text_problem, gemma_helpers.data.papers.continuation_rows and
-    gemma_helpers.data.papers.section_rows."""
+    (ZWNJ, bidi marks such as U+200F, BOM...), unassigned or private code points, Hangul fillers."""
     return "".join(c for c in text if unicodedata.category(c)[0] not in "CZ" and not c.isspace() and c not in _BLANK)
 
 
@@ -125,10 +118,7 @@ _NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")  # C0 but ta
 def character_problem(text: str) -> str | None:
     """Why the string ``text`` holds a character that is not text, or None: a C0 control character other
     than tab, line feed and carriage return (NUL, ESC, form feed...), or a lone surrogate (half of a
-    UTF-16 pair, which no UTF-8 file can hold). Names the first one and where it is.
-
-    Not shown in a notebook: used by gemma_helpers.chat.text_problem, gemma_helpers.data.dolly.row_problem and
-    gemma_helpers.data.persian.clean_conversations."""
+    UTF-16 pair, which no UTF-8 file can hold). Names the first one and where it is."""
     found = _NOT_TEXT.search(text)
     if not found:
         return None
@@ -146,9 +136,7 @@ def text_problem(value) -> str | None:
     """Why ``value`` is no text a model can learn from (for a message naming the field), or None:
     missing, not a string (an int, a dict, a list), empty, nothing visible (:func:`visible`) in it,
     or a character that is not text (:func:`character_problem`: NUL and other control characters,
-    lone surrogates).
-
-    Not shown in a notebook: used by gemma_helpers.chat.validate_rows and gemma_helpers.data.dolly.row_problem."""
+    lone surrogates)."""
     if value is None:
         return "is missing"
     if not isinstance(value, str):
@@ -171,9 +159,7 @@ def validate_rows(rows: Sequence[dict]) -> None:
     """Raise :class:`DataError` for the first row that is not a usable conversation: outside the
     schema, a turn with no text to learn from (:func:`text_problem`), roles out of order, or no
     answer last. :func:`gemma_helpers.data.persian.clean_conversations` makes the same checks
-    (:func:`check_messages`, :func:`role_problem`), dropping a trainable-schema row instead of raising.
-
-    Not shown in a notebook: used by gemma_helpers.chat.tokenize_rows and the tests."""
+    (:func:`check_messages`, :func:`role_problem`), dropping a trainable-schema row instead of raising."""
     try:
         _validate(rows)
     except DataError as err:  # rows read by jsonl.read_jsonl also name the file line
@@ -201,16 +187,12 @@ def _validate(rows: Sequence[dict]) -> None:
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """The chat template applied to messages, as text.
-
-    Not shown in a notebook: used by gemma_helpers.chat.assistant_spans and gemma_helpers.chat.prompt_text."""
+    """The chat template applied to messages, as text."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def prompt_text(tokenizer, question: str, system: str | None = None) -> str:
-    """The generation prompt for one user question.
-
-    Not shown in a notebook: used by gemma_helpers.evaluate.ask and gemma_helpers.evaluate.generation_speed."""
+    """The generation prompt for one user question."""
     messages = [{"role": "system", "content": system}] if system else []
     return render(tokenizer, messages + [{"role": "user", "content": question}], add_generation_prompt=True)
 
@@ -220,9 +202,7 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
 
     Each span runs from after ``<start_of_turn>model\\n`` to the end of that turn's
     ``<end_of_turn>\\n``; it is found by rendering the conversation up to that turn with and
-    without the answer, so it follows whatever the template does (trimming, system folding).
-
-    Not shown in a notebook: used by gemma_helpers.chat.tokenize_row."""
+    without the answer, so it follows whatever the template does (trimming, system folding)."""
     full = render(tokenizer, messages)
     spans = []
     for k, msg in enumerate(messages):
@@ -242,10 +222,7 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
 def tokenize_row(tokenizer, row: dict, max_length: int | None = None, row_index: int = 0, strict: bool = True) -> dict:
     """``input_ids``, ``attention_mask`` and ``labels`` (answer tokens only) for one row; a row left
     with no label raises :class:`DataError` unless ``strict=False`` (training's label preflight,
-    :func:`gemma_helpers.train.label_preflight`, then names every such row at once).
-
-    Not shown in a notebook: used by gemma_helpers.chat.token_length_stats, gemma_helpers.chat.tokenize_rows and
-    gemma_helpers.train.label_preflight."""
+    :func:`gemma_helpers.train.label_preflight`, then names every such row at once)."""
     if "prompt" in row and "messages" not in row:  # plain prompt + completion: the completion and <eos>
         head = tokenizer.bos_token + row["prompt"]
         text = head + row["completion"] + tokenizer.eos_token
@@ -288,10 +265,7 @@ def check_messages(i: int, row) -> list:
     """The messages of row ``i``, or :class:`DataError` naming the field: a dict with a list of
     ``{role, content}`` mappings, each role known, each content text (or None, an empty turn).
     The one schema check: :func:`validate_rows` and the Persian cleaning
-    (:func:`gemma_helpers.data.persian.clean_conversations`) both call it.
-
-    Not shown in a notebook: used by gemma_helpers.chat.validate_rows and
-    gemma_helpers.data.persian.clean_conversations."""
+    (:func:`gemma_helpers.data.persian.clean_conversations`) both call it."""
     if not isinstance(row, dict) or "messages" not in row:
         raise DataError(i, "messages", "is missing: each row must be {\"messages\": [{role, content}, ...]}")
     messages = row["messages"]
@@ -313,10 +287,7 @@ def check_messages(i: int, row) -> list:
 
 def role_problem(messages: list[dict]) -> tuple[int, str] | None:
     """``(turn index, problem)`` for the first turn out of order, or None: an optional system turn
-    first, then user and assistant alternating from a user, an assistant last.
-
-    Not shown in a notebook: used by gemma_helpers.chat.validate_rows and
-    gemma_helpers.data.persian.clean_conversations."""
+    first, then user and assistant alternating from a user, an assistant last."""
     roles = [m["role"] for m in messages]
     start = 1 if roles[:1] == ["system"] else 0
     for k in range(start, len(roles)):
@@ -343,9 +314,7 @@ def token_length_stats(tokenizer, rows: Sequence[dict]) -> tuple[list[int], dict
 
 
 def message_text(message: dict) -> str:
-    """The text of one turn: a string, or the text parts of a content list joined.
-
-    Not shown in a notebook: used by gemma_helpers.chat.prompt_and_target."""
+    """The text of one turn: a string, or the text parts of a content list joined."""
     content = message["content"]
     return content if isinstance(content, str) else "".join(p.get("text") or "" for p in content if p.get("type") == "text")
 
@@ -357,9 +326,7 @@ def prompt_and_target(processor, messages: list[dict]) -> tuple[str, str]:
     what inference will. The target is the answer followed by the end-of-turn token the template
     writes after it (``<end_of_turn>`` for Gemma 3 / 3n, ``<turn|>`` for Gemma 4). No prefix of the
     rendered conversation is matched against the prompt: Gemma 4 templates whose generation prompt
-    ends in an empty thought channel that a rendered answer lacks would silently mask everything.
-
-    Not shown in a notebook: used by gemma_helpers.chat.VisionCollator and gemma_helpers.evaluate.answer_rows."""
+    ends in an empty thought channel that a rendered answer lacks would silently mask everything."""
     tok = getattr(processor, "tokenizer", processor)
     answer = message_text(messages[-1]).strip()
     if messages[-1]["role"] != "assistant" or not answer:

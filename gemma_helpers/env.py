@@ -43,10 +43,7 @@ _PIN = re.compile(r"^\s*([A-Za-z0-9_.\-\[\]]+)\s*==\s*([^\s;#]+)")
 def parse_pins(path: str | Path) -> dict[str, str]:
     """``name -> version`` for every ``name==version`` line of a requirements file.
 
-    Names are normalised (lower case, ``_`` and ``.`` as ``-``, extras dropped).
-
-    Not shown in a notebook: used by gemma_helpers.env.pin_line, gemma_helpers.env.pin_mismatches and
-    gemma_helpers.env.report."""
+    Names are normalised (lower case, ``_`` and ``.`` as ``-``, extras dropped)."""
     pins: dict[str, str] = {}
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0]
@@ -60,16 +57,12 @@ def parse_pins(path: str | Path) -> dict[str, str]:
 
 
 def normalise(name: str) -> str:
-    """A distribution name as pip compares it (lower case, runs of -_. as one -, no extras).
-
-    Not shown in a notebook: used by gemma_helpers.env.parse_pins and gemma_helpers.env.pin_line."""
+    """A distribution name as pip compares it (lower case, runs of -_. as one -, no extras)."""
     return re.sub(r"[-_.]+", "-", name.split("[", 1)[0]).lower()
 
 
 def pin_mismatches(local: str | Path | None = None, colab: str | Path | None = None) -> list[str]:
-    """Messages for each shared package whose pins differ (or is missing) between the files.
-
-    Not shown in a notebook: used by gemma_helpers.env.report and the tests."""
+    """Messages for each shared package whose pins differ (or is missing) between the files."""
     local_pins = parse_pins(local or REPO_ROOT / "requirements-local.txt")
     colab_pins = parse_pins(colab or REPO_ROOT / "requirements-colab.txt")
     problems = []
@@ -83,9 +76,7 @@ def pin_mismatches(local: str | Path | None = None, colab: str | Path | None = N
 
 
 def installed_version(name: str) -> str | None:
-    """The installed version of a distribution, or None when it is not installed.
-
-    Not shown in a notebook: used by gemma_helpers.env.kept_versions and gemma_helpers.env.report."""
+    """The installed version of a distribution, or None when it is not installed."""
     try:
         return md.version(name)
     except md.PackageNotFoundError:
@@ -93,19 +84,14 @@ def installed_version(name: str) -> str | None:
 
 
 def matches_pin(installed: str | None, pinned: str | None) -> bool:
-    """An installed version satisfies an ``==`` pin; a local label (``2.13.0+cpu``) is ignored.
-
-    Not shown in a notebook: used by gemma_helpers.env.Report."""
+    """An installed version satisfies an ``==`` pin; a local label (``2.13.0+cpu``) is ignored."""
     if pinned is None:
         return True
     return installed is not None and installed.split("+", 1)[0] == pinned.split("+", 1)[0]
 
 
 def cuda_available() -> bool:
-    """True when torch is installed and sees a CUDA GPU.
-
-    Not shown in a notebook: used by gemma_helpers.env.bf16_supported, gemma_helpers.env.four_bit_supported and
-    gemma_helpers.env.profile."""
+    """True when torch is installed and sees a CUDA GPU."""
     try:
         import torch
     except ImportError:
@@ -120,9 +106,7 @@ _UNSLOTH_FAILED: list[str] = []  # why unsloth was given up in this process, onc
 def unsloth_failed(what: str) -> None:
     """Give unsloth up for the rest of this process after ``what`` failed (its import, or a model it
     could not load), printing the one line that says which path runs now. With ``GEMMA_UNSLOTH=1``
-    (unsloth forced) the failure stops the run instead.
-
-    Not shown in a notebook: used by gemma_helpers.env.unsloth_available and gemma_helpers.models.load_model."""
+    (unsloth forced) the failure stops the run instead."""
     if os.environ.get(UNSLOTH_SETTING, "auto").strip() == "1":
         raise RuntimeError(f"{UNSLOTH_SETTING}=1 asks for unsloth, but {what}")
     if not _UNSLOTH_FAILED:
@@ -138,10 +122,7 @@ def unsloth_available() -> bool:
 
     unsloth raises on import without an accelerator, so it is never imported without one. A release
     that breaks on import (the commonest complaint of unsloth's users) is named in one line and the
-    run goes on with transformers + peft + bitsandbytes.
-
-    Not shown in a notebook: used by gemma_helpers.env.report, gemma_helpers.merging.merge_16bit and
-    gemma_helpers.models.attach_lora."""
+    run goes on with transformers + peft + bitsandbytes."""
     setting = os.environ.get(UNSLOTH_SETTING, "auto").strip() or "auto"
     if setting not in ("auto", "0", "1"):
         raise ValueError(f"{UNSLOTH_SETTING}={setting!r}: expected auto, 0 or 1")
@@ -164,10 +145,7 @@ def unsloth_available() -> bool:
 
 
 def in_colab() -> bool:
-    """True inside Google Colab.
-
-    Not shown in a notebook: used by gemma_helpers.env.ensure, gemma_helpers.env.report and
-    gemma_helpers.env.watched."""
+    """True inside Google Colab."""
     return "google.colab" in sys.modules or any(k.startswith("COLAB_") for k in os.environ)
 
 
@@ -222,18 +200,14 @@ def keep_outputs_on_drive(repo: str | Path, folder: str | Path = DRIVE_FOLDER) -
 def resume_training(folder: str | Path | None = None) -> bool:
     """Whether a training run writing into ``folder`` resumes from its newest checkpoint by default: True
     where :func:`keep_outputs_on_drive` put outputs on Drive (its marker lies in ``folder`` or a folder
-    above it; default ``outputs/``), else False (a fresh run, as CI and a local run expect).
-
-    Not shown in a notebook: used by gemma_helpers.train.train and the tests."""
+    above it; default ``outputs/``), else False (a fresh run, as CI and a local run expect)."""
     folder = Path(folder or REPO_ROOT / "outputs").absolute()
     return any((place / RESUME_MARKER).is_file() for place in (folder, *folder.parents))
 
 
 def in_ci() -> bool:
     """A CI run or a headless test: ``CI`` or ``NBMAKE`` set, or inside pytest (nbmake's kernels inherit
-    ``PYTEST_CURRENT_TEST``).
-
-    Not shown in a notebook: used by gemma_helpers.env.watched and gemma_helpers.hub.push_to_hub."""
+    ``PYTEST_CURRENT_TEST``)."""
     return any(os.environ.get(k) for k in ("CI", "NBMAKE", "PYTEST_CURRENT_TEST"))
 
 
@@ -266,9 +240,7 @@ def profile() -> str:
 def hub_mirror(hub_id: str, kind: str = "model") -> Path | None:
     """The local copy of the Hugging Face Hub ``model`` or ``dataset`` ``hub_id`` under ``$GEMMA_HUB_MIRROR``
     (``<mirror>/<id>`` for a model, ``<mirror>/datasets/<id>`` for a dataset, as the hub's addresses),
-    or None where no mirror is set or it has no such folder: then the hub is asked.
-
-    Not shown in a notebook: used by gemma_helpers.models.resolve and gemma_helpers.data.hub.load_hub_dataset."""
+    or None where no mirror is set or it has no such folder: then the hub is asked."""
     if kind not in ("model", "dataset"):
         raise ValueError(f"kind {kind!r}: expected 'model' or 'dataset'")
     root = os.environ.get(HUB_MIRROR, "").strip()
@@ -279,9 +251,7 @@ def hub_mirror(hub_id: str, kind: str = "model") -> Path | None:
 
 
 def arxiv_mirror() -> str | None:
-    """``$GEMMA_ARXIV_MIRROR`` without its trailing slash (a base URL serving arXiv's ``/pdf/<id>``), or None.
-
-    Not shown in a notebook: used by gemma_helpers.data.papers.arxiv_papers."""
+    """``$GEMMA_ARXIV_MIRROR`` without its trailing slash (a base URL serving arXiv's ``/pdf/<id>``), or None."""
     return os.environ.get(ARXIV_MIRROR, "").strip().rstrip("/") or None
 
 
@@ -289,10 +259,7 @@ def bf16_supported() -> bool:
     """True when the CUDA GPU computes in bfloat16 natively (compute capability 8.0 and newer).
 
     ``torch.cuda.is_bf16_supported()`` alone answers True on a T4 (capability 7.5), where bfloat16 is
-    only emulated; emulation is excluded here, so a T4 trains and reports float32.
-
-    Not shown in a notebook: used by gemma_helpers.env.report, gemma_helpers.env.train_dtype and
-    gemma_helpers.train.compute_dtype."""
+    only emulated; emulation is excluded here, so a T4 trains and reports float32."""
     if not cuda_available():
         return False
     import torch
@@ -307,9 +274,7 @@ def bf16_supported() -> bool:
 def cpu_bf16_native() -> bool:
     """Whether this CPU computes bfloat16 matrix products natively (AVX512-BF16 or AMX), where a
     bfloat16 product runs about 2.3x a float32 one (benchmarks/RESULTS.md); elsewhere bfloat16 is
-    emulated and slower than float32.
-
-    Not shown in a notebook: used by gemma_helpers.train.compute_dtype."""
+    emulated and slower than float32."""
     import torch
 
     cpu = getattr(torch, "cpu", None)
@@ -324,9 +289,7 @@ def cpu_bf16_native() -> bool:
 
 
 def four_bit_supported() -> tuple[bool, str]:
-    """Whether bitsandbytes NF4 can be used here, and why not when it cannot.
-
-    Not shown in a notebook: used by gemma_helpers.env.report."""
+    """Whether bitsandbytes NF4 can be used here, and why not when it cannot."""
     if importlib.util.find_spec("bitsandbytes") is None:
         return False, "bitsandbytes is not installed"
     try:
@@ -339,10 +302,7 @@ def four_bit_supported() -> tuple[bool, str]:
 def train_dtype():
     """The dtype to train Gemma 3/3n/4 in: bf16 where the GPU has it, else float32.
 
-    Never float16: Gemma 3 activations exceed float16's range (the T4 case).
-
-    Not shown in a notebook: used by gemma_helpers.models.load_model, gemma_helpers.vision.load_vision_model and
-    benchmarks/train_throughput.py."""
+    Never float16: Gemma 3 activations exceed float16's range (the T4 case)."""
     import torch
 
     return torch.bfloat16 if bf16_supported() else torch.float32
@@ -350,9 +310,7 @@ def train_dtype():
 
 @dataclass
 class Report:
-    """The environment report: Python, platform, profile, GPU and the pinned packages.
-
-    Not shown in a notebook: used by gemma_helpers.env.report."""
+    """The environment report: Python, platform, profile, GPU and the pinned packages."""
 
     python: str
     platform: str
@@ -453,9 +411,7 @@ LLAMA_CMAKE_ARGS = ("-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXA
 def write_whole(path: str | Path, data: str | bytes) -> Path:
     """Write ``data`` (str as UTF-8) to ``path`` through a temporary file beside it, renamed when complete:
     a reader, or a run cut off half-way, sees the old file or the new one, never part of one. A str that
-    cannot be encoded raises before anything is written.
-
-    Not shown in a notebook: used by gemma_helpers.results.save, gemma_helpers.hub.write_card and gemma_helpers.train."""
+    cannot be encoded raises before anything is written."""
     import tempfile
 
     path = Path(path)
@@ -473,9 +429,7 @@ def write_whole(path: str | Path, data: str | bytes) -> Path:
 
 
 def write_constraints(path: str | Path, versions: dict[str, str]) -> Path:
-    """A pip constraint file pinning each ``name`` to ``version`` (one ``name==version`` a line).
-
-    Not shown in a notebook: used by gemma_helpers.env.colab_install and the tests."""
+    """A pip constraint file pinning each ``name`` to ``version`` (one ``name==version`` a line)."""
     path = Path(path)
     path.write_text("".join(f"{name}=={version}\n" for name, version in sorted(versions.items())), encoding="utf-8")
     return path
@@ -493,9 +447,7 @@ def colab_constraints(kept: dict[str, str]) -> dict[str, str]:
     (``kept``), plus the torchao built against that torch (:data:`TORCHAO_FOR_TORCH`).
 
     A torch this table does not know is refused below 2.11, naming the table, rather than letting pip
-    pick a torchao that fails to import.
-
-    Not shown in a notebook: used by gemma_helpers.env.colab_install and the tests."""
+    pick a torchao that fails to import."""
     torch_version = kept.get("torch", "").split("+")[0]
     if not torch_version:
         return dict(kept)
@@ -510,17 +462,13 @@ def colab_constraints(kept: dict[str, str]) -> dict[str, str]:
 
 
 def kept_versions(names: tuple[str, ...] = KEEP) -> dict[str, str]:
-    """The installed version of each of ``names`` that is installed (Colab's torch, torchvision, torchaudio).
-
-    Not shown in a notebook: used by gemma_helpers.env.colab_install and the tests."""
+    """The installed version of each of ``names`` that is installed (Colab's torch, torchvision, torchaudio)."""
     return {n: v for n in names if (v := installed_version(n)) is not None}
 
 
 def colab_pip_calls(repo: str | Path, constraints: str | Path) -> list[list[str]]:
     """The pip calls (arguments after ``python -m pip``) that install the series on Colab, in order:
-    the pinned stack under the constraint that keeps Colab's torch, then this package without deps.
-
-    Not shown in a notebook: used by gemma_helpers.env.colab_install and the tests."""
+    the pinned stack under the constraint that keeps Colab's torch, then this package without deps."""
     repo = Path(repo)
     return [["install", "-q", "-c", str(constraints), "-r", str(repo / "requirements-colab.txt")],
             ["install", "-q", "--no-deps", "-e", str(repo)]]
@@ -557,9 +505,7 @@ EXTRAS = {
 
 
 def pin_line(name: str, requirements: str | Path | None = None) -> str:
-    """``name==version`` as requirements-local.txt pins it.
-
-    Not shown in a notebook: used by gemma_helpers.env."""
+    """``name==version`` as requirements-local.txt pins it."""
     version = parse_pins(requirements or REPO_ROOT / "requirements-local.txt").get(normalise(name))
     if version is None:
         raise KeyError(f"{name} is not pinned in {requirements or 'requirements-local.txt'}")

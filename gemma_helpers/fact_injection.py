@@ -50,7 +50,7 @@ def validation_stop(tokenizer, data: dict, recipe: recipes.Run, verbose: bool = 
 
 
 def xylandia_retention(model, tokenizer, data: dict, output_dir: str | Path, recipe: recipes.Run | None = None):
-    """Notebook 03, section 2, as one call (notebook 05 trains the adapter so when notebook 03's is
+    """The retention-aware recipe of notebook 03's section 2 as one call (notebook 05 trains the adapter so when notebook 03's is
     missing): the seed's rows plus general text replayed ``replay_repeats`` times, ``recipe``'s spec
     (default the registry's ``xylandia-retention`` for this profile), stopped by :func:`validation_stop`.
     Returns the :class:`~gemma_helpers.train.TrainResult`."""

@@ -30,9 +30,7 @@ def converter_dir() -> Path:
 
     The converter ships its own, newer copy of the ``gguf`` module; installed into the
     environment it would overwrite the ``gguf`` release transformers reads GGUF files with, so it
-    lives in its own folder and runs in a subprocess with that folder first on the path.
-
-    Not shown in a notebook: used by gemma_helpers.gguf_convert.to_gguf and the tests."""
+    lives in its own folder and runs in a subprocess with that folder first on the path."""
     import subprocess
     import sys
 

@@ -28,9 +28,7 @@ STRING, ARRAY = 8, 9
 @dataclass
 class Tensor:
     """One entry of the tensor table: name, shape (as stored: fastest dimension first), ggml type and
-    the offset of its data from the start of the data section.
-
-    Not shown in a notebook: used by gemma_helpers.gguf_header.read_header."""
+    the offset of its data from the start of the data section."""
 
     name: str
     shape: tuple[int, ...]
@@ -40,9 +38,7 @@ class Tensor:
 
 @dataclass
 class Header:
-    """A GGUF file's version, metadata (key -> value: numbers, strings, lists) and tensors.
-
-    Not shown in a notebook: used by gemma_helpers.gguf_header.read_gguf."""
+    """A GGUF file's version, metadata (key -> value: numbers, strings, lists) and tensors."""
 
     version: int
     metadata: dict = field(default_factory=dict)
@@ -96,9 +92,7 @@ class _Cursor:
 def read_header(path: str | Path) -> Header:
     """The header of the GGUF file at ``path``: :class:`ValueError` saying what is wrong when it is not
     a whole little-endian GGUF file of version 2 or 3 (magic, a truncated header, a tensor whose data
-    would lie past the end of the file).
-
-    Not shown in a notebook: used by gemma_helpers.gguf_header.read_gguf and the tests."""
+    would lie past the end of the file)."""
     from gguf import GGML_QUANT_SIZES
 
     with open(path, "rb") as handle:
@@ -145,18 +139,12 @@ def read_header(path: str | Path) -> Header:
 
 
 class GGUFError(ValueError):
-    """A path that is not a complete GGUF file, or a conversion that failed; the message names the path.
-
-    Not shown in a notebook: used by gemma_helpers.gguf_header.check_gguf, gemma_helpers.gguf_convert and
-    gemma_helpers.llamacpp.load_gguf."""
+    """A path that is not a complete GGUF file, or a conversion that failed; the message names the path."""
 
 
 def check_gguf(path: str | Path) -> Path:
     """``path`` if it is a GGUF file (magic bytes, a readable header, at least one tensor), else
-    :class:`GGUFError` saying what it is instead (missing, a directory, another format, truncated, header only).
-
-    Not shown in a notebook: used by gemma_helpers.llamacpp.load_gguf, gemma_helpers.gguf_convert.lora_to_gguf and
-    gemma_helpers.gguf_convert.quantize."""
+    :class:`GGUFError` saying what it is instead (missing, a directory, another format, truncated, header only)."""
     if not read_gguf(path).tensors:
         raise GGUFError(f"{path} has a GGUF header but no tensors: no model weights to load")
     return Path(path)
@@ -164,9 +152,7 @@ def check_gguf(path: str | Path) -> Path:
 
 def read_gguf(path: str | Path):
     """The header of a GGUF file (:class:`gemma_helpers.gguf_header.Header`: metadata and tensor table,
-    checked against the file's size), or :class:`GGUFError` naming the path and what is wrong.
-
-    Not shown in a notebook: used by gemma_helpers.gguf_header.check_gguf and gemma_helpers.gguf_header.gguf_chat_metadata."""
+    checked against the file's size), or :class:`GGUFError` naming the path and what is wrong."""
     path = Path(path)
     if path.is_dir():
         raise GGUFError(f"{path} is a directory, not a GGUF file (pass the .gguf file inside it)")
@@ -189,9 +175,7 @@ def read_gguf(path: str | Path):
 
 def gguf_chat_metadata(path: str | Path) -> dict:
     """What a runtime reads from a GGUF to format and end a turn: ``chat_template`` (or None), the
-    vocabulary, and the bos / eos / eot token ids (None where the file declares none).
-
-    Not shown in a notebook: used by gemma_helpers.modelfile.check_modelfile and gemma_helpers.serve.chat_format."""
+    vocabulary, and the bos / eos / eot token ids (None where the file declares none)."""
     metadata = read_gguf(path).metadata
     return {"chat_template": metadata.get("tokenizer.chat_template"), "tokens": metadata.get("tokenizer.ggml.tokens") or [],
             **{name: metadata.get(f"tokenizer.ggml.{name}_token_id") for name in ("bos", "eos", "eot")}}

@@ -163,9 +163,7 @@ def write_card(folder: str | Path, title: str | None = None, notebook: str | Non
 
 
 def token() -> str | None:
-    """A Hugging Face token from ``HF_TOKEN`` or, on Colab, the notebook's ``HF_TOKEN`` secret; never printed.
-
-    Not shown in a notebook: used by gemma_helpers.hub.push_to_hub."""
+    """A Hugging Face token from ``HF_TOKEN`` or, on Colab, the notebook's ``HF_TOKEN`` secret; never printed."""
     value = os.environ.get("HF_TOKEN")
     if value:
         return value

@@ -20,9 +20,7 @@ ERRORS = ("raise", "skip")
 
 
 class JSONLError(ValueError):
-    """A line of a JSON Lines file that cannot be used: the message is ``file:line: problem``.
-
-    Not shown in a notebook: used by gemma_helpers.jsonl.Rows and gemma_helpers.jsonl.read_jsonl."""
+    """A line of a JSON Lines file that cannot be used: the message is ``file:line: problem``."""
 
     def __init__(self, path, line: int, problem: str):
         self.path, self.line, self.problem = str(path), line, problem
@@ -31,9 +29,7 @@ class JSONLError(ValueError):
 
 class Rows(list):
     """The rows read (a list), with ``lines`` (the file line of each row) and ``skipped`` (one
-    :class:`JSONLError` per line left out under ``errors="skip"``).
-
-    Not shown in a notebook: used by gemma_helpers.jsonl.read_jsonl."""
+    :class:`JSONLError` per line left out under ``errors="skip"``)."""
 
     def __init__(self):
         super().__init__()

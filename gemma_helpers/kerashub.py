@@ -104,9 +104,7 @@ def compile_recipe(lm, learning_rate: float, weight_decay: float = 0.01, sampler
 
 
 def pad(examples: Sequence[dict], length: int | None = None):
-    """Right-padded ``token_ids``, ``padding_mask`` and ``answer_mask`` (labels that are not -100).
-
-    Not shown in a notebook: used by gemma_helpers.kerashub.fit and gemma_helpers.kerashub.generate."""
+    """Right-padded ``token_ids``, ``padding_mask`` and ``answer_mask`` (labels that are not -100)."""
     import numpy as np
 
     length = length or max(len(ex["input_ids"]) for ex in examples)
@@ -192,9 +190,7 @@ def generate(lm, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24, sa
              batch_size: int = 8) -> list[str]:
     """Continuations of already-formatted prompts (starting with ``<bos>``) through KerasHub's
     ``generate_step`` with ``sampler`` (``"greedy"`` or a ``keras_hub.samplers`` instance such
-    as ``TopKSampler(k=5, seed=2)``); stops at ``<eos>`` / ``<end_of_turn>``; prompt excluded.
-
-    Not shown in a notebook: used by gemma_helpers.kerashub.generator and the tests."""
+    as ``TopKSampler(k=5, seed=2)``); stops at ``<eos>`` / ``<end_of_turn>``; prompt excluded."""
     import numpy as np
     import torch
 

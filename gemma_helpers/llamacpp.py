@@ -10,9 +10,7 @@ from .gguf_header import GGUFError, check_gguf
 def load_gguf(path: str | Path, n_ctx: int = 1024, threads: int | None = None, logits_all: bool = False, **kwargs):
     """A llama.cpp model (``llama_cpp.Llama``) for a GGUF file; its chat completions use the chat
     template stored in the file. Every failure is a :class:`GGUFError` naming the path: not a GGUF file
-    (:func:`check_gguf`), or a file llama.cpp refuses.
-
-    Not shown in a notebook: used by gemma_helpers.bench and the tests."""
+    (:func:`check_gguf`), or a file llama.cpp refuses."""
     import llama_cpp
 
     path = check_gguf(path)
@@ -24,9 +22,7 @@ def load_gguf(path: str | Path, n_ctx: int = 1024, threads: int | None = None, l
 
 
 def gguf_ask(llm, questions, max_new_tokens: int = 24) -> list[str]:
-    """Greedy chat answers from a llama.cpp model, formatted by the template inside the GGUF.
-
-    Not shown in a notebook: used by gemma_helpers.bench and the tests."""
+    """Greedy chat answers from a llama.cpp model, formatted by the template inside the GGUF."""
     answers = []
     for question in questions:
         llm.reset()

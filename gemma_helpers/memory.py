@@ -17,18 +17,14 @@ MB = 2**20
 
 
 def rss_bytes() -> int:
-    """This process's resident memory now.
-
-    Not shown in a notebook: used by gemma_helpers.memory.PeakSampler and gemma_helpers.memory.in_use_bytes."""
+    """This process's resident memory now."""
     import psutil
 
     return int(psutil.Process().memory_info().rss)
 
 
 def in_use_bytes() -> int:
-    """Bytes in use now: CUDA memory allocated by tensors on a GPU, else this process's resident set.
-
-    Not shown in a notebook: used by gemma_helpers.memory.memory_monitor."""
+    """Bytes in use now: CUDA memory allocated by tensors on a GPU, else this process's resident set."""
     import torch
 
     if torch.cuda.is_available():
@@ -39,9 +35,7 @@ def in_use_bytes() -> int:
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MiB. Linux's ``VmHWM`` belongs to the process's own address
-    space; ``ru_maxrss`` is not used there because it carries the parent's peak across fork + exec.
-
-    Not shown in a notebook: used by gemma_helpers.bench.measure_here and gemma_helpers.memory.peak_mb."""
+    space; ``ru_maxrss`` is not used there because it carries the parent's peak across fork + exec."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -53,9 +47,7 @@ def peak_rss_mb() -> float:
 
 
 def peak_mb() -> float:
-    """Peak GPU memory allocated since :func:`reset_peak` (CUDA) or the process's peak resident memory (CPU), in MiB.
-
-    Not shown in a notebook: used by benchmarks/train_throughput.py."""
+    """Peak GPU memory allocated since :func:`reset_peak` (CUDA) or the process's peak resident memory (CPU), in MiB."""
     import torch
 
     if torch.cuda.is_available():
@@ -65,9 +57,7 @@ def peak_mb() -> float:
 
 def reset_peak() -> None:
     """Start a fresh GPU peak (the CPU's peak RSS cannot be reset: run each measurement in its own
-    process, or sample it with :class:`PeakSampler`).
-
-    Not shown in a notebook: used by gemma_helpers.memory.memory_monitor and benchmarks/train_throughput.py."""
+    process, or sample it with :class:`PeakSampler`)."""
     import torch
 
     if torch.cuda.is_available():
@@ -78,9 +68,7 @@ def reset_peak() -> None:
 class PeakSampler:
     """The peak of ``read()`` (bytes; default :func:`rss_bytes`) while the ``with`` block runs, sampled
     every ``every`` seconds by a thread and once more at the end; ``start`` is the value when it began
-    (``start_mb`` and ``peak_mb`` in MiB). :meth:`sample` adds a reading now (a training step's end).
-
-    Not shown in a notebook: used by gemma_helpers.memory.memory_monitor and benchmarks/train_throughput.py."""
+    (``start_mb`` and ``peak_mb`` in MiB). :meth:`sample` adds a reading now (a training step's end)."""
 
     def __init__(self, read: Callable[[], int] = rss_bytes, every: float = 0.05):
         self.read, self.every = read, every

@@ -17,16 +17,11 @@ from .hub import META
 
 
 class AdapterError(FileNotFoundError):
-    """An adapter folder that is missing or incomplete; the message names the path.
-
-    Not shown in a notebook: used by gemma_helpers.merging.check_adapter and gemma_helpers.fact_injection.xylandia_adapter."""
+    """An adapter folder that is missing or incomplete; the message names the path."""
 
 
 def check_adapter(adapter_dir: str | Path) -> dict:
-    """The adapter's config, or :class:`AdapterError` naming what is wrong with the folder.
-
-    Not shown in a notebook: used by gemma_helpers.bench.size_mb, gemma_helpers.merging.load_adapter and
-    gemma_helpers.merging.load_trained_base."""
+    """The adapter's config, or :class:`AdapterError` naming what is wrong with the folder."""
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
         raise AdapterError(f"adapter folder {adapter_dir} does not exist")
@@ -42,9 +37,7 @@ def check_adapter(adapter_dir: str | Path) -> dict:
 
 
 def load_adapter(adapter_dir: str | Path):
-    """``(model, tokenizer)``: the base the adapter was trained on (4-bit if it was) with the adapter.
-
-    Not shown in a notebook: used by gemma_helpers.bench and the tests."""
+    """``(model, tokenizer)``: the base the adapter was trained on (4-bit if it was) with the adapter."""
     from peft import PeftModel
 
     from .models import load_model
@@ -67,9 +60,7 @@ def load_trained_base(adapter_dir: Path):
     :func:`merge` merges into it, :func:`save_trained_base` saves it (notebook 05, section 1).
 
     Loaded with plain transformers, never unsloth: unsloth's loader turns an explicit float32 into
-    bfloat16 for Gemma 3 / 3n / 4, and a merge must get the dtype it asks for.
-
-    Not shown in a notebook: used by gemma_helpers.merging.merge and gemma_helpers.merging.save_trained_base."""
+    bfloat16 for Gemma 3 / 3n / 4, and a merge must get the dtype it asks for."""
     import torch
 
     from .models import load_model
@@ -118,10 +109,7 @@ def _save_model(model, tokenizer, out_dir: Path, meta: dict) -> Path:
 def check_merge_target(adapter_dir: str | Path, out_dir: str | Path) -> None:
     """:class:`ValueError` naming both folders when ``out_dir`` is, contains or lies inside the adapter
     folder or the base model's local folder (symbolic links and ``..`` resolved): writing there would
-    replace what the merge reads. Checked before anything is loaded or written.
-
-    Not shown in a notebook: used by gemma_helpers.merging.merge, gemma_helpers.merging.merge_16bit and
-    gemma_helpers.merging.save_trained_base."""
+    replace what the merge reads. Checked before anything is loaded or written."""
     from .embedded import EMBEDDED, cache_root
     from .models import hub_id
 

@@ -17,9 +17,7 @@ TURN_END = "<end_of_turn>"
 
 class ModelfileError(ValueError):
     """A Modelfile that disagrees with its GGUF (template, stop token), or a GGUF that lacks what a
-    runtime needs to end a turn; the message names the file and what differs.
-
-    Not shown in a notebook: used by gemma_helpers.modelfile.check_modelfile and gemma_helpers.modelfile.write_modelfile."""
+    runtime needs to end a turn; the message names the file and what differs."""
 
 
 def modelfile_path(gguf_path: str | Path) -> Path:
@@ -32,9 +30,7 @@ def modelfile_path(gguf_path: str | Path) -> Path:
 
 def write_modelfile(gguf_path: str | Path) -> Path:
     """Write an Ollama Modelfile beside ``gguf_path``: ``FROM`` the file, Gemma's turn ``TEMPLATE``,
-    ``PARAMETER stop "<end_of_turn>"``; then check it against the GGUF (:func:`check_modelfile`).
-
-    Not shown in a notebook: used by gemma_helpers.gguf_convert.quantize and gemma_helpers.gguf_convert.to_gguf."""
+    ``PARAMETER stop "<end_of_turn>"``; then check it against the GGUF (:func:`check_modelfile`)."""
     gguf_path = Path(gguf_path)  # read (and so checked) by check_modelfile below
     path = modelfile_path(gguf_path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -53,9 +49,7 @@ def write_modelfile(gguf_path: str | Path) -> Path:
 
 def parse_modelfile(path: str | Path) -> dict:
     """``{"FROM": str, "TEMPLATE": str | None, "SYSTEM": str | None, "PARAMETER": [(name, value), ...]}``.
-    A file that is not UTF-8 is a :class:`ModelfileError` naming it, the line and the column.
-
-    Not shown in a notebook: used by gemma_helpers.modelfile.check_modelfile and the tests."""
+    A file that is not UTF-8 is a :class:`ModelfileError` naming it, the line and the column."""
     import re
 
     data = Path(path).read_bytes()

@@ -28,9 +28,7 @@ LANGUAGE_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One entry of the model registry: where it comes from, its family and whether it sees images.
-
-    Not shown in a notebook: used by gemma_helpers.models and gemma_helpers.models.resolve."""
+    """One entry of the model registry: where it comes from, its family and whether it sees images."""
 
     name: str
     source: str  # "embedded" or a hub id
@@ -70,9 +68,7 @@ def resolve(name: str) -> tuple[str, ModelSpec | None]:
 def hub_id(name_or_path: str) -> str:
     """The Hugging Face Hub id a saved folder should name as its base: ``google/gemma-3-270m`` for the
     embedded model (its registry name or its cache folder), the registry's id for a registry name,
-    otherwise ``name_or_path`` unchanged (a hub id already, or a local folder only this machine has).
-
-    Not shown in a notebook: used by gemma_helpers.export and gemma_helpers.train.train."""
+    otherwise ``name_or_path`` unchanged (a hub id already, or a local folder only this machine has)."""
     name = str(name_or_path)
     spec = REGISTRY.get(name)
     if spec is not None:
@@ -89,10 +85,7 @@ SKIP_4BIT = ("lm_head", r".*\.altup\..*")  # transformers matches these as regul
 
 
 def bnb_config(compute_dtype=None, skip_modules=None):
-    """4-bit NF4 with double quantisation (the seed recipes' setting); ``skip_modules`` stay unquantised.
-
-    Not shown in a notebook: used by gemma_helpers.models.load_model, gemma_helpers.vision.load_vision_model and
-    benchmarks/train_throughput.py."""
+    """4-bit NF4 with double quantisation (the seed recipes' setting); ``skip_modules`` stay unquantised."""
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -130,10 +123,7 @@ def check_vocab(model, tokenizer) -> list[int]:
     each is a special token (the chat template and ordinary text never produce one): they are never
     generated, because the output head has one logit per embedding row, and never fed to the model,
     because :func:`check_ids` rejects a training or prompt row that contains one. Any other token
-    past the embedding (a token added by hand) raises.
-
-    Not shown in a notebook: used by gemma_helpers.export, gemma_helpers.vision.load_vision_model and
-    gemma_helpers.models.prepare_tokenizer."""
+    past the embedding (a token added by hand) raises."""
     rows = model.get_input_embeddings().weight.shape[0]
     extra = list(range(rows, len(tokenizer)))
     special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
@@ -151,9 +141,7 @@ def check_ids(ids, rows: int, where: str) -> None:
 
     Such an id comes from text that spells out one of the extra special tokens :func:`check_vocab`
     accepted (``<image_soft_token>`` in Gemma 3 1B-it); fed to the model it would index past the
-    embedding (a device-side assert on CUDA).
-
-    Not shown in a notebook: used by gemma_helpers.evaluate.generate and gemma_helpers.train.train."""
+    embedding (a device-side assert on CUDA)."""
     bad = sorted({int(i) for i in ids if int(i) >= rows})
     if bad:
         raise ValueError(f"{where}: token ids {bad[:5]} have no embedding row (the embedding has {rows} rows); "
@@ -161,9 +149,7 @@ def check_ids(ids, rows: int, where: str) -> None:
 
 
 def embedding_rows(model) -> int:
-    """The number of rows of the model's input embedding (its vocabulary as trained).
-
-    Not shown in a notebook: used by gemma_helpers.evaluate.generate and gemma_helpers.train.train."""
+    """The number of rows of the model's input embedding (its vocabulary as trained)."""
     return model.get_input_embeddings().weight.shape[0]
 
 
@@ -175,7 +161,8 @@ def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length:
     else transformers (bitsandbytes NF4 when ``load_in_4bit``, which also works on a CPU, slowly).
     The training dtype is bf16 where the GPU has it and float32 otherwise, never float16. unsloth
     turns an explicit ``dtype=torch.float32`` into bfloat16 for Gemma 3 / 3n / 4, so a caller that
-    needs the dtype it asks for (a merge) passes ``use_unsloth=False``.
+    needs the dtype it asks for (a merge) passes ``use_unsloth=False``. When unsloth fails to load the
+    model, one line says so and transformers loads it instead; the rest of the run stays on that path.
 
     Notebook 01, section 6; Notebook 02, sections 4 and 8; Notebook 03, sections 2 and 3 (also notebook 06)."""
     path, spec = resolve(name)
@@ -218,10 +205,7 @@ def load_model(name: str = EMBEDDED, load_in_4bit: bool = False, max_seq_length:
 def log_unsloth(call: str, made: bool) -> None:
     """Log one unsloth call of the GPU path on the ``gemma_helpers.unsloth`` logger (level INFO, silent
     unless a handler is set): ``made`` when unsloth runs it, else the call a CUDA GPU with unsloth would
-    make where transformers + peft run instead. The record carries ``unsloth_call`` and ``made``.
-
-    Not shown in a notebook: used by gemma_helpers.models.load_model, gemma_helpers.models.attach_lora,
-    gemma_helpers.vision.load_vision_model and gemma_helpers.export.merge_16bit."""
+    make where transformers + peft run instead. The record carries ``unsloth_call`` and ``made``."""
     UNSLOTH_LOG.info("%s unsloth %s", "calls" if made else "instead of", call,
                      extra={"unsloth_call": call, "made": made})
 
@@ -233,9 +217,7 @@ def keep_4bit_trainable(model) -> int:
     inference format the first time it runs without gradients (an evaluation or ``generate``), and
     from then on no gradient flows through it: a LoRA trained after a mid-training evaluation (an
     early-stopping check) silently stops learning, every gradient zero. Training code here
-    evaluates between steps, so the repacking is switched off (CPUs without AVX512-BF16 never do it).
-
-    Not shown in a notebook: used by gemma_helpers.models.load_model and gemma_helpers.vision.load_vision_model."""
+    evaluates between steps, so the repacking is switched off (CPUs without AVX512-BF16 never do it)."""
     count = 0
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):

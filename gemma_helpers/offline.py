@@ -75,10 +75,7 @@ def write_pdf(path: str | Path | None, title: str, sections: Sequence[tuple[str,
     Like a real paper it has a running header and page numbers, words hyphenated at line ends and
     "fi"/"fl" ligatures (what :func:`gemma_helpers.data.pdf.clean_pages` must undo). For tests: ``broken_pages`` (1-based)
     get a corrupt content stream, ``password`` encrypts the file, ``image_only`` draws the text as
-    an image (no text layer).
-
-    Not shown in a notebook: used by gemma_helpers.offline.example_pdf, gemma_helpers.offline.sample_pdf and
-    ``python -m gemma_helpers rehearse``."""
+    an image (no text layer)."""
     from fpdf import FPDF
 
     class _Paper(FPDF):
@@ -152,9 +149,7 @@ def write_pdf(path: str | Path | None, title: str, sections: Sequence[tuple[str,
 
 
 def sample_pdf(paper: Mapping, path: str | Path | None = None, **kwargs) -> bytes:
-    """A bundled mini-paper rendered by :func:`write_pdf` (notebook 01, section 1: the CPU profile's papers).
-
-    Not shown in a notebook: used by gemma_helpers.offline.sample_papers and the tests."""
+    """A bundled mini-paper rendered by :func:`write_pdf` (notebook 01, section 1: the CPU profile's papers)."""
     return write_pdf(path, paper["title"], [(s["heading"], s["text"]) for s in paper["sections"]],
                      authors=paper.get("authors", ""), references=paper.get("references", ()),
                      running_header=f"gemma-lora-notebooks mini-papers - {paper['field']}", **kwargs)
@@ -172,9 +167,7 @@ EXAMPLE_SECTIONS = (
 
 def example_pdf(title: str = "Marine Heat and Coral Reefs", **kwargs) -> bytes:
     """A three-section paper (:data:`EXAMPLE_SECTIONS`) with an author, a running header and one reference,
-    as :func:`write_pdf` writes it (``kwargs``: ``password``, ``image_only``, ...): the tests' usual PDF.
-
-    Not shown in a notebook: used by the tests."""
+    as :func:`write_pdf` writes it (``kwargs``: ``password``, ``image_only``, ...): the tests' usual PDF."""
     return write_pdf(None, title, EXAMPLE_SECTIONS, authors="A. Author", running_header="Journal of Examples",
                      references=["Doe, J. (2020). Warm water. Reef Letters 1, 1-2."], **kwargs)
 
@@ -198,9 +191,7 @@ class LoopbackServer:
     ``redirect`` a 301 to the file, ``redirect_loop`` two addresses redirecting to each other,
     ``redirect_forever`` a new address every time, ``redirect_file`` a redirect to ``file:///etc/passwd``.
     ``hits`` counts requests per name and ``times`` keeps when each came (``time.monotonic``).
-    Use as a context manager; ``url(name)`` gives the address (notebook 01, section 1: the CPU profile's arXiv).
-
-    Not shown in a notebook: used by gemma_helpers.offline.sample_papers and ``python -m gemma_helpers rehearse``."""
+    Use as a context manager; ``url(name)`` gives the address (notebook 01, section 1: the CPU profile's arXiv)."""
 
     def __init__(self, files: Mapping[str, bytes], faults: Mapping[str, str] | None = None, hang_s: float = 30.0,
                  trickle_s: float = 2.0):
@@ -328,9 +319,7 @@ def sample_papers() -> tuple[LoopbackServer, list, dict[str, str]]:
     plus three entries a download report must name: an HTML page served as ``.pdf`` (``login_page``),
     a 404 (``gone``) and the file of one paper under another's title (``mislabelled``, the seed's
     "DreamFusion" problem). Returns ``(server, papers, expected)``: ``expected`` is each entry's
-    status in a first download (``ok``, or what is wrong); the caller stops the server.
-
-    Not shown in a notebook: used by gemma_helpers.paper_parts.paper_list and the tests."""
+    status in a first download (``ok``, or what is wrong); the caller stops the server."""
     from .data import papers as gp
 
     sample = gp.sample()
@@ -348,9 +337,7 @@ def sample_papers() -> tuple[LoopbackServer, list, dict[str, str]]:
 
 # ---------------------------------------------------------------- video clips (notebook 04's CPU profile, tests)
 def write_clip(path: str | Path, frames: Sequence, fps: int = 8) -> Path:
-    """Write RGB uint8 arrays (H x W x 3) as an MPEG-4 video with PyAV.
-
-    Not shown in a notebook: used by gemma_helpers.offline.synthetic_clips and the tests."""
+    """Write RGB uint8 arrays (H x W x 3) as an MPEG-4 video with PyAV."""
     import av
 
     path = Path(path)
@@ -374,9 +361,7 @@ def shape_frames(action: str, n_frames: int = 12, size: int = 64, shape: str = "
     centre: a moving shape travels a third of the frame towards one edge, a growing one doubles, a
     shrinking one ends at a quarter. The actions thus differ in where and how large the shape is over
     the clip, not only in the order of the frames, which a random-weight vision tower (the CPU
-    profile) and a few training clips are enough to read.
-
-    Not shown in a notebook: used by gemma_helpers.offline.synthetic_clips and the tests."""
+    profile) and a few training clips are enough to read."""
     import numpy as np
 
     if action not in ACTIONS:

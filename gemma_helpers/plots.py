@@ -232,9 +232,7 @@ def rtl(text: str) -> str:
 
 
 def font_path() -> str:
-    """DejaVu Sans as matplotlib ships it (offline, has the Persian glyphs).
-
-    Not shown in a notebook: used by gemma_helpers.plots.word_cloud."""
+    """DejaVu Sans as matplotlib ships it (offline, has the Persian glyphs)."""
     from matplotlib import font_manager
 
     return font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=False)
@@ -259,9 +257,7 @@ def token_histogram(lengths: Sequence[int], stats: Mapping[str, float], name: st
 
 
 def persian_words(texts: Sequence[str], stopwords=PERSIAN_STOPWORDS, min_len: int = 2) -> dict[str, int]:
-    """Word counts of Persian text (letters and half-spaces), stopwords and short words left out.
-
-    Not shown in a notebook: used by gemma_helpers.plots.word_cloud and the tests."""
+    """Word counts of Persian text (letters and half-spaces), stopwords and short words left out."""
     import re
     from collections import Counter
 

@@ -36,8 +36,8 @@ ROWS = 8  # rows scored by a loss or an accuracy over many rows
 
 @dataclass(frozen=True)
 class Recipe:
-    """One named recipe: the seed's numbers and each profile's changes. Notebook 01, "Parameters" (and
-    notebooks 02 to 06): the cell after the parameters prints it through :meth:`Run.table`."""
+    """One named recipe: the seed's numbers and each profile's changes. The cell after each
+    notebook's parameters prints it through :meth:`Run.table`."""
 
     name: str
     notebook: str
@@ -53,7 +53,7 @@ class Recipe:
 
 class Run(dict):
     """One recipe's numbers for one profile: a dict of every number, plus where each came from
-    (Notebook 01, "Parameters": ``R = gh.recipes.get(RECIPE, **OVERRIDES)``; the same in notebooks 02 to 06)."""
+    (each notebook's ``R = gh.recipes.get(RECIPE, **OVERRIDES)``)."""
 
     def __init__(self, recipe: Recipe, profile: str, values: dict, changed: dict):
         super().__init__(values)
@@ -85,7 +85,7 @@ REGISTRY: dict[str, Recipe] = {}
 
 
 def register(recipe: Recipe) -> Recipe:
-    """Add ``recipe`` to the registry under its name. Not shown in a notebook: used by this module."""
+    """Add ``recipe`` to the registry under its name."""
     REGISTRY[recipe.name] = recipe
     return recipe
 

@@ -56,10 +56,7 @@ NOT_APPLIED = "outcome check not applicable"
 
 class StandInUnavailable(RuntimeError):
     """A stand-in that cannot be built in this environment; the runner records the notebook as
-    ``"no stand-in"`` with this message instead of failing the run.
-
-    Not shown in a notebook: raised by the GPU-profile rehearsal's stand-ins, which run_notebooks reports as "no
-    stand-in"."""
+    ``"no stand-in"`` with this message instead of failing the run."""
 
 
 class _WouldCall(logging.Handler):
@@ -72,9 +69,7 @@ class _WouldCall(logging.Handler):
 
 def show_unsloth_calls() -> None:
     """Print, from now on in this process, every unsloth call that ``gemma_helpers`` logs as not made
-    (``rehearsal: would call unsloth ...``); once is enough, a second call adds nothing.
-
-    Not shown in a notebook: used by the first cell the rehearsal puts into each scratch copy it runs."""
+    (``rehearsal: would call unsloth ...``); once is enough, a second call adds nothing."""
     UNSLOTH_LOG.setLevel(logging.INFO)
     UNSLOTH_LOG.propagate = False  # the kernel's own handlers would print the record a second time
     if not any(isinstance(h, _WouldCall) for h in UNSLOTH_LOG.handlers):
@@ -82,24 +77,18 @@ def show_unsloth_calls() -> None:
 
 
 def standins_root() -> Path:
-    """The folder that holds the rehearsal's stand-ins.
-
-    Not shown in a notebook: used by the GPU-profile rehearsal."""
+    """The folder that holds the rehearsal's stand-ins."""
     return cache_root() / "standins"
 
 
 def mirror_root() -> Path:
-    """The local hub mirror the rehearsal fills with stand-ins (``GEMMA_HUB_MIRROR`` of the notebooks it runs).
-
-    Not shown in a notebook: used by the GPU-profile rehearsal."""
+    """The local hub mirror the rehearsal fills with stand-ins (``GEMMA_HUB_MIRROR`` of the notebooks it runs)."""
     return standins_root() / "hub"
 
 
 # ---------------------------------------------------------------- checkpoints
 def checkpoint(spec) -> Path:
-    """The stand-in of a registry entry, built once in the hub mirror under its real hub id.
-
-    Not shown in a notebook: used by gemma_helpers.rehearsal.fill_mirror and the tests."""
+    """The stand-in of a registry entry, built once in the hub mirror under its real hub id."""
     builders = {"gemma3": gemma3_text_checkpoint, "gemma3n": gemma3n_text_checkpoint, "gemma4": gemma4_checkpoint}
     if spec.family not in builders or spec.source == "embedded":
         raise ValueError(f"no rehearsal stand-in for {spec.name} (family {spec.family}, source {spec.source})")
@@ -108,9 +97,7 @@ def checkpoint(spec) -> Path:
 
 def gemma3_text_tokenizer(extra_special: tuple[str, ...] = (IMAGE_SOFT_TOKEN,)):
     """The embedded Gemma 3 tokenizer plus ``extra_special`` special tokens: with the default, the
-    1B-it layout (262,145 entries, ``<image_soft_token>`` at id 262144).
-
-    Not shown in a notebook: used by the GPU-profile rehearsal."""
+    1B-it layout (262,145 entries, ``<image_soft_token>`` at id 262144)."""
     from tokenizers import AddedToken
     from transformers import AutoTokenizer
 
@@ -127,9 +114,7 @@ def _layer_types(layers: int) -> list[str]:
 def gemma3_text_checkpoint(folder: str | Path, hidden_size: int = 64, layers: int = 2, seed: int = 0,
                            init_range: float = 0.2) -> Path:
     """A random-weight ``Gemma3ForCausalLM`` with Gemma 3 1B-it's vocabulary layout (262,144 embedding
-    rows, a 262,145-entry tokenizer), saved as a safetensors folder with its tokenizer.
-
-    Not shown in a notebook: used by the GPU-profile rehearsal and the tests."""
+    rows, a 262,145-entry tokenizer), saved as a safetensors folder with its tokenizer."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
@@ -154,9 +139,7 @@ def gemma3n_text_checkpoint(folder: str | Path, hidden_size: int = 64, layers: i
     embeddings, 262,400 embedding rows against a smaller tokenizer) at a small width.
 
     The real checkpoint is ``Gemma3nForConditionalGeneration``; its vision tower is a timm model and timm
-    is not installed here, so the stand-in is the text decoder that notebooks 01 and 02 train.
-
-    Not shown in a notebook: used by the GPU-profile rehearsal."""
+    is not installed here, so the stand-in is the text decoder that notebooks 01 and 02 train."""
     import torch
     from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
 
@@ -214,9 +197,7 @@ GEMMA4_CHAT_TEMPLATE = (
 def gemma4_tokenizer():
     """The embedded Gemma 3 tokenizer (262,144 entries) with Gemma 4's multimodal and turn tokens at
     their ids (:data:`GEMMA4_TOKENS`), its ``image_token`` / ``boi_token`` / ... roles, which
-    ``Gemma4Processor`` reads, and a chat template in Gemma 4's turn format.
-
-    Not shown in a notebook: used by the GPU-profile rehearsal."""
+    ``Gemma4Processor`` reads, and a chat template in Gemma 4's turn format."""
     import tempfile
 
     from transformers import AutoTokenizer
@@ -251,9 +232,7 @@ def gemma4_checkpoint(folder: str | Path, hidden_size: int = 64, layers: int = 2
     :func:`gemma4_tokenizer`, ``Gemma4ImageProcessorPil`` at the real settings (patch 16, pooling 3,
     280 soft tokens per image) and Gemma 4's audio feature extractor, saved as a safetensors folder in
     the real checkpoint's layout (``processor_config.json`` names ``Gemma4Processor``). No video
-    processor is saved: it needs torchvision (see :func:`gemma_helpers.vision.gemma4_processor`).
-
-    Not shown in a notebook: used by the GPU-profile rehearsal and the tests."""
+    processor is saved: it needs torchvision (see :func:`gemma_helpers.vision.gemma4_processor`)."""
     import torch
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration
     from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
@@ -330,9 +309,7 @@ DATASETS = {"mshojaei77/persian-gk": _persian_rows, "databricks/databricks-dolly
 
 def dataset_folder(hub_id: str) -> Path:
     """The stand-in of a hub dataset in the mirror (``<mirror>/datasets/<id>/train.jsonl``, in that
-    dataset's schema), written afresh.
-
-    Not shown in a notebook: used by gemma_helpers.rehearsal.fill_mirror and the tests."""
+    dataset's schema), written afresh."""
     if hub_id not in DATASETS:
         raise ValueError(f"no rehearsal stand-in for the dataset {hub_id}; known: {sorted(DATASETS)}")
     folder = mirror_root() / "datasets" / hub_id
@@ -346,9 +323,7 @@ def dataset_folder(hub_id: str) -> Path:
 def arxiv_files() -> dict[str, bytes]:
     """The arXiv stand-ins, at arXiv's own paths (``pdf/<id>``): each of
     :data:`~gemma_helpers.data.papers.ARXIV_PAPERS` under its real title, with the sections of a bundled
-    mini-paper, so the download, title check and cleaning code runs as on arXiv.
-
-    Not shown in a notebook: used by gemma_helpers.rehearsal.fill_mirror and the tests."""
+    mini-paper, so the download, title check and cleaning code runs as on arXiv."""
     from . import offline
     from .data import papers as gp
 
@@ -360,9 +335,7 @@ def arxiv_files() -> dict[str, bytes]:
 
 
 def fill_mirror() -> Path:
-    """Every registry model's stand-in (built once) and every hub dataset's, in :func:`mirror_root`.
-
-    Not shown in a notebook: used by gemma_helpers.rehearsal.run_notebooks and the tests."""
+    """Every registry model's stand-in (built once) and every hub dataset's, in :func:`mirror_root`."""
     for spec in REGISTRY.values():
         if spec.source != "embedded":
             checkpoint(spec)
@@ -475,9 +448,7 @@ def run_notebooks(folder: str | Path, only: tuple[str, ...] = (), timeout: int =
                   out: str | Path | None = None) -> dict:
     """Execute every notebook of ``folder`` with the ``rehearse`` profile on the stand-ins (the hub mirror
     filled and the arXiv server started first), each in a fresh process, and write per-notebook status
-    and seconds to ``outputs/results/rehearsal.json``.
-
-    Not shown in a notebook: used by the ``python -m gemma_helpers`` command line and the tests."""
+    and seconds to ``outputs/results/rehearsal.json``."""
     import time
 
     from . import offline

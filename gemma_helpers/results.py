@@ -54,10 +54,7 @@ def recorded(results: dict, name: str):
 
 
 def load(name: str, results_dir: str | Path | None = None) -> dict:
-    """Read outputs/results/<name>.json.
-
-    Not shown in a notebook: used by gemma_helpers.hub.write_card, the ``python -m gemma_helpers`` command line and
-    benchmarks/train_throughput.py."""
+    """Read outputs/results/<name>.json."""
     return json.loads((Path(results_dir or RESULTS) / f"{name}.json").read_text())
 
 

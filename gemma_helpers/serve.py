@@ -27,17 +27,13 @@ SERVER_MODULE = "llama_cpp.server"  # run as ``python -m SERVER_MODULE``
 
 
 class PortInUseError(RuntimeError):
-    """The port asked for is already taken on 127.0.0.1; the message names it.
-
-    Not shown in a notebook: used by gemma_helpers.serve.serve."""
+    """The port asked for is already taken on 127.0.0.1; the message names it."""
 
 
 def server_env(environ=None) -> dict:
     """``environ`` (default ``os.environ``) without what llama-cpp-python's server would read ahead of
     its flags: HOST, PORT, CONFIG_FILE and every field of its pydantic settings (API_KEY, MODEL,
-    N_CTX, SSL_KEYFILE, ...), matched case-insensitively as pydantic-settings does.
-
-    Not shown in a notebook: used by gemma_helpers.serve.serve."""
+    N_CTX, SSL_KEYFILE, ...), matched case-insensitively as pydantic-settings does."""
     from llama_cpp.server.settings import ConfigFileSettings, Settings
 
     names = {"HOST", "PORT", "CONFIG_FILE"} | {n.upper() for n in (*Settings.model_fields, *ConfigFileSettings.model_fields)}
@@ -45,9 +41,7 @@ def server_env(environ=None) -> dict:
 
 
 def check_port_free(port: int) -> None:
-    """:class:`PortInUseError` naming ``port`` when something already listens on it on 127.0.0.1.
-
-    Not shown in a notebook: used by gemma_helpers.serve.serve."""
+    """:class:`PortInUseError` naming ``port`` when something already listens on it on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is not "taken"
         try:
@@ -58,9 +52,7 @@ def check_port_free(port: int) -> None:
 
 
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1.
-
-    Not shown in a notebook: used by gemma_helpers.serve.serve."""
+    """A free TCP port on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
@@ -68,18 +60,14 @@ def free_port() -> int:
 
 def chat_format(gguf_path: str | Path) -> str | None:
     """``None`` (llama-cpp-python then formats chats with the template stored in the file) when the GGUF
-    has one, else ``"gemma"`` (llama-cpp-python's built-in Gemma turns).
-
-    Not shown in a notebook: used by gemma_helpers.serve.serve."""
+    has one, else ``"gemma"`` (llama-cpp-python's built-in Gemma turns)."""
     from .gguf_header import gguf_chat_metadata
 
     return None if gguf_chat_metadata(gguf_path)["chat_template"] else "gemma"
 
 
 class Server:
-    """A running llama-cpp-python server; ``stop()`` (or leaving a ``with`` block) ends it.
-
-    Not shown in a notebook: used by gemma_helpers.serve.serve."""
+    """A running llama-cpp-python server; ``stop()`` (or leaving a ``with`` block) ends it."""
 
     def __init__(self, process: subprocess.Popen, port: int, model: Path, log: Path):
         self.process, self.port, self.model, self.log = process, port, model, log

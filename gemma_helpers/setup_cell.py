@@ -64,9 +64,7 @@ def _code_cells(text: str) -> list[tuple[int, int]]:
 
 
 def setup_cell(text: str) -> str:
-    """The first code cell of a py:percent file (the setup cell), as written there.
-
-    Not shown in a notebook: used by the tests (every notebook carries its output, stamped by sync)."""
+    """The first code cell of a py:percent file (the setup cell), as written there."""
     cells = _code_cells(text)
     if not cells:
         raise ValueError("no code cell: a notebook's first code cell is its setup cell")
@@ -75,8 +73,6 @@ def setup_cell(text: str) -> str:
 
 
 def stamp(text: str) -> str:
-    """``text`` with its first code cell replaced by :data:`TEMPLATE`.
-
-    Not shown in a notebook: used by the ``python -m gemma_helpers`` command line and the tests."""
+    """``text`` with its first code cell replaced by :data:`TEMPLATE`."""
     a, b = _code_cells(text)[0]
     return text[:a] + TEMPLATE + "\n" + text[b:].lstrip("\n")

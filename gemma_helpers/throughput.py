@@ -22,9 +22,7 @@ from .chat import IGNORE_INDEX, tokenize_rows
 
 def batch_tokens(kwargs: dict) -> tuple[int, int, int]:
     """``(real, processed, labelled)`` tokens of one model call: real excludes padding, processed
-    is every position the model runs on, labelled the positions whose label is not -100.
-
-    Not shown in a notebook: used by gemma_helpers.throughput.step_meter."""
+    is every position the model runs on, labelled the positions whose label is not -100."""
     ids = kwargs.get("input_ids")
     if ids is None:
         return 0, 0, 0
@@ -37,9 +35,7 @@ def batch_tokens(kwargs: dict) -> tuple[int, int, int]:
 
 def sequence_lengths(kwargs: dict) -> list[int]:
     """Lengths of the examples in one model call: a padding-free row split where its
-    ``position_ids`` restart at 0, padded rows by their attention mask.
-
-    Not shown in a notebook: used by gemma_helpers.throughput.step_meter and the tests."""
+    ``position_ids`` restart at 0, padded rows by their attention mask."""
     ids = kwargs.get("input_ids")
     if ids is None:
         return []
@@ -72,10 +68,7 @@ FLOPS_FORMULA = (
 
 @dataclass
 class ModelShape:
-    """The sizes of a decoder that its training FLOPs depend on (from a transformers config).
-
-    Not shown in a notebook: used by gemma_helpers.throughput.StepStats, gemma_helpers.throughput.step_flops and
-    benchmarks/train_throughput.py."""
+    """The sizes of a decoder that its training FLOPs depend on (from a transformers config)."""
 
     hidden: int
     intermediate: int
@@ -113,9 +106,7 @@ class ModelShape:
 
 
 def step_flops(shape: ModelShape, lengths: Sequence[int], labelled: int, r: int, targets: Sequence[str]) -> dict:
-    """The model FLOPs of one training step (:data:`FLOPS_FORMULA`), by part and in total.
-
-    Not shown in a notebook: used by gemma_helpers.throughput.StepStats and the tests."""
+    """The model FLOPs of one training step (:data:`FLOPS_FORMULA`), by part and in total."""
     tokens = sum(lengths)
     linear = shape.linear()
     base = 4 * shape.layers * sum(i * o for i, o in linear.values()) * tokens
@@ -129,9 +120,7 @@ def step_flops(shape: ModelShape, lengths: Sequence[int], labelled: int, r: int,
 
 def matmul_peak_gflops(m: int, k: int, n: int, dtype: str, seconds: float = 1.0) -> float:
     """The best rate of an ``(m, k) @ (k, n)`` matrix product in ``dtype`` ("float32" / "bfloat16")
-    over about ``seconds`` of repeats, in GFLOP/s: the machine's peak at that shape.
-
-    Not shown in a notebook: used by benchmarks/train_throughput.py."""
+    over about ``seconds`` of repeats, in GFLOP/s: the machine's peak at that shape."""
     import torch
 
     a = torch.randn(m, k).to(getattr(torch, dtype))
@@ -148,9 +137,7 @@ def matmul_peak_gflops(m: int, k: int, n: int, dtype: str, seconds: float = 1.0)
 
 @dataclass
 class StepStats:
-    """What step_meter records for each optimiser step: time, real, processed and labelled tokens.
-
-    Not shown in a notebook: used by gemma_helpers.throughput.step_meter."""
+    """What step_meter records for each optimiser step: time, real, processed and labelled tokens."""
 
     step_s: list[float] = field(default_factory=list)
     real_tokens: list[int] = field(default_factory=list)
@@ -186,9 +173,7 @@ class StepStats:
 
 
 def step_meter():
-    """A fresh :class:`StepMeter` callback (built lazily so importing this module stays light).
-
-    Not shown in a notebook: used by benchmarks/train_throughput.py and the tests."""
+    """A fresh :class:`StepMeter` callback (built lazily so importing this module stays light)."""
     import torch
     from transformers import TrainerCallback
 
@@ -238,9 +223,7 @@ def step_meter():
 
 @dataclass
 class BaselineResult:
-    """What baseline_train returns: the log history, the runtime and the step reached.
-
-    Not shown in a notebook: used by gemma_helpers.throughput.baseline_train."""
+    """What baseline_train returns: the log history, the runtime and the step reached."""
 
     history: list[dict]
     runtime_s: float
@@ -256,9 +239,7 @@ def baseline_train(model, tokenizer, rows: Sequence[dict], spec, output_dir: str
     seed, batch, optimizer and schedule as ``gemma_helpers.train`` with ``spec``; what differs
     is what a copied notebook does: batches padded to their longest row, and the model's own
     forward, which computes the logits of every position (prompt and padding included) before
-    the loss. Nothing is saved.
-
-    Not shown in a notebook: used by benchmarks/train_throughput.py and the tests."""
+    the loss. Nothing is saved."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training

@@ -27,9 +27,7 @@ from .models import DEFAULT_TARGETS, attach_lora, check_ids, embedding_rows, hub
 
 @dataclass
 class TrainSpec:
-    """The hyperparameters a notebook shows. Defaults are plain; recipes set their own.
-
-    Not shown in a notebook: used by gemma_helpers.recipes.Run, gemma_helpers.recipes and gemma_helpers.train."""
+    """The hyperparameters a notebook shows. Defaults are plain; recipes set their own."""
 
     r: int = 16
     alpha: int = 32
@@ -83,9 +81,7 @@ _INT_AT_LEAST = {"r": 1, "alpha": 1, "batch_size": 1, "grad_accum": 1, "warmup_s
 def spec_problems(values) -> list[str]:
     """One line per :class:`TrainSpec` field in ``values`` whose type or range is wrong, naming the field,
     the value and what is allowed (``max_steps``: -1 trains by ``epochs``, otherwise an int >= 1; rates
-    and epochs finite and > 0; an int is an int, never a bool, a float or a string). Other keys are ignored.
-
-    Not shown in a notebook: used by gemma_helpers.train.TrainSpec and gemma_helpers.recipes.get."""
+    and epochs finite and > 0; an int is an int, never a bool, a float or a string). Other keys are ignored."""
     def kind(value):
         return f" is a {type(value).__name__}"
 
@@ -132,16 +128,12 @@ def spec_problems(values) -> list[str]:
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss.
-
-    Not shown in a notebook: used by gemma_helpers.train and the tests."""
+    """Training produced a NaN or infinite loss."""
 
 
 class NoLabelsError(ValueError):
     """Every training row has every label masked (-100): training would learn nothing. ``rows`` maps
-    each row index to why it has no trained token; the message names them.
-
-    Not shown in a notebook: used by gemma_helpers.train.label_preflight and the tests."""
+    each row index to why it has no trained token; the message names them."""
 
     def __init__(self, rows: dict[int, str]):
         self.rows = rows
@@ -152,9 +144,7 @@ class NoLabelsError(ValueError):
 
 @dataclass
 class LabelReport:
-    """What :func:`label_preflight` found: trained (label) tokens per row, and the rows without any.
-
-    Not shown in a notebook: used by gemma_helpers.train.label_preflight."""
+    """What :func:`label_preflight` found: trained (label) tokens per row, and the rows without any."""
 
     counts: list[int]
     empty: dict[int, str]  # row index -> why it has no trained token
@@ -177,9 +167,7 @@ def label_preflight(tokenizer, rows: Sequence[dict], examples: Sequence[dict], m
     """Count the trained tokens (labels that are not -100) of every tokenized row, and say why a row
     has none: its answer was cut off by ``max_length``, or the rendered text holds no assistant answer
     (the chat template does not render the assistant turn the way the labels expect).
-    :class:`NoLabelsError`, naming the rows, when no row has any.
-
-    Not shown in a notebook: used by gemma_helpers.train.train and the tests."""
+    :class:`NoLabelsError`, naming the rows, when no row has any."""
     from .chat import IGNORE_INDEX, tokenize_row
 
     counts = [sum(label != IGNORE_INDEX for label in ex["labels"]) for ex in examples]
@@ -202,9 +190,7 @@ def label_preflight(tokenizer, rows: Sequence[dict], examples: Sequence[dict], m
 
 @dataclass
 class TrainResult:
-    """What train returns: the adapter folder, the log history, runtime, steps and the checkpoint resumed from.
-
-    Not shown in a notebook: used by gemma_helpers.train.train."""
+    """What train returns: the adapter folder, the log history, runtime, steps and the checkpoint resumed from."""
 
     adapter_dir: Path
     history: list[dict]
@@ -257,18 +243,13 @@ def _callbacks():
 
 
 def report_to() -> str:
-    """wandb when a key is configured, else nowhere: a run never stops to prompt for a login.
-
-    Not shown in a notebook: used by gemma_helpers.train.sft_config and the tests."""
+    """wandb when a key is configured, else nowhere: a run never stops to prompt for a login."""
     return "wandb" if os.environ.get("WANDB_API_KEY") else "none"
 
 
 def padding_free(spec: TrainSpec, multimodal: bool = False) -> bool:
     """Whether ``spec`` trains on padding-free batches (see ``TrainSpec.padding_free``); never with
-    multimodal rows, whose collator pads the batch itself.
-
-    Not shown in a notebook: used by gemma_helpers.train.TrainSpec, gemma_helpers.train.sft_config,
-    gemma_helpers.train.train and benchmarks/train_throughput.py."""
+    multimodal rows, whose collator pads the batch itself."""
     if multimodal:
         return False
     return spec.padding_free if spec.padding_free is not None else not env.unsloth_available()
@@ -283,9 +264,7 @@ def compute_dtype(spec: TrainSpec) -> str:
     bfloat16 where the hardware computes it natively, float32 elsewhere, unless the environment variable
     ``GEMMA_COMPUTE_DTYPE`` (``bfloat16`` or ``float32``) says which: it runs a whole test suite or
     notebook on the path this machine would not take (bfloat16 is emulated, and slow, on a CPU without it).
-    A spec that names its dtype keeps it.
-
-    Not shown in a notebook: used by gemma_helpers.train.sft_config and benchmarks/train_throughput.py."""
+    A spec that names its dtype keeps it."""
     if spec.compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"TrainSpec.compute_dtype={spec.compute_dtype!r}: expected one of {COMPUTE_DTYPES}")
     if spec.compute_dtype != "auto":
@@ -314,9 +293,7 @@ def _restores_best(spec: TrainSpec, evaluate: bool) -> bool:
 
 def schedule_args(spec: TrainSpec) -> dict:
     """The ``TrainingArguments`` a :class:`TrainSpec` sets: batch, accumulation, learning-rate schedule,
-    optimiser, seed and logging, the same for our ``SFTConfig`` and the baseline's plain ``Trainer``.
-
-    Not shown in a notebook: used by gemma_helpers.throughput.baseline_train and gemma_helpers.train.sft_config."""
+    optimiser, seed and logging, the same for our ``SFTConfig`` and the baseline's plain ``Trainer``."""
     return {"per_device_train_batch_size": spec.batch_size, "gradient_accumulation_steps": spec.grad_accum,
             "learning_rate": spec.learning_rate, "num_train_epochs": spec.epochs, "max_steps": spec.max_steps,
             "warmup_steps": spec.warmup_steps, "weight_decay": spec.weight_decay,
@@ -325,9 +302,7 @@ def schedule_args(spec: TrainSpec) -> dict:
 
 
 def sft_config(spec: TrainSpec, output_dir: Path, multimodal: bool = False, evaluate: bool = False):
-    """The TRL SFTConfig for a TrainSpec: precision, padding-free, schedule and evaluation.
-
-    Not shown in a notebook: used by gemma_helpers.train.train."""
+    """The TRL SFTConfig for a TrainSpec: precision, padding-free, schedule and evaluation."""
     import torch
     from trl import SFTConfig
 
@@ -543,9 +518,7 @@ HISTORY_KEYS = ("history", "global_step", "spec")  # what every history.json tra
 
 def check_history_file(output_dir: Path) -> None:
     """Stop, before training, when ``output_dir/history.json`` exists and is not one :func:`train` wrote
-    (a JSON object with the keys ``HISTORY_KEYS``): the run would replace it at the end.
-
-    Not shown in a notebook: used by gemma_helpers.train.train."""
+    (a JSON object with the keys ``HISTORY_KEYS``): the run would replace it at the end."""
     path = output_dir / "history.json"
     if not path.exists() and not path.is_symlink():
         return
@@ -568,9 +541,7 @@ def check_history_file(output_dir: Path) -> None:
 def checkpoint_problem(folder: Path) -> str | None:
     """Why the checkpoint folder ``folder`` cannot be resumed from, or None: its ``trainer_state.json`` is
     missing or not a trainer state, a ``*.safetensors`` file's header does not read, or a ``*.pt`` /
-    ``*.pth`` / ``*.bin`` file (torch's zip archives) is not a whole zip archive. The problem names the file.
-
-    Not shown in a notebook: used by gemma_helpers.train.resume_checkpoint and the tests."""
+    ``*.pth`` / ``*.bin`` file (torch's zip archives) is not a whole zip archive. The problem names the file."""
     import zipfile
 
     from safetensors import safe_open
@@ -601,9 +572,7 @@ def checkpoint_problem(folder: Path) -> str | None:
 def resume_checkpoint(output_dir: Path) -> str | None:
     """The newest ``checkpoint-N`` folder in ``output_dir`` that reads (:func:`checkpoint_problem`), or None.
     A newer one that does not read is named, with its problem, and passed over; the line printed says
-    which checkpoint the run resumes from instead.
-
-    Not shown in a notebook: used by gemma_helpers.train.train."""
+    which checkpoint the run resumes from instead."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     if not output_dir.is_dir():
@@ -680,9 +649,7 @@ def dequantise_once(model, dtype: str) -> Callable:
     twice per step (its forward kernel and its backward pass), and autocast does not reach the kernel.
     The weights are frozen, so the bits are those of a per-step dequantisation; the copy costs 2
     (bfloat16) or 4 (float32) bytes per weight while training: about 0.7 GB in float32 for the 270M.
-    Returns the undo (nothing to undo for a model without 4-bit layers).
-
-    Not shown in a notebook: used by gemma_helpers.train.train and the tests."""
+    Returns the undo (nothing to undo for a model without 4-bit layers)."""
     import types
 
     import torch
@@ -717,9 +684,7 @@ def clear_previous_run(output_dir: Path) -> list[Path]:
     checkpoints (``checkpoint-N`` folders holding transformers' ``trainer_state.json``), its
     adapter folder (marked by ``META``) and ``history.json``. Anything else in the folder
     stays; an ``adapter`` or ``checkpoint-N`` folder that this code did not write stops the run
-    before it starts. Returns what was removed.
-
-    Not shown in a notebook: used by gemma_helpers.train.train."""
+    before it starts. Returns what was removed."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     if not output_dir.is_dir():

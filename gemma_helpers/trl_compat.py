@@ -26,9 +26,7 @@ class TorchLogProb:
     ``cross_entropy``; the statistics TRL logs (entropy, top-1 accuracy, ...) are computed only
     when TRL asks for them, without gradients. Up to ``CHUNK`` rows are one chunk; more are
     split into chunks under activation checkpointing, so the ``[rows, vocab]`` logits of one
-    chunk at most are alive at a time (1 GiB for 1024 rows of Gemma's 262144-token vocabulary).
-
-    Not shown in a notebook: used by gemma_helpers.train.train and gemma_helpers.trl_compat.ensure_lm_head_kernel."""
+    chunk at most are alive at a time (1 GiB for 1024 rows of Gemma's 262144-token vocabulary)."""
 
     CHUNK = 1024
 
@@ -102,18 +100,14 @@ class TorchLogProb:
 
 
 def autocast_bf16(device_type: str) -> bool:
-    """Whether bfloat16 autocast is on for ``device_type`` (``"cpu"``, ``"cuda"``).
-
-    Not shown in a notebook: used by gemma_helpers.trl_compat.TorchLogProb."""
+    """Whether bfloat16 autocast is on for ``device_type`` (``"cpu"``, ``"cuda"``)."""
     import torch
 
     return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16
 
 
 def ensure_lm_head_kernel() -> None:
-    """Give TRL its fused-LM-head function where Triton is missing (CPU PyTorch).
-
-    Not shown in a notebook: used by gemma_helpers.train.train and the tests."""
+    """Give TRL its fused-LM-head function where Triton is missing (CPU PyTorch)."""
     import trl.trainer.utils as trl_utils
 
     if getattr(trl_utils, "_ChunkedLogProbFunction", None) is None:
@@ -123,18 +117,14 @@ def ensure_lm_head_kernel() -> None:
 class PackedMasksAreFine(logging.Filter):
     """Drops TRL's warning that padding-free batches need flash attention: transformers 5.17's
     sdpa and eager masks keep packed examples apart through ``position_ids`` when no KV cache is
-    passed, as in training (``tests/test_bench.py`` checks the losses agree).
-
-    Not shown in a notebook: used by gemma_helpers.trl_compat.quiet_packed_warning."""
+    passed, as in training (``tests/test_bench.py`` checks the losses agree)."""
 
     def filter(self, record):
         return "Padding-free training is enabled, but the attention" not in record.getMessage()
 
 
 def quiet_packed_warning(model) -> None:
-    """Add :class:`PackedMasksAreFine` to TRL's SFT logger once, for a model on sdpa or eager attention.
-
-    Not shown in a notebook: used by gemma_helpers.train.train and the tests."""
+    """Add :class:`PackedMasksAreFine` to TRL's SFT logger once, for a model on sdpa or eager attention."""
     if getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager"):
         log = logging.getLogger("trl.trainer.sft_trainer")
         if not any(isinstance(f, PackedMasksAreFine) for f in log.filters):
@@ -143,9 +133,7 @@ def quiet_packed_warning(model) -> None:
 
 def keep_trainable_float32(model) -> None:
     """Put back to float32 every trainable parameter TRL cast to bfloat16 (a 4-bit model's LoRA weights):
-    master weights and optimizer state stay float32, and bfloat16 autocast still computes in bfloat16.
-
-    Not shown in a notebook: used by gemma_helpers.train.train and the tests."""
+    master weights and optimizer state stay float32, and bfloat16 autocast still computes in bfloat16."""
     import torch
 
     for param in model.parameters():

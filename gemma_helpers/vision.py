@@ -19,9 +19,7 @@ VISION_PARTS = ("vision_tower", "multi_modal_projector", "embed_vision")  # Gemm
 def vision_processor(image_size: int = 64, tokens_per_image: int = 4):
     """A real ``Gemma3Processor`` assembled offline: the embedded Gemma 3 tokenizer (plus the
     ``<image_soft_token>`` the multimodal Gemma 3 checkpoints have at id 262144), Gemma's chat
-    template, and a ``Gemma3ImageProcessor`` (PIL backend) at ``image_size``.
-
-    Not shown in a notebook: used by gemma_helpers.vision.tiny_vision_model."""
+    template, and a ``Gemma3ImageProcessor`` (PIL backend) at ``image_size``."""
     from tokenizers import AddedToken
     from transformers import AutoTokenizer, Gemma3ImageProcessorPil, Gemma3Processor
 
@@ -41,9 +39,7 @@ def tiny_vision_model(seed: int = 0, image_size: int = 64, patch_size: int = 8, 
 
     For tests and the CPU profile. Gemma 4's processor module imports torchvision, whose PyPI wheels
     are CUDA builds that fail to load next to the CPU build of torch, and Gemma 3n's vision tower is a
-    timm model (timm needs torchvision too); the same code trains Gemma 3n / 4 on a GPU.
-
-    Not shown in a notebook: used by gemma_helpers.vision.load_vision_model and the tests."""
+    timm model (timm needs torchvision too); the same code trains Gemma 3n / 4 on a GPU."""
     import torch
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
@@ -138,10 +134,7 @@ def gemma4_processor_class():
     torchvision image processor): the ``Gemma4ImageProcessorKwargs`` typed dict and the pure-arithmetic
     ``get_aspect_ratio_preserving_size``. ``image_processing_pil_gemma4`` (the PIL backend) defines both,
     with the same source (a test compares them). Without torchvision the first module cannot be imported, so
-    its name is bound to the second one before the import; with torchvision nothing is changed.
-
-    Not shown in a notebook: used by gemma_helpers.vision.gemma4_processor, the stand-ins of
-    ``python -m gemma_helpers rehearse`` and the tests."""
+    its name is bound to the second one before the import; with torchvision nothing is changed."""
     import sys
 
     from transformers.utils import is_torchvision_available
@@ -166,9 +159,7 @@ def gemma4_processor(path: str | Path):
     image processor, ``Gemma4ImageProcessorPil``, and the audio feature extractor) and the folder's
     ``processor_config.json`` into ``Gemma4Processor`` with its video slot empty: a subclass that
     changes nothing but accepting ``video_processor=None``. Images and text go through
-    ``Gemma4Processor``'s own code; a call with ``videos=`` fails (video is not used by the series).
-
-    Notebook 04, "Model, and what is trained on" (through load_vision_model, where torchvision is missing)."""
+    ``Gemma4Processor``'s own code; a call with ``videos=`` fails (video is not used by the series)."""
     from transformers import AutoTokenizer
     from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
     from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
@@ -182,10 +173,7 @@ def gemma4_processor(path: str | Path):
 
 @functools.cache
 def gemma4_processor_without_video():
-    """``Gemma4Processor`` that accepts ``video_processor=None`` (see :func:`gemma4_processor`).
-
-    Not shown in a notebook: used by gemma_helpers.vision.gemma4_processor and the Gemma 4 stand-in of
-    ``python -m gemma_helpers rehearse``."""
+    """``Gemma4Processor`` that accepts ``video_processor=None`` (see :func:`gemma4_processor`)."""
     base = gemma4_processor_class()
 
     class Gemma4ProcessorWithoutVideo(base):

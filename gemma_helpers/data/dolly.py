@@ -23,9 +23,7 @@ HUB_ID = "databricks/databricks-dolly-15k"
 
 def row_problem(row) -> str | None:
     """Why ``row`` is unusable (naming the field), or None when it is fine: every field text, and the
-    instruction and response with something visible in them (:func:`gemma_helpers.chat.text_problem`).
-
-    Not shown in a notebook: used by gemma_helpers.data.dolly.check_row and gemma_helpers.data.dolly.read_jsonl."""
+    instruction and response with something visible in them (:func:`gemma_helpers.chat.text_problem`)."""
     if not isinstance(row, dict):
         return f"not a JSON object but a {type(row).__name__}"
     for name in FIELDS:
@@ -43,9 +41,7 @@ def row_problem(row) -> str | None:
 
 
 def check_row(row, where: str) -> str | None:
-    """Why ``row`` is unusable, ``where`` first (:func:`row_problem`), or None when it is fine.
-
-    Not shown in a notebook: used by gemma_helpers.data.dolly.from_hub and the tests."""
+    """Why ``row`` is unusable, ``where`` first (:func:`row_problem`), or None when it is fine."""
     problem = row_problem(row)
     return f"{where}: {problem}" if problem else None
 
@@ -73,9 +69,7 @@ def drop_duplicates(rows: Sequence[dict], places: Sequence[str], source: str, re
     """``rows`` without exact duplicates (the same four fields as an earlier row), the first kept.
     ``places`` names each row (``file:line``, ``hub row N``); the first ``SHOWN_DUPLICATES`` dropped are
     reported as ``skipped place: the same row as place`` and then the count
-    (``source: dropped 3 exact duplicate rows of 40``), as a bad line is reported.
-
-    Not shown in a notebook: used by gemma_helpers.data.dolly.read_jsonl and gemma_helpers.data.dolly.from_hub."""
+    (``source: dropped 3 exact duplicate rows of 40``), as a bad line is reported."""
     first: dict[tuple, int] = {}
     kept, dropped = [], 0
     for i, row in enumerate(rows):
@@ -138,9 +132,7 @@ def split(rows: Sequence[dict], n_train: int, n_heldout: int) -> tuple[list[dict
 
 
 def prompt(row: dict) -> str:
-    """The Dolly prompt of a row, ending where the response starts.
-
-    Not shown in a notebook: used by gemma_helpers.data.dolly.prompt_completion."""
+    """The Dolly prompt of a row, ending where the response starts."""
     return PROMPT.format(instruction=row["instruction"].strip())
 
 

@@ -26,9 +26,7 @@ from typing import Protocol
 
 class Paper(Protocol):
     """What a download needs of an item (:class:`gemma_helpers.data.papers.Paper` is one): a ``key``, the
-    file's name, and the ``source`` URL.
-
-    Not shown in a notebook: used by gemma_helpers.data.download.download and gemma_helpers.data.download.paper_files."""
+    file's name, and the ``source`` URL."""
 
     key: str
 
@@ -37,10 +35,7 @@ class Paper(Protocol):
 
 @dataclass
 class Fetch:
-    """What happened to one URL.
-
-    Not shown in a notebook: used by gemma_helpers.data.download.download and
-    gemma_helpers.data.download.download_one."""
+    """What happened to one URL."""
 
     key: str
     url: str
@@ -70,9 +65,7 @@ def safe_filename(name: str, suffix: str = ".pdf") -> str:
 
 def is_complete_pdf(path: str | Path) -> bool:
     """Starts with ``%PDF-`` and has the ``%%EOF`` marker in its last kilobytes (notebook 01, section 2: a rerun
-    finds the papers already on disk).
-
-    Not shown in a notebook: used by gemma_helpers.data.download and gemma_helpers.data.download.download_one."""
+    finds the papers already on disk)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -100,9 +93,7 @@ def _retry_after(response) -> float | None:
 
 
 def url_problem(url) -> str | None:
-    """Why ``url`` is not fetched (not http(s), no host, a bad port, spaces or control characters), or None.
-
-    Not shown in a notebook: used by gemma_helpers.data.download and gemma_helpers.data.download.download_one."""
+    """Why ``url`` is not fetched (not http(s), no host, a bad port, spaces or control characters), or None."""
     if not isinstance(url, str):
         return f"the URL is a {type(url).__name__}, not text"
     try:
@@ -253,10 +244,7 @@ def _fetch_body(session, url: str, tmp: Path, *, timeout, end: float, deadline_s
 
 
 def short_error(exc: BaseException, n: int = 160) -> str:
-    """An exception's message on one line, at most ``n`` characters (for a report's ``reason``).
-
-    Not shown in a notebook: used by gemma_helpers.data.download, gemma_helpers.data.download.download_one and
-    gemma_helpers.data.papers.collect."""
+    """An exception's message on one line, at most ``n`` characters (for a report's ``reason``)."""
     text = " ".join(str(exc).split())
     return text if len(text) <= n else text[: n - 3] + "..."
 
@@ -274,9 +262,7 @@ def download_one(url: str, dest: str | Path, key: str = "", *, session=None, max
     ``backoff_s``, then twice that, and so on (at most ``max_wait_s``), or after the server's
     ``Retry-After`` when it sends one; a wait that would pass ``max_wait_s`` or the deadline ends
     the tries. Redirects are followed by hand: at most ``max_redirects``, http(s) targets only, a loop
-    named. A content encoding (gzip) is decoded before the size cap and the completeness check.
-
-    Not shown in a notebook: used by gemma_helpers.data.download.download and the tests."""
+    named. A content encoding (gzip) is decoded before the size cap and the completeness check."""
     import requests
 
     dest = Path(dest)
@@ -330,9 +316,7 @@ def download_one(url: str, dest: str | Path, key: str = "", *, session=None, max
 def paper_files(papers: Sequence[Paper]) -> list[str]:
     """The file name of each paper: :func:`safe_filename` of its key, with a short hash of the key added
     where two keys would otherwise share a file (``a b`` and ``a_b``, or ``A`` and ``a`` on a
-    case-insensitive disk). The same key twice is a :class:`ValueError` naming both entries.
-
-    Not shown in a notebook: used by gemma_helpers.data.download.download and the tests."""
+    case-insensitive disk). The same key twice is a :class:`ValueError` naming both entries."""
     first: dict[str, int] = {}
     for i, paper in enumerate(papers):
         if paper.key in first:
@@ -355,9 +339,7 @@ def paper_files(papers: Sequence[Paper]) -> list[str]:
 
 def download(papers: Sequence[Paper], folder: str | Path, progress: bool = True, **kwargs) -> list[Fetch]:
     """:func:`download_one` for every paper into ``folder`` (file names from :func:`paper_files`); one
-    :class:`Fetch` each, in order (notebook 01, section 2, through :func:`gemma_helpers.data.papers.collect`).
-
-    Not shown in a notebook: used by gemma_helpers.data.papers.collect and the tests."""
+    :class:`Fetch` each, in order (notebook 01, section 2, through :func:`gemma_helpers.data.papers.collect`)."""
     import requests
     from tqdm.auto import tqdm
 

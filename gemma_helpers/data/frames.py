@@ -21,17 +21,12 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 
 
 class ClipError(ValueError):
-    """A clip that cannot be used; the message names the file.
-
-    Not shown in a notebook: used by gemma_helpers.data.frames.build_rows and
-    gemma_helpers.data.frames.sample_frames."""
+    """A clip that cannot be used; the message names the file."""
 
 
 @dataclass
 class Skipped:
-    """A clip that build_rows left out, with the reason.
-
-    Not shown in a notebook: used by gemma_helpers.data.frames.build_rows."""
+    """A clip that build_rows left out, with the reason."""
 
     clip: str
     reason: str
@@ -41,9 +36,7 @@ def sample_frames(path: str | Path, n: int = 4, size: int | None = 336) -> list:
     """``n`` evenly spaced frames of a video file as RGB PIL images, resized to ``size`` x ``size``.
 
     The first and the last frame are always among them. Raises :class:`ClipError` naming the file
-    when it cannot be decoded or has fewer than ``n`` frames.
-
-    Not shown in a notebook: used by gemma_helpers.data.frames.write_frames and the tests."""
+    when it cannot be decoded or has fewer than ``n`` frames."""
     import av
 
     path = Path(path)
@@ -71,9 +64,7 @@ def sample_frames(path: str | Path, n: int = 4, size: int | None = 336) -> list:
 
 def write_frames(clip: str | Path, out_dir: str | Path, n: int = 4, size: int | None = 336,
                  quality: int = 90) -> list[Path]:
-    """Sample ``n`` frames of ``clip`` and write them as ``out_dir/frame_0.jpg`` ... (JPEG).
-
-    Not shown in a notebook: used by gemma_helpers.data.frames.build_rows."""
+    """Sample ``n`` frames of ``clip`` and write them as ``out_dir/frame_0.jpg`` ... (JPEG)."""
     out_dir = Path(out_dir)
     images = sample_frames(clip, n, size)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,10 +77,7 @@ def write_frames(clip: str | Path, out_dir: str | Path, n: int = 4, size: int | 
 
 
 def row(frame_paths: Sequence[str], answer: str, clip: str, prompt: str = PROMPT) -> dict:
-    """One training row in the seed's messages format: N image parts, then the text; the answer as assistant.
-
-    Not shown in a notebook: used by gemma_helpers.data.frames.answer_of, gemma_helpers.data.frames.build_rows and
-    gemma_helpers.data.frames.load_images."""
+    """One training row in the seed's messages format: N image parts, then the text; the answer as assistant."""
     content = [{"type": "image", "image": str(p)} for p in frame_paths] + [{"type": "text", "text": prompt}]
     return {"messages": [{"role": "user", "content": content},
                          {"role": "assistant", "content": [{"type": "text", "text": answer}]}],

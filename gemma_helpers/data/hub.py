@@ -11,7 +11,7 @@ def load_hub_dataset(hub_id: str, split: str = "train"):
     """``datasets.load_dataset(hub_id, split=split)``; with a mirror that holds ``hub_id``, the same call
     on that folder (``load_dataset`` reads its data files by their extension), and a line saying so.
 
-    Notebook 02, section 1; Notebook 06, "The data" (through gemma_helpers.data.dolly.from_hub)."""
+    Notebook 02, section 1."""
     from datasets import load_dataset
 
     local = hub_mirror(hub_id, "dataset")

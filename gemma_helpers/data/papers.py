@@ -47,10 +47,7 @@ SAMPLE = Path(__file__).resolve().parents[2] / "data" / "papers_sample.json"
 
 @dataclass(frozen=True)
 class Paper:
-    """One paper of the download list: key, the title its PDF must carry, field and URL.
-
-    Not shown in a notebook: used by gemma_helpers.data.papers, gemma_helpers.data.papers.arxiv_papers and
-    gemma_helpers.data.papers.collect."""
+    """One paper of the download list: key, the title its PDF must carry, field and URL."""
 
     key: str  # short name, also the file name
     title: str  # the title the PDF must carry
@@ -99,9 +96,7 @@ instructblip     | vision     | 2305.06500 | InstructBLIP: Towards General-purpo
 def arxiv_papers(mirror: str | None = None) -> list[Paper]:
     """:data:`ARXIV_PAPERS`, the GPU profile's download list, from arxiv.org or from a mirror that serves
     arXiv's paths (``mirror``, default ``$GEMMA_ARXIV_MIRROR``: :func:`gemma_helpers.env.arxiv_mirror`),
-    each PDF at ``<mirror>/pdf/<id>``. The title check after the download is the same either way.
-
-    Notebook 01, section 1."""
+    each PDF at ``<mirror>/pdf/<id>``. The title check after the download is the same either way."""
     base = (mirror or "").rstrip("/") or arxiv_mirror()
     if not base:
         return list(ARXIV_PAPERS)
@@ -111,9 +106,7 @@ def arxiv_papers(mirror: str | None = None) -> list[Paper]:
 # ---------------------------------------------------------------- the corpus
 @dataclass
 class Corpus:
-    """What collect returns: the usable papers and one report entry per URL.
-
-    Not shown in a notebook: used by gemma_helpers.data.papers.collect."""
+    """What collect returns: the usable papers and one report entry per URL."""
 
     papers: list[dict]  # key, title, field, text, pages, words, problems
     report: list[dict]  # one entry per URL: key, url, status, reason, ...
@@ -126,9 +119,7 @@ class Corpus:
 
 
 def read_paper(paper: Paper, path: str | Path) -> tuple[dict | None, str, str]:
-    """``(paper record or None, status, reason)`` for a downloaded file.
-
-    Not shown in a notebook: used by gemma_helpers.data.papers.collect."""
+    """``(paper record or None, status, reason)`` for a downloaded file."""
     try:
         parsed = read_pdf(path)
     except PDFError as exc:
@@ -174,17 +165,12 @@ def collect(papers: Sequence[Paper], folder: str | Path, progress: bool = True, 
 
 
 def sample(path: str | Path = SAMPLE) -> list[dict]:
-    """The project's own mini-papers (``data/papers_sample.json``), as written.
-
-    Not shown in a notebook: used by gemma_helpers.data.papers.sample_rows, gemma_helpers.offline.sample_papers and
-    ``python -m gemma_helpers rehearse``."""
+    """The project's own mini-papers (``data/papers_sample.json``), as written."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def sample_text(paper: Mapping) -> str:
-    """A bundled mini-paper as :func:`~gemma_helpers.data.pdf.clean_pages` would return it after a perfect extraction.
-
-    Not shown in a notebook: used by gemma_helpers.data.papers.sample_rows and the tests."""
+    """A bundled mini-paper as :func:`~gemma_helpers.data.pdf.clean_pages` would return it after a perfect extraction."""
     lines = [paper["title"]] + ([paper["authors"]] if paper.get("authors") else [])
     for section in paper["sections"]:
         lines += [section["heading"], section["text"]]
@@ -288,9 +274,7 @@ def continuation_rows(paper: Mapping, context: int = 2, min_words: int = 6, max_
     sentences; the answer is the sentence that follows in the paper. Answers shorter than
     ``min_words`` or longer than ``max_words`` words are left out (a word is one with a visible
     character: bidi marks or NUL alone are not words); ``max_rows`` spreads the kept rows evenly over
-    the paper. Each row passes :func:`gemma_helpers.chat.validate_rows`.
-
-    Not shown in a notebook: used by gemma_helpers.data.papers.build_rows and the tests."""
+    the paper. Each row passes :func:`gemma_helpers.chat.validate_rows`."""
     rows = []
     for heading, sentences in sections(paper["text"]):
         for i in range(1, len(sentences)):
@@ -370,8 +354,6 @@ def build_rows(papers: Sequence[Mapping], splits: Mapping[str, Sequence[str]], t
 
 
 def sample_rows(split: str = "train", **kwargs) -> list[dict]:
-    """Training rows of the bundled mini-papers straight from their text (the throughput benchmark's papers recipe).
-
-    Not shown in a notebook: used by benchmarks/train_throughput.py and the tests."""
+    """Training rows of the bundled mini-papers straight from their text (the throughput benchmark's papers recipe)."""
     papers = [{**p, "text": sample_text(p)} for p in sample()]
     return build_rows(papers, split_by_paper([p["key"] for p in papers]), **kwargs)[split]

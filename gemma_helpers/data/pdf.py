@@ -19,9 +19,7 @@ from pathlib import Path
 
 
 class PDFError(ValueError):
-    """A file that cannot be used as a paper; the message names the file and the reason.
-
-    Not shown in a notebook: used by gemma_helpers.data.papers.read_paper and gemma_helpers.data.pdf.read_pdf."""
+    """A file that cannot be used as a paper; the message names the file and the reason."""
 
     def __init__(self, path, reason: str):
         super().__init__(f"{path}: {reason}")
@@ -30,9 +28,7 @@ class PDFError(ValueError):
 
 @dataclass
 class Parsed:
-    """What read_pdf returns: the page texts, the pages skipped and the metadata title.
-
-    Not shown in a notebook: used by gemma_helpers.data.pdf.read_pdf."""
+    """What read_pdf returns: the page texts, the pages skipped and the metadata title."""
 
     path: str
     pages: list[str]
@@ -133,9 +129,7 @@ KNOWN_HEADING = re.compile(r"^(abstract|introduction|background|related work|met
 
 
 def is_heading(line: str) -> bool:
-    """A numbered heading ("2 Method", "3.1 Data"), a usual section name, or a short Title Case line.
-
-    Not shown in a notebook: used by gemma_helpers.data.papers.sections and gemma_helpers.data.pdf.clean_pages."""
+    """A numbered heading ("2 Method", "3.1 Data"), a usual section name, or a short Title Case line."""
     line = line.strip()
     words = line.split()
     if not words or len(line) > 100 or _SENTENCE_END.search(line):
@@ -156,9 +150,7 @@ def clean_pages(pages: Sequence[str]) -> str:
     Ligatures and other compatibility characters (NFKC), soft hyphens, control characters (NUL, ESC...)
     and lone surrogates removed, words hyphenated at a line end joined, running headers / footers and
     bare page numbers removed, everything from the last "References" heading on cut, lines that are
-    mostly symbols (equation residue) dropped.
-
-    Not shown in a notebook: used by gemma_helpers.data.papers.read_paper and the tests."""
+    mostly symbols (equation residue) dropped."""
     split = []
     for page in pages:
         text = _NOT_TEXT.sub("", unicodedata.normalize("NFKC", page).replace("\u00ad", ""))  # rows refuse NUL & co.
@@ -203,9 +195,7 @@ _TITLE_STOP = {"a", "an", "and", "the", "of", "for", "with", "in", "on", "to", "
 
 def title_score(expected: str, found: str) -> float:
     """How much of the expected title ``found`` carries in one place: the largest fraction of the
-    title's words (stopwords aside) inside any run of ``len(title) + 6`` consecutive words.
-
-    Not shown in a notebook: used by gemma_helpers.data.papers.read_paper."""
+    title's words (stopwords aside) inside any run of ``len(title) + 6`` consecutive words."""
     want = {w for w in _title_words(expected) if w not in _TITLE_STOP} or set(_title_words(expected))
     have = _title_words(found)
     if not want or not have:

@@ -32,9 +32,7 @@ def normalize_persian(text: str, digits: str | None = "persian") -> tuple[str, s
     - ``zwnj``: zero-width spaces and BOMs removed, runs of ZWNJ (half-space) made one, a ZWNJ
       next to whitespace or at either end of the text dropped, tatweel (ـ) removed;
     - ``whitespace``: no-break and other spaces and tabs become a space, runs of spaces one, no
-      space around a line break, at most one empty line, nothing at either end.
-
-    Not shown in a notebook: used by gemma_helpers.data.persian.clean_conversations and the tests."""
+      space around a line break, at most one empty line, nothing at either end."""
     fixes: set[str] = set()
 
     def step(kind, new):
@@ -75,9 +73,7 @@ def _canonical(text: str) -> str:
 
 @dataclass
 class CleaningReport:
-    """What :func:`clean_conversations` did: counts, and the index of every dropped or fixed row.
-
-    Not shown in a notebook: used by gemma_helpers.data.persian.clean_conversations."""
+    """What :func:`clean_conversations` did: counts, and the index of every dropped or fixed row."""
 
     rows_in: int = 0
     rows_out: int = 0
