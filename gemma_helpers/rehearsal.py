@@ -425,7 +425,7 @@ def _run_each(notebooks: list[str], scratch: Path, env: dict, timeout: int, repo
                                                stderr=f"{_text(late.stderr)}\n{name}: timed out after {timeout} s")
         seconds = round(time.time() - started, 1)
         entry = {"notebook": name.removesuffix(".ipynb"), "status": "ok" if done.returncode == 0 else "error",
-                 "seconds": seconds}
+                 "seconds": seconds, "budget": budget_entry(name)}
         executed = scratch / "outputs" / "notebooks" / name
         if done.returncode != 0:
             entry["error"] = _error_text(done.stderr or done.stdout)
@@ -442,6 +442,17 @@ def _run_each(notebooks: list[str], scratch: Path, env: dict, timeout: int, repo
             print(entry["error"][-1500:], flush=True)
         elif entry["status"] == "no stand-in":
             print(f"  {entry['reason']}", flush=True)
+
+
+def budget_entry(notebook: str) -> dict:
+    """The T4 budget of ``notebook``'s GPU profile as the rehearsal reports it (peak GPU GB, host RAM GB,
+    minutes, and whether it fits). The notebook itself checks the same budget while it runs on the
+    ``rehearse`` profile (:func:`gemma_helpers.budget.show`), so a step over the T4's limits fails its run."""
+    from . import budget
+
+    plan = budget.for_notebook(notebook[:2])
+    return {"peak_gpu_gb": round(plan.peak_gpu_gb, 2), "host_ram_gb": round(plan.host_ram_gb, 2),
+            "disk_gb": round(plan.disk_gb, 2), "minutes": round(plan.minutes, 1), "fits": not plan.problems()}
 
 
 def run_notebooks(folder: str | Path, only: tuple[str, ...] = (), timeout: int = 900,

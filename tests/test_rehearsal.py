@@ -230,3 +230,12 @@ def test_gemma4_processor_import_without_torchvision_binds_names_of_the_same_sou
 
     assert sources("image_processing_gemma4.py") == sources("image_processing_pil_gemma4.py")
     assert set(sources("image_processing_pil_gemma4.py")) == wanted
+
+
+def test_each_notebook_entry_carries_its_t4_budget():
+    from gemma_helpers import budget
+
+    entries = {n: rehearsal.budget_entry(f"{n}_x.ipynb") for n in ("00", "01", "02", "03", "04", "05", "06")}
+    assert all(e["fits"] for e in entries.values()), entries
+    assert all(e["peak_gpu_gb"] < budget.T4.gpu_gb and e["minutes"] <= budget.NOTEBOOK_MINUTES for e in entries.values())
+    assert entries["02"]["peak_gpu_gb"] > 10 and entries["00"]["minutes"] == 0  # an E4B notebook; the install one
