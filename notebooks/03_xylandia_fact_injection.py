@@ -191,10 +191,11 @@ merged_dir = gh.merging.save_merged(merged, base_tok, ra_run.adapter_dir, out / 
 
 # %% [markdown]
 # The merged folder, loaded back from disk, and the adapter answer the same questions greedily; the check
-# compares the generated token ids, through the `<end_of_turn>` that ends each answer.
+# compares the generated token ids, through the `<end_of_turn>` that ends each answer. It is loaded in the
+# float32 it was saved in, with transformers (unsloth would hold it in float16 on a T4).
 
 # %%
-merged, merged_tok = gh.load_model(str(merged_dir))
+merged, merged_tok = gh.load_model(str(merged_dir), dtype=torch.float32, use_unsloth=False)
 questions = data["train_questions"] + data["heldout_questions"]
 adapter_answers, adapter_stats = gh.ask(ra_run.model, tok, questions, MAX_NEW_TOKENS, return_stats=True)
 merged_answers, merged_stats = gh.ask(merged, merged_tok, questions, MAX_NEW_TOKENS, return_stats=True)

@@ -248,3 +248,17 @@ def test_a_model_unsloth_fails_to_load_is_loaded_by_transformers(monkeypatch, ca
     out = capsys.readouterr().out
     assert "unsloth: FastModel.from_pretrained(" in out and "failed (AttributeError: 'Gemma3Config'" in out
     assert env.unsloth_available() is False  # attach_lora and train follow the same path afterwards
+
+
+def test_notebook_03_reloads_the_merged_model_as_merged_not_through_unsloth():
+    """On a T4 unsloth would hold the merged 1B in float16 while the adapter ran on the float32 dequantised
+    base: the token-for-token check must compare like with like (read from the notebook's code)."""
+    import ast
+    from pathlib import Path
+
+    source = (Path(env.REPO_ROOT) / "notebooks" / "03_xylandia_fact_injection.py").read_text(encoding="utf-8")
+    loads = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)
+             and ast.unparse(node.func) == "gh.load_model" and "merged_dir" in ast.unparse(node.args[0])]
+    assert len(loads) == 1
+    keywords = {k.arg: ast.unparse(k.value) for k in loads[0].keywords}
+    assert keywords.get("use_unsloth") == "False" and keywords.get("dtype") == "torch.float32"
