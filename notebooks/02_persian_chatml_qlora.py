@@ -99,7 +99,7 @@ from gemma_helpers.data import persian
 from gemma_helpers.data.hub import load_hub_dataset
 
 if DATA.endswith(".jsonl"):
-    raw = gh.jsonl.read_jsonl(root / DATA, errors="raise")
+    raw = gh.jsonl.read_jsonl(gh.env.REPO_ROOT / DATA, errors="raise")
 else:
     raw = list(load_hub_dataset(DATA, split="train"))  # datasets.load_dataset(DATA, split="train")
 rows, cleaning = persian.clean_conversations(raw)
