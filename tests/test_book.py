@@ -107,3 +107,16 @@ def test_the_book_lists_every_committed_notebook_and_the_reference_pages():
         assert f"notebooks/{nb.stem}\n" in index, f"{nb.stem} is not in the book's table of contents"
     for page in ("results", "reliability", "colab", "install", "package", "api"):
         assert f"\n{page}\n" in index and any((ROOT / "book").glob(f"{page}.*"))
+
+
+def test_the_api_page_names_every_module_of_the_package():
+    """The API page lists modules by hand: a module added, split or removed must show there too."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    package = root / "gemma_helpers"
+    modules = {"gemma_helpers." + ".".join(p.relative_to(package).with_suffix("").parts)
+               for p in package.rglob("*.py") if not p.stem.startswith("_")}
+    named = {line.split("::", 1)[1].strip() for line in (root / "book" / "api.rst").read_text().splitlines()
+             if line.startswith(".. automodule::")} - {"gemma_helpers"}
+    assert named == modules, f"missing from book/api.rst: {sorted(modules - named)}; gone: {sorted(named - modules)}"
