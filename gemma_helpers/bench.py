@@ -248,8 +248,6 @@ def speedup(results, numerator: str, denominator: str, key: str = "gen_tps") -> 
     return top[key] / bottom[key]
 
 
-
-
 def speedup_over(results, numerator: str, candidates) -> tuple[str, float]:
     """``(name, ratio)``: ``numerator``'s generation tokens/s over the first of ``candidates`` measured on
     the same kind of device. On a CPU the merged transformers model is the baseline; on a GPU, where the
@@ -259,6 +257,6 @@ def speedup_over(results, numerator: str, candidates) -> tuple[str, float]:
     by_name = {r["name"]: r for r in results}
     device = by_name[numerator].get("device", "cpu")
     for name in candidates:
-        if by_name.get(name, {}).get("device", "cpu") == device and name in by_name:
+        if name in by_name and by_name[name].get("device", "cpu") == device:
             return name, speedup(results, numerator, name)
     raise ValueError(f"none of {list(candidates)} ran on {device} like {numerator!r}: no speed-up to state")
