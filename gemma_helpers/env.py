@@ -255,11 +255,18 @@ def arxiv_mirror() -> str | None:
     return os.environ.get(ARXIV_MIRROR, "").strip().rstrip("/") or None
 
 
+COMPUTE_DTYPE_VARIABLE = "GEMMA_COMPUTE_DTYPE"  # bfloat16 or float32: forces the compute path (train.compute_dtype)
+
+
 def bf16_supported() -> bool:
     """True when the CUDA GPU computes in bfloat16 natively (compute capability 8.0 and newer).
 
     ``torch.cuda.is_bf16_supported()`` alone answers True on a T4 (capability 7.5), where bfloat16 is
-    only emulated; emulation is excluded here, so a T4 trains and reports float32."""
+    only emulated; emulation is excluded here, so a T4 trains and reports float32.
+    ``GEMMA_COMPUTE_DTYPE=float32`` answers False on any card: the whole run (load dtype, 4-bit compute
+    dtype, training, merge) takes the float32 path of a card without bfloat16."""
+    if os.environ.get(COMPUTE_DTYPE_VARIABLE, "").strip().lower() == "float32":
+        return False
     if not cuda_available():
         return False
     import torch

@@ -256,7 +256,7 @@ def padding_free(spec: TrainSpec, multimodal: bool = False) -> bool:
 
 
 COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
-COMPUTE_DTYPE_VARIABLE = "GEMMA_COMPUTE_DTYPE"  # forces what "auto" means (a CI run of the other compute path)
+COMPUTE_DTYPE_VARIABLE = env.COMPUTE_DTYPE_VARIABLE  # forces what "auto" means (a CI run of the other compute path)
 
 
 def compute_dtype(spec: TrainSpec) -> str:
