@@ -235,8 +235,6 @@ def gemma4_checkpoint(folder: str | Path, hidden_size: int = 64, layers: int = 2
     processor is saved: it needs torchvision (see :func:`gemma_helpers.vision.gemma4_processor`)."""
     import torch
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration
-    from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
-    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
 
     folder = Path(folder)
     if (folder / ".complete").exists():
@@ -261,11 +259,20 @@ def gemma4_checkpoint(folder: str | Path, hidden_size: int = 64, layers: int = 2
     model = Gemma4ForConditionalGeneration(config).float()
     model.generation_config.eos_token_id = text["eos_token_id"]
     model.generation_config.pad_token_id = tok.pad_token_id
-    processor = gemma4_processor_without_video()(
+    return _save(folder, model, gemma4_processor(tok), "Gemma 4 (vision + text, no audio tower), 262,144 embedding "
+                 "rows, Gemma4Processor without its video processor")
+
+
+def gemma4_processor(tok=None):
+    """``Gemma4Processor`` without its video processor around ``tok`` (default :func:`gemma4_tokenizer`):
+    ``Gemma4ImageProcessorPil`` at the real settings and Gemma 4's audio feature extractor."""
+    from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
+    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
+
+    tok = tok or gemma4_tokenizer()
+    return gemma4_processor_without_video()(
         feature_extractor=Gemma4AudioFeatureExtractor(), image_processor=Gemma4ImageProcessorPil(), tokenizer=tok,
         video_processor=None, chat_template=tok.chat_template)
-    return _save(folder, model, processor, "Gemma 4 (vision + text, no audio tower), 262,144 embedding rows, "
-                 "Gemma4Processor without its video processor")
 
 
 def _save(folder: Path, model, processor, what: str) -> Path:
@@ -307,12 +314,12 @@ def _dolly_rows() -> list[dict]:
 DATASETS = {"mshojaei77/persian-gk": _persian_rows, "databricks/databricks-dolly-15k": _dolly_rows}
 
 
-def dataset_folder(hub_id: str) -> Path:
+def dataset_folder(hub_id: str, mirror: str | Path | None = None) -> Path:
     """The stand-in of a hub dataset in the mirror (``<mirror>/datasets/<id>/train.jsonl``, in that
-    dataset's schema), written afresh."""
+    dataset's schema), written afresh; ``mirror`` defaults to :func:`mirror_root`."""
     if hub_id not in DATASETS:
         raise ValueError(f"no rehearsal stand-in for the dataset {hub_id}; known: {sorted(DATASETS)}")
-    folder = mirror_root() / "datasets" / hub_id
+    folder = Path(mirror or mirror_root()) / "datasets" / hub_id
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".train.jsonl.tmp-{os.getpid()}"
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in DATASETS[hub_id]()), encoding="utf-8")
@@ -356,7 +363,7 @@ COPIED = ("gemma_helpers", "notebooks", "data", "requirements-local.txt", "requi
           "requirements-keras.txt", "pyproject.toml")
 
 
-def _scratch_repo(root: Path, scratch: Path) -> Path:
+def _scratch_repo(root: Path, scratch: Path, first_cell: str = FIRST_CELL) -> Path:
     """A copy of the code, notebooks and data under ``scratch``: the rehearsal's outputs, charts and
     results land there, never over the real runs' (notebook 05 reuses notebook 03's adapter)."""
     shutil.rmtree(scratch, ignore_errors=True)
@@ -368,16 +375,16 @@ def _scratch_repo(root: Path, scratch: Path) -> Path:
         elif source.is_file():
             shutil.copy2(source, scratch / name)
     for notebook in sorted((scratch / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        _with_first_cell(notebook)
+        _with_first_cell(notebook, first_cell)
     return scratch
 
 
-def _with_first_cell(notebook: Path) -> None:
-    """Put :data:`FIRST_CELL` at the top of ``notebook`` (a scratch copy)."""
+def _with_first_cell(notebook: Path, first_cell: str = FIRST_CELL) -> None:
+    """Put ``first_cell`` (:data:`FIRST_CELL`) at the top of ``notebook`` (a scratch copy)."""
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
-    nb.cells.insert(0, nbformat.v4.new_code_cell(FIRST_CELL, metadata={"tags": ["rehearsal"]}))
+    nb.cells.insert(0, nbformat.v4.new_code_cell(first_cell, metadata={"tags": ["rehearsal"]}))
     nbformat.write(nb, notebook)
 
 
@@ -408,14 +415,26 @@ def _text(output) -> str:
     return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
 
 
-def _run_each(notebooks: list[str], scratch: Path, env: dict, timeout: int, report: dict) -> None:
-    """Run each scratch notebook in its own process; one entry per notebook into ``report``."""
+def _run_each(notebooks: list[str], scratch: Path, env: dict, timeout: int, report: dict,
+              after=None, deadline: float | None = None) -> None:
+    """Run each scratch notebook in its own process; one entry per notebook into ``report``, passed to
+    ``after(entry)`` when given. Past ``deadline`` (a ``time.time()``) a notebook is entered as not run."""
     import subprocess
     import sys
     import time
 
     for name in notebooks:
         started = time.time()
+        if deadline is not None:
+            if deadline - started < 30:
+                entry = {"notebook": name.removesuffix(".ipynb"), "status": "not run", "seconds": 0.0,
+                         "reason": "out of time", "budget": budget_entry(name)}
+                report["notebooks"].append(entry)
+                print(f"{name}: not run, out of time", flush=True)
+                if after:
+                    after(entry)
+                continue
+            timeout = min(timeout, int(deadline - started))
         print(f"rehearsing {name} ...", flush=True)
         try:
             done = subprocess.run([sys.executable, "-m", "gemma_helpers", "run", str(scratch / "notebooks" / name)],
@@ -437,6 +456,8 @@ def _run_each(notebooks: list[str], scratch: Path, env: dict, timeout: int, repo
             entry["not_executed"] = [line.removeprefix(WOULD_CALL) for line in entry["rehearsal_lines"]
                                      if line.startswith(WOULD_CALL)]
         report["notebooks"].append(entry)
+        if after:
+            after(entry)
         print(f"  {entry['status']} in {seconds} s", flush=True)
         if entry["status"] == "error":
             print(entry["error"][-1500:], flush=True)
@@ -456,10 +477,15 @@ def budget_entry(notebook: str) -> dict:
 
 
 def run_notebooks(folder: str | Path, only: tuple[str, ...] = (), timeout: int = 900,
-                  out: str | Path | None = None) -> dict:
+                  out: str | Path | None = None, *, mirror=None, first_cell: str = FIRST_CELL,
+                  name: str = "rehearsal", after=None, deadline: float | None = None) -> dict:
     """Execute every notebook of ``folder`` with the ``rehearse`` profile on the stand-ins (the hub mirror
     filled and the arXiv server started first), each in a fresh process, and write per-notebook status
-    and seconds to ``outputs/results/rehearsal.json``."""
+    and seconds to ``outputs/results/rehearsal.json``.
+
+    The GPU check (:mod:`gemma_helpers.gpu_check`) runs the same way with its own ``mirror`` (a function
+    that fills a hub mirror and returns its folder), ``first_cell``, ``name`` (the scratch folder under
+    ``outputs/`` and the results file), ``after`` (called with each notebook's entry) and ``deadline``."""
     import time
 
     from . import offline
@@ -469,28 +495,31 @@ def run_notebooks(folder: str | Path, only: tuple[str, ...] = (), timeout: int =
 
     folder = Path(folder).resolve()
     root = REPO_ROOT
-    scratch = _scratch_repo(root, root / "outputs" / "rehearsal")
+    scratch = _scratch_repo(root, root / "outputs" / name, first_cell)
     notebooks = sorted(p.name for p in folder.glob("[0-9][0-9]_*.ipynb") if not only or p.name[:2] in only)
-    print(f"rehearsal: stand-ins in the hub mirror {fill_mirror()}", flush=True)
+    hub = (mirror or fill_mirror)()
+    print(f"{name}: stand-ins in the hub mirror {hub}", flush=True)
     with offline.LoopbackServer(arxiv_files()) as arxiv:
-        mirrors = {HUB_MIRROR: str(mirror_root()), ARXIV_MIRROR: arxiv.url("").rstrip("/")}
-        env = {**os.environ, **SWITCH, **mirrors, "PYTHONPATH": str(scratch)}
+        mirrors = {HUB_MIRROR: str(hub), ARXIV_MIRROR: arxiv.url("").rstrip("/")}
+        # the scratch copy's package first; a PYTHONPATH already set (packages carried beside) stays after it
+        path = os.pathsep.join([str(scratch)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env = {**os.environ, **SWITCH, **mirrors, "PYTHONPATH": path}
         report = {"switch": " ".join(f"{k}={v}" for k, v in {**SWITCH, **mirrors}.items() if k.startswith("GEMMA")),
-                  "standins": str(mirror_root()), "steps": STEPS, "new_tokens": NEW_TOKENS, "rows": ROWS,
+                  "standins": str(hub), "steps": STEPS, "new_tokens": NEW_TOKENS, "rows": ROWS,
                   "notebooks": []}
         started_all = time.time()
-        _run_each(notebooks, scratch, env, timeout, report)
+        _run_each(notebooks, scratch, env, timeout, report, after, deadline)
     if only:  # a partial run updates those notebooks' entries in the last full report
         from .results import RESULTS
 
-        last = Path(out or RESULTS) / "rehearsal.json"
+        last = Path(out or RESULTS) / f"{name}.json"
         if last.is_file():
             ran = {e["notebook"] for e in report["notebooks"]}
             kept = [e for e in json.loads(last.read_text())["notebooks"] if e["notebook"] not in ran]
             report["notebooks"] = sorted(kept + report["notebooks"], key=lambda e: e["notebook"])
     report["total_seconds"] = round(sum(e["seconds"] for e in report["notebooks"]), 1)
     report["wall_seconds_this_run"] = round(time.time() - started_all, 1)
-    path = save("rehearsal", report, out)
-    print(f"rehearsal: {sum(e['status'] == 'ok' for e in report['notebooks'])}/{len(report['notebooks'])} ok in "
+    path = save(name, report, out)
+    print(f"{name}: {sum(e['status'] == 'ok' for e in report['notebooks'])}/{len(report['notebooks'])} ok in "
           f"{report['total_seconds']} s; written to {path}", flush=True)
     return report

@@ -150,7 +150,7 @@ def test_a_notebook_past_its_timeout_is_an_entry_and_the_others_still_run(tmp_pa
             raise subprocess.TimeoutExpired(cmd, kwargs["timeout"], stderr=b"still training")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(rehearsal, "_scratch_repo", lambda root, scratch: tmp_path)
+    monkeypatch.setattr(rehearsal, "_scratch_repo", lambda root, scratch, first_cell=None: tmp_path)
     monkeypatch.setattr(rehearsal, "fill_mirror", lambda: tmp_path / "mirror")
     monkeypatch.setattr(rehearsal, "arxiv_files", dict)
     monkeypatch.setattr(subprocess, "run", fake_run)
