@@ -7,7 +7,7 @@ NB_TIMEOUT ?= 1200
 # llama-cpp-python's wheel, built once per machine; the folder names the build (env.LLAMA_CMAKE_ARGS)
 WHEELS ?= $(HOME)/.cache/gemma_helpers/wheels/llama-cpp-no-amx
 
-.PHONY: setup demo-setup demo test unit notebooks book book-check sync bench clean
+.PHONY: setup demo-setup demo test unit notebooks book book-check sync bench gpu-check gpu-vendor clean
 
 setup: $(VENV)/.installed
 
@@ -63,6 +63,15 @@ bench: setup
 # Regenerate each .ipynb (no outputs) from its py:percent pair after editing the .py.
 sync: setup
 	$(PY) -m gemma_helpers sync notebooks
+
+# On a lent CUDA GPU (no internet): every notebook's gpu profile cut to a few steps, under a T4's limits, on
+# random-weight checkpoints of the real sizes built there; outputs/results/gpu_check.json (gemma_helpers.gpu_check)
+gpu-check:
+	PYTHONPATH=vendor/gpu:$(CURDIR) python3 -m gemma_helpers gpu-check
+
+# What that machine lacks (trl, datasets, bitsandbytes for CUDA 13.0, the notebook kernel), unpacked into vendor/gpu/
+gpu-vendor:
+	python3 -m gemma_helpers gpu-vendor
 
 clean:
 	rm -rf outputs

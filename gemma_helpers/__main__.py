@@ -5,6 +5,9 @@ its jupytext ``py:percent`` pair, without outputs, after stamping the setup cell
 (:mod:`gemma_helpers.setup_cell`) into each ``.py``; ``python -m gemma_helpers env`` prints the
 environment report; ``python -m gemma_helpers rehearse DIR`` runs every notebook's GPU profile on CPU
 stand-ins (:mod:`gemma_helpers.rehearsal`) and writes ``outputs/results/rehearsal.json``;
+``python -m gemma_helpers gpu-check`` runs it on a CUDA GPU under a T4's limits on random-weight checkpoints
+of the real sizes (:mod:`gemma_helpers.gpu_check`) and writes ``outputs/results/gpu_check.json``;
+``python -m gemma_helpers gpu-vendor`` unpacks what that GPU machine lacks into ``vendor/gpu/``;
 ``python -m gemma_helpers serve FILE [--port N]`` serves a GGUF file behind llama-cpp-python's
 OpenAI-compatible server on 127.0.0.1 until Ctrl-C."""
 from __future__ import annotations
@@ -77,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("rehearse", help="every notebook's GPU profile on CPU stand-ins (gemma_helpers.rehearsal)")
     r.add_argument("folder", type=Path)
     r.add_argument("--only", nargs="*", default=(), help="notebook numbers, e.g. 03 05")
+    g = sub.add_parser("gpu-check", help="every notebook's gpu profile, cut, on a CUDA GPU under a T4's limits")
+    g.add_argument("--only", nargs="*", default=(), help="notebook numbers, e.g. 01 03")
+    g.add_argument("--seconds", type=int, default=540, help="the whole check's time, building included")
+    sub.add_parser("gpu-vendor", help="unpack the packages the GPU machine lacks into vendor/gpu/")
     srv = sub.add_parser("serve")
     srv.add_argument("gguf", type=Path)
     srv.add_argument("--port", type=int, default=8000)
@@ -91,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
 
         report = run_notebooks(args.folder, tuple(args.only))
         return 0 if all(e["status"] != "error" for e in report["notebooks"]) else 1
+    elif args.cmd == "gpu-check":
+        from .gpu_check import main as gpu_check
+
+        return gpu_check(tuple(args.only), args.seconds)
+    elif args.cmd == "gpu-vendor":
+        from .gpu_check import build_vendor
+
+        build_vendor()
     elif args.cmd == "sync":
         sync(args.folder)
     elif args.cmd == "serve":

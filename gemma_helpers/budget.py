@@ -204,6 +204,15 @@ def _config(build: str):
     raise KeyError(build)
 
 
+def config(name: str):
+    """The transformers config of the :data:`MODELS` entry ``name`` at its published sizes (built in
+    seconds, nothing downloaded): what the budget counts on the meta device and what the GPU check
+    builds its random-weight stand-ins from."""
+    if name not in MODELS:
+        raise KeyError(f"no published configuration for {name!r}; known: {', '.join(MODELS)}")
+    return _config(MODELS[name].build)
+
+
 def _meta_model(build: str):
     """``(model, config, stated, notes)``: the model on the meta device (no memory), its config, and the
     parameters of any part that could not be built (with a note saying so)."""

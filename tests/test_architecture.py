@@ -28,10 +28,10 @@ LAYERS = (
     # what is built on the work: recipes, the T4 budget, measurements, serving, the notebooks' experiments
     ("recipes", {"recipes", "budget", "bench", "throughput", "serve", "paper_parts", "fact_injection"}),
     # the top floor: the public surface, the command line and the rehearsal
-    ("top", {"", "__main__", "rehearsal"}),
+    ("top", {"", "__main__", "rehearsal", "gpu_check"}),
 )
-# the rehearsal's own rooms: only these (and __main__, which starts it) may name it
-REHEARSAL_ROOMS = {"rehearsal", "__main__"}
+# the rehearsal's own rooms: only these (__main__, which starts it, and the GPU check, which runs through it) may name it
+REHEARSAL_ROOMS = {"rehearsal", "__main__", "gpu_check"}
 REHEARSAL_WORDS = re.compile(r"\brehears(al|ing)\b|GEMMA_REHEARSAL", re.IGNORECASE)
 
 
