@@ -67,7 +67,7 @@ sync: setup
 # On a lent CUDA GPU (no internet): every notebook's gpu profile cut to a few steps, under a T4's limits, on
 # random-weight checkpoints of the real sizes built there; outputs/results/gpu_check.json (gemma_helpers.gpu_check)
 gpu-check:
-	PYTHONPATH=vendor/gpu:$(CURDIR) python3 -m gemma_helpers gpu-check
+	PYTHONPATH=$(CURDIR)/vendor/gpu:$(CURDIR) python3 -m gemma_helpers gpu-check
 
 # What that machine lacks (trl, datasets, bitsandbytes for CUDA 13.0, the notebook kernel), unpacked into vendor/gpu/
 gpu-vendor:

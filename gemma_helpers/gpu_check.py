@@ -277,6 +277,8 @@ def run(only: tuple[str, ...] = (), seconds: int = SECONDS, out: str | Path | No
     deadline = time.time() + seconds
     vendor = Path(vendor or VENDOR)
     os.environ.update({env.COMPUTE_DTYPE_VARIABLE: "float32", env.UNSLOTH_SETTING: "0"})
+    # the kernels start in the scratch copy's folders: the carried packages' path must not be relative
+    os.environ["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)
     _embedded_tokenizer(vendor)
     folder = env.REPO_ROOT / "notebooks"
     numbers = [p.name[:2] for p in sorted(folder.glob("[0-9][0-9]_*.ipynb")) if not only or p.name[:2] in only]
