@@ -144,8 +144,12 @@ def gemma3n_text_checkpoint(folder: str | Path, hidden_size: int = 64, layers: i
     """A random-weight ``Gemma3nForCausalLM``: Gemma 3n's text decoder (AltUp streams, LAuReL, per-layer
     embeddings, 262,400 embedding rows against a smaller tokenizer) at a small width.
 
-    The real checkpoint is ``Gemma3nForConditionalGeneration``; its vision tower is a timm model and timm
-    is not installed here, so the stand-in is the text decoder that notebooks 01 and 02 train."""
+    The real checkpoint is ``Gemma3nForConditionalGeneration``; its vision tower is timm's MobileNetV5, and
+    timm imports torchvision, which cannot be loaded beside the CPU build of torch 2.13.0 installed here:
+    PyPI's only torchvision for it (0.28.0) is the CUDA build, whose ``_C.so`` needs ``libc10_cuda.so``
+    (``import torchvision``: "operator torchvision::nms does not exist"), and PyTorch's CPU wheel index is not
+    a package registry this project installs from. So the stand-in is the text decoder that notebooks 01 and
+    02 train."""
     import torch
     from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
 
