@@ -484,7 +484,8 @@ def watch_budget(notebook: str, out: str | Path | None = None):
                 return load(*args, **kwargs)
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
-            name, four_bit = str(bound.arguments.get("name")), bool(bound.arguments.get("load_in_4bit", four_bit_default))
+            name = str(bound.arguments.get("name"))
+            four_bit = bool(bound.arguments.get("load_in_4bit", four_bit_default))
             dtype = bound.arguments.get("dtype")
             dtype_bytes = getattr(dtype, "itemsize", None) or budget.FP32_BYTES  # a T4's train dtype: float32
             frame, line = _caller()
