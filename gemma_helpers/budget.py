@@ -346,6 +346,74 @@ class Ledger:
         return sum(r.host_gb for r in self.live.values())
 
 
+class LiveLedger(Ledger):
+    """A :class:`Ledger` fed while a notebook runs, by its real loads and frees: :meth:`admit` checks a load
+    before it happens against ``limits`` (the CUDA context and the weights of every model still alive, plus the
+    new one) and raises :class:`BudgetError` naming the live models and the line to change; :meth:`hold` records
+    the loaded object and frees its entry when the object is garbage-collected (the notebook dropped its last
+    reference). The peak, what was alive at it and every load are kept for the results."""
+
+    def __init__(self, notebook: str = "", limits: Limits = T4):
+        super().__init__()
+        self.notebook, self.limits = notebook, limits
+        self.peak_gpu_gb, self.peak_alive = CUDA_CONTEXT_GB, ()
+        self.loads: list[dict] = []
+        self.listeners: list = []  # called with the ledger after every load and free (a results file written)
+
+    def admit(self, model: str | None, *, four_bit: bool = False, dtype_bytes: float = FP32_BYTES,
+              gpu_gb: float | None = None, where: str = "", holders=None) -> float:
+        """The GB a load of the registry ``model`` (or of ``gpu_gb``) adds, after checking that it fits beside
+        every model still referenced (garbage is collected first); :class:`BudgetError` otherwise. ``where``
+        names the load (the notebook's line); ``holders(key)`` names what still references a live model."""
+        import gc
+
+        gc.collect()  # a model the notebook no longer references goes now, as gh.memory.release() does
+        size = architecture(model).weights_gb(four_bit, dtype_bytes) if gpu_gb is None else gpu_gb
+        total = CUDA_CONTEXT_GB + self.gpu_gb + size
+        if total > self.limits.gpu_gb:
+            what = f"{model} {'4-bit' if four_bit else f'{dtype_bytes * 8:.0f}-bit'}" if model else f"{size:.1f} GB"
+            alive = [f"{r.what} ({key}{', held by ' + holders(key) if holders and holders(key) else ''})"
+                     for key, r in self.live.items()]
+            names = ", ".join(holders(k) for k in self.live if holders and holders(k)) or "the earlier model"
+            raise BudgetError(
+                f"notebook {self.notebook}, {where or 'a load'}: {total:.1f} GB of GPU memory > "
+                f"{self.limits.gpu_gb:.1f} GB (alive: {'; '.join(alive)}; loading: {what}, {size:.1f} GB); change: "
+                f"free {names} before this load (drop every reference, e.g. `model = run.model = None`, then "
+                "gh.memory.release())")
+        return size
+
+    def hold(self, obj, model: str | None, *, four_bit: bool = False, dtype_bytes: float = FP32_BYTES,
+             gpu_gb: float | None = None, where: str = "") -> str:
+        """Record ``obj`` (the loaded model) as alive; it leaves the ledger when it is garbage-collected.
+        Returns its key (``load N: where``)."""
+        import weakref
+
+        key = f"load {len(self.loads) + 1}: {where or model}"
+        resident = self.load(key, model, four_bit=four_bit, dtype_bytes=dtype_bytes, gpu_gb=gpu_gb)
+        weakref.finalize(obj, self._collected, key)
+        now = CUDA_CONTEXT_GB + self.gpu_gb
+        self.loads.append({"load": key, "model": resident.what, "gpu_gb": round(resident.gpu_gb, 2),
+                           "live_gpu_gb": round(now, 2), "alive": list(self.alive())})
+        if now > self.peak_gpu_gb:
+            self.peak_gpu_gb, self.peak_alive = now, self.alive()
+        self._tell()
+        return key
+
+    def _collected(self, key: str) -> None:
+        if key in self.live:
+            self.free(key)
+            self._tell()
+
+    def _tell(self) -> None:
+        for listener in self.listeners:
+            listener(self)
+
+    def as_dict(self) -> dict:
+        """The live figures as plain data: the peak GPU GB, what was alive at it, every load, what is alive now."""
+        return {"live_peak_gpu_gb": round(self.peak_gpu_gb, 2), "live_alive_at_peak": list(self.peak_alive),
+                "live_loads": list(self.loads), "live_alive_now": list(self.alive())}
+
+
 # ---------------------------------------------------------------- steps and the budget
 @dataclass
 class Step:

@@ -26,14 +26,20 @@ notebook starts:
   of the GPU path, made or not, on the ``gemma_helpers.unsloth`` logger (silent by default). The
   rehearsal puts one first cell into the scratch copy of each notebook it executes, which shows
   that logger's calls not made as ``rehearsal: would call unsloth ...`` lines. That is the least
-  magical way found: no module is replaced and nothing is patched, so the notebook runs the very
-  functions a user's would (a stand-in ``unsloth`` package would have had to re-implement
-  ``FastModel`` and would never be imported anyway: without CUDA the code takes the transformers +
-  peft path); the injected cell is visible in the executed copy, and notebooks/ is never edited.
+  magical way found: no module is replaced, so the notebook runs the very functions a user's would (a
+  stand-in ``unsloth`` package would have had to re-implement ``FastModel`` and would never be
+  imported anyway: without CUDA the code takes the transformers + peft path); the injected cell is
+  visible in the executed copy, and notebooks/ is never edited;
+- the T4 budget is checked live: the same first cell wraps the two loaders (``load_model``,
+  ``load_vision_model``), in that kernel only and without changing what they do, so that every load
+  is entered in a :class:`~gemma_helpers.budget.LiveLedger` as the real model it stands for (real-size
+  config) and checked before it runs beside every model the notebook still references; a load that
+  would not fit a T4 fails the notebook with a BudgetError naming the live models and the line to
+  change (:func:`watch_budget`).
 
 ``python -m gemma_helpers rehearse notebooks`` runs every notebook so and writes
-``outputs/results/rehearsal.json``: each notebook's status, seconds, the calls not executed and the
-outcome checks not applied.
+``outputs/results/rehearsal.json``: each notebook's status, seconds, the calls not executed, the
+outcome checks not applied and its budget (the static walk and the live ledger's peak).
 """
 from __future__ import annotations
 
@@ -44,7 +50,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .embedded import cache_root, embedded_path
+from .embedded import EMBEDDED_HUB_ID, cache_root, embedded_path
 from .models import REGISTRY, UNSLOTH_LOG, prepare_tokenizer
 from .vision import gemma4_processor_without_video
 
@@ -138,8 +144,12 @@ def gemma3n_text_checkpoint(folder: str | Path, hidden_size: int = 64, layers: i
     """A random-weight ``Gemma3nForCausalLM``: Gemma 3n's text decoder (AltUp streams, LAuReL, per-layer
     embeddings, 262,400 embedding rows against a smaller tokenizer) at a small width.
 
-    The real checkpoint is ``Gemma3nForConditionalGeneration``; its vision tower is a timm model and timm
-    is not installed here, so the stand-in is the text decoder that notebooks 01 and 02 train."""
+    The real checkpoint is ``Gemma3nForConditionalGeneration``; its vision tower is timm's MobileNetV5, and
+    timm imports torchvision, which cannot be loaded beside the CPU build of torch 2.13.0 installed here:
+    PyPI's only torchvision for it (0.28.0) is the CUDA build, whose ``_C.so`` needs ``libc10_cuda.so``
+    (``import torchvision``: "operator torchvision::nms does not exist"), and PyTorch's CPU wheel index is not
+    a package registry this project installs from. So the stand-in is the text decoder that notebooks 01 and
+    02 train."""
     import torch
     from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
 
@@ -351,21 +361,207 @@ def fill_mirror() -> Path:
     return mirror_root()
 
 
+# ---------------------------------------------------------------- the live budget
+LIVE_FOLDER = "budget-live"  # <scratch>/outputs/budget-live/NN.json: each notebook's live ledger, as it runs
+
+
+def stands_for(name: str, _seen: int = 0) -> str | None:
+    """The registry model (a :data:`gemma_helpers.budget.MODELS` name) that a load of ``name`` is on the GPU
+    profile: a registry name or hub id directly; a folder by what it was made from (a merged folder's
+    ``gemma_helpers.json`` names its base, a stand-in in the hub mirror sits under its hub id, a saved
+    model's ``config.json`` names its base in ``_name_or_path``); None for anything else (the embedded
+    model, a tiny test model), which is counted at its own size."""
+    from . import budget
+    from .hub import META
+    from .models import resolve
+
+    by_source = {spec.source.lower(): spec.name for spec in REGISTRY.values()}
+    found = str(name) if str(name) in REGISTRY else by_source.get(str(name).lower())
+    if found is not None or str(name) == EMBEDDED_HUB_ID:
+        return found if found in budget.MODELS else None
+    folder = Path(resolve(str(name))[0]).expanduser()
+    if _seen > 3 or not folder.is_dir():
+        return None
+    try:
+        hub_id = folder.resolve().relative_to(mirror_root().resolve()).as_posix()
+        if hub_id.lower() in by_source:
+            return stands_for(by_source[hub_id.lower()], _seen + 1)
+    except ValueError:
+        pass
+    for file, key in ((META, "base"), ("config.json", "_name_or_path")):
+        try:
+            base = json.loads((folder / file).read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError):
+            continue
+        if base and str(base) != str(name):
+            found = stands_for(str(base), _seen + 1)
+            if found:
+                return found
+    return None
+
+
+def _caller():
+    """The innermost frame outside gemma_helpers (the notebook's line) and that line's text."""
+    import inspect
+    import linecache
+
+    package = str(Path(__file__).resolve().parent)
+    frame = inspect.currentframe()
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame = frame.f_back
+    if frame is None:
+        return None, ""
+    return frame, linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+
+
+def _inner(value, attr: str):
+    """``value``'s own attribute or submodule ``attr`` (no ``__getattr__`` delegation), or None."""
+    try:
+        found = vars(value).get(attr)
+        modules = vars(value).get("_modules")
+        return found if found is not None else (modules or {}).get(attr)
+    except TypeError:  # no __dict__
+        return None
+
+
+def _holders(obj, namespace: dict) -> list[str]:
+    """The names in ``namespace`` (the notebook's) that reach ``obj``: itself, or through ``.model`` /
+    ``.base_model`` (a training result, a PEFT wrapper) a few attributes deep; a path is named down to its
+    first torch module (``run.model``, ``model``)."""
+    import types
+
+    import torch
+
+    found = []
+    for name, value in list(namespace.items()):
+        if name.startswith("_") or value is None or isinstance(value, (str, int, float, bool, type, types.ModuleType)):
+            continue
+        frontier = [(name, value)]
+        for _ in range(4):
+            hit = next((path for path, v in frontier if v is obj), None)
+            if hit:
+                found.append(hit)
+                break
+            frontier = [(path if isinstance(v, torch.nn.Module) else f"{path}.{attr}", inner)
+                        for path, v in frontier for attr in ("model", "base_model")
+                        if (inner := _inner(v, attr)) is not None]
+    return list(dict.fromkeys(found))
+
+
+def watch_budget(notebook: str, out: str | Path | None = None):
+    """Feed a :class:`gemma_helpers.budget.LiveLedger` with this process's model loads and frees, as the
+    notebook makes them: ``gemma_helpers.models.load_model`` and ``gemma_helpers.vision.load_vision_model``
+    (and the package's names for them) are wrapped here, in the executed kernel only, so each load is
+    checked before it runs with the real model it stands for (:func:`stands_for`, its real-size config
+    through :func:`gemma_helpers.budget.architecture`) beside every model the notebook still references, and
+    a load that would not fit a T4 raises :class:`~gemma_helpers.budget.BudgetError` naming the live models,
+    what holds them and the line to change. The loaded object is watched: when the notebook drops its last
+    reference (``model = run.model = None; gh.memory.release()``) its entry goes. ``merging.merge_16bit`` is
+    unsloth's shard-by-shard merge on a GPU; without one it merges through a second load, which is this CPU's
+    stand-in of that call, not the GPU path's memory, so loads inside it are not counted. The ledger's
+    figures are written to ``out`` (JSON) after every load and free. A second call returns the first ledger."""
+    import functools
+    import inspect
+    import weakref
+
+    import gemma_helpers
+    from . import budget, env, merging, models, vision
+
+    if isinstance(getattr(models.load_model, "live_ledger", None), budget.LiveLedger):
+        return models.load_model.live_ledger
+    ledger = budget.LiveLedger(str(notebook))
+    objects: dict[str, weakref.ref] = {}
+    paused = []
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+        def write(live):
+            out.write_text(json.dumps(live.as_dict(), indent=1) + "\n", encoding="utf-8")
+
+        ledger.listeners.append(write)
+        write(ledger)
+
+    def observed(load, four_bit_default):
+        signature = inspect.signature(load)
+
+        @functools.wraps(load)
+        def wrapper(*args, **kwargs):
+            if paused:
+                return load(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            name = str(bound.arguments.get("name"))
+            four_bit = bool(bound.arguments.get("load_in_4bit", four_bit_default))
+            dtype = bound.arguments.get("dtype")
+            dtype_bytes = getattr(dtype, "itemsize", None) or budget.FP32_BYTES  # a T4's train dtype: float32
+            frame, line = _caller()
+            where = f"`{line}`" if line else f"load of {name}"
+            namespace = frame.f_globals if frame is not None else {}
+
+            def holders(key):
+                obj = objects.get(key, lambda: None)()
+                return ", ".join(_holders(obj, namespace)) if obj is not None else ""
+
+            real = stands_for(name)
+            if real is not None:
+                ledger.admit(real, four_bit=four_bit, dtype_bytes=dtype_bytes, where=where, holders=holders)
+            loaded = load(*args, **kwargs)
+            model = loaded[0] if isinstance(loaded, tuple) else loaded
+            own = None
+            if real is None:  # counted at its own size, after the load
+                own = sum(p.numel() * p.element_size() for p in model.parameters()) / budget.GB
+                ledger.admit(None, gpu_gb=own, where=where, holders=holders)
+            key = ledger.hold(model, real, four_bit=four_bit, dtype_bytes=dtype_bytes, gpu_gb=own, where=where)
+            objects[key] = weakref.ref(model)
+            return loaded
+
+        wrapper.live_ledger = ledger
+        return wrapper
+
+    @functools.wraps(merging.merge_16bit)
+    def merge_16bit(*args, **kwargs):
+        if env.unsloth_available():
+            return original_merge(*args, **kwargs)
+        paused.append(True)
+        try:
+            return original_merge(*args, **kwargs)
+        finally:
+            paused.pop()
+
+    original_merge = merging.merge_16bit
+    load_model, load_vision_model = observed(models.load_model, False), observed(vision.load_vision_model, True)
+    models.load_model = gemma_helpers.load_model = load_model
+    vision.load_vision_model = gemma_helpers.load_vision_model = load_vision_model
+    merging.merge_16bit = merge_16bit
+    return ledger
+
+
 # ---------------------------------------------------------------- the runner
 # the environment of every notebook run (plus GEMMA_HUB_MIRROR and GEMMA_ARXIV_MIRROR, set by run_notebooks)
 SWITCH = {"GEMMA_PROFILE": "rehearse", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
 FIRST_CELL = ("# put here by `python -m gemma_helpers rehearse` (its scratch copy only): the unsloth calls that\n"
-              "# the GPU path would make and the transformers + peft path makes in their place are printed\n"
+              "# the GPU path would make and the transformers + peft path makes in their place are printed, and\n"
+              "# every model load is checked, as the real model it stands for, against a T4 beside the models alive\n"
               "from gemma_helpers import rehearsal\n"
               "\n"
-              "rehearsal.show_unsloth_calls()")
+              "rehearsal.show_unsloth_calls()\n"
+              "rehearsal.watch_budget({notebook!r}, {live!r})")
+
+
+def first_cell(notebook: str, live: str | Path) -> str:
+    """:data:`FIRST_CELL` for notebook ``notebook`` (``"02"``), its live ledger written to ``live``."""
+    return FIRST_CELL.format(notebook=notebook, live=str(live))
+
+
 COPIED = ("gemma_helpers", "notebooks", "data", "requirements-local.txt", "requirements-colab.txt",
           "requirements-keras.txt", "pyproject.toml")
 
 
 def _scratch_repo(root: Path, scratch: Path, first_cell: str = FIRST_CELL) -> Path:
     """A copy of the code, notebooks and data under ``scratch``: the rehearsal's outputs, charts and
-    results land there, never over the real runs' (notebook 05 reuses notebook 03's adapter)."""
+    results land there, never over the real runs' (notebook 05 reuses notebook 03's adapter). Each
+    notebook starts with ``first_cell``, its ``{notebook}`` and ``{live}`` filled in (:func:`first_cell`)."""
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     for name in COPIED:
@@ -375,16 +571,22 @@ def _scratch_repo(root: Path, scratch: Path, first_cell: str = FIRST_CELL) -> Pa
         elif source.is_file():
             shutil.copy2(source, scratch / name)
     for notebook in sorted((scratch / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        _with_first_cell(notebook, first_cell)
+        live = live_file(scratch, notebook.name)
+        _with_first_cell(notebook, first_cell.format(notebook=notebook.name[:2], live=str(live)))
     return scratch
 
 
-def _with_first_cell(notebook: Path, first_cell: str = FIRST_CELL) -> None:
-    """Put ``first_cell`` (:data:`FIRST_CELL`) at the top of ``notebook`` (a scratch copy)."""
+def live_file(scratch: Path, notebook: str) -> Path:
+    """Where the scratch run of ``notebook`` writes its live ledger (:func:`watch_budget`)."""
+    return scratch / "outputs" / LIVE_FOLDER / f"{notebook[:2]}.json"
+
+
+def _with_first_cell(notebook: Path, cell: str) -> None:
+    """Put ``cell`` (:func:`first_cell`, or the GPU check's) at the top of ``notebook`` (a scratch copy)."""
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
-    nb.cells.insert(0, nbformat.v4.new_code_cell(first_cell, metadata={"tags": ["rehearsal"]}))
+    nb.cells.insert(0, nbformat.v4.new_code_cell(cell, metadata={"tags": ["rehearsal"]}))
     nbformat.write(nb, notebook)
 
 
@@ -444,7 +646,7 @@ def _run_each(notebooks: list[str], scratch: Path, env: dict, timeout: int, repo
                                                stderr=f"{_text(late.stderr)}\n{name}: timed out after {timeout} s")
         seconds = round(time.time() - started, 1)
         entry = {"notebook": name.removesuffix(".ipynb"), "status": "ok" if done.returncode == 0 else "error",
-                 "seconds": seconds, "budget": budget_entry(name)}
+                 "seconds": seconds, "budget": budget_entry(name, live_file(scratch, name))}
         executed = scratch / "outputs" / "notebooks" / name
         if done.returncode != 0:
             entry["error"] = _error_text(done.stderr or done.stdout)
@@ -465,15 +667,26 @@ def _run_each(notebooks: list[str], scratch: Path, env: dict, timeout: int, repo
             print(f"  {entry['reason']}", flush=True)
 
 
-def budget_entry(notebook: str) -> dict:
-    """The T4 budget of ``notebook``'s GPU profile as the rehearsal reports it (peak GPU GB, host RAM GB,
-    minutes, and whether it fits). The notebook itself checks the same budget while it runs on the
-    ``rehearse`` profile (:func:`gemma_helpers.budget.show`), so a step over the T4's limits fails its run."""
+def budget_entry(notebook: str, live: str | Path | None = None) -> dict:
+    """The T4 budget of ``notebook``'s GPU profile as the rehearsal reports it: the static walk (peak GPU GB,
+    host RAM GB, minutes, and whether it fits; the notebook checks the same while it runs on the ``rehearse``
+    profile, :func:`gemma_helpers.budget.show`) and, from ``live`` (the JSON :func:`watch_budget` wrote in the
+    notebook's run), the live ledger: its peak GPU GB over the notebook's real loads and frees, what was alive
+    at that peak and each load (``live_peak_gpu_gb``, ``live_alive_at_peak``, ``live_loads``). A notebook whose
+    live ledger went over failed its run with the BudgetError."""
     from . import budget
 
     plan = budget.for_notebook(notebook[:2])
-    return {"peak_gpu_gb": round(plan.peak_gpu_gb, 2), "host_ram_gb": round(plan.host_ram_gb, 2),
-            "disk_gb": round(plan.disk_gb, 2), "minutes": round(plan.minutes, 1), "fits": not plan.problems()}
+    entry = {"peak_gpu_gb": round(plan.peak_gpu_gb, 2), "host_ram_gb": round(plan.host_ram_gb, 2),
+             "disk_gb": round(plan.disk_gb, 2), "minutes": round(plan.minutes, 1), "fits": not plan.problems()}
+    try:
+        figures = json.loads(Path(live).read_text(encoding="utf-8")) if live else {}
+    except (OSError, ValueError):
+        figures = {}
+    entry["live_peak_gpu_gb"] = figures.get("live_peak_gpu_gb")  # None: the notebook's run wrote no ledger
+    entry["live_alive_at_peak"] = figures.get("live_alive_at_peak", [])
+    entry["live_loads"] = figures.get("live_loads", [])
+    return entry
 
 
 def run_notebooks(folder: str | Path, only: tuple[str, ...] = (), timeout: int = 900,

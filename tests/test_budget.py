@@ -173,3 +173,36 @@ def test_a_notebook_on_the_gpu_profile_stops_before_a_step_that_cannot_fit(capsy
         budget.show(2, seeds)
     cpu = recipes.get("persian", profile="cpu", max_steps=738)  # the CPU profile prints the T4's budget only
     assert budget.show(2, cpu).minutes <= budget.NOTEBOOK_MINUTES
+
+
+class _Weights:
+    """What a fake load returns: an object the live ledger can watch (weak references)."""
+
+
+def test_the_live_ledger_fails_a_second_e4b_while_the_first_is_referenced_and_passes_once_it_is_freed():
+    import gc
+
+    live = budget.LiveLedger("02")
+    one = budget.architecture("gemma-3n-e4b-it").weights_gb(True)
+    live.admit("gemma-3n-e4b-it", four_bit=True, where="section 4")
+    first = _Weights()
+    live.hold(first, "gemma-3n-e4b-it", four_bit=True, where="section 4")
+    with pytest.raises(BudgetError) as err:
+        live.admit("gemma-3n-e4b-it", four_bit=True, where="section 8", holders=lambda key: "run.model")
+    message = str(err.value)
+    assert message.startswith("notebook 02, section 8: ") and "> 15.0 GB" in message
+    assert message.count("gemma-3n-e4b-it 4-bit") == 2  # both: the one alive and the one being loaded
+    assert "alive: gemma-3n-e4b-it 4-bit (load 1: section 4, held by run.model)" in message
+    assert "change: free run.model before this load" in message
+    assert live.alive() == ("gemma-3n-e4b-it 4-bit",)
+    del first
+    gc.collect()
+    assert live.alive() == ()  # the object went, and its entry with it
+    assert live.admit("gemma-3n-e4b-it", four_bit=True, where="section 8") == pytest.approx(one)
+    second = _Weights()
+    live.hold(second, "gemma-3n-e4b-it", four_bit=True, where="section 8")
+    figures = live.as_dict()
+    assert figures["live_peak_gpu_gb"] == pytest.approx(budget.CUDA_CONTEXT_GB + one, abs=0.01)
+    assert figures["live_peak_gpu_gb"] < budget.T4.gpu_gb
+    assert [entry["load"] for entry in figures["live_loads"]] == ["load 1: section 4", "load 2: section 8"]
+    assert figures["live_alive_now"] == ["gemma-3n-e4b-it 4-bit"]

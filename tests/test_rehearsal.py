@@ -104,7 +104,7 @@ def test_the_first_cell_prints_each_unsloth_call_not_made(gemma3_1b_it_layout, c
     try:
         gh.models.log_unsloth("FastModel.from_pretrained(...)", made=False)
         assert capsys.readouterr().out == ""  # silent until a handler is set
-        assert rehearsal.FIRST_CELL.endswith("rehearsal.show_unsloth_calls()")  # what the scratch copy's first cell runs
+        assert "\nrehearsal.show_unsloth_calls()\n" in rehearsal.first_cell("01", "x.json")  # what the first cell runs
         rehearsal.show_unsloth_calls()
         rehearsal.show_unsloth_calls()  # twice: one handler
         gh.models.log_unsloth("save_pretrained_merged(...)", made=True)  # made: nothing to say
@@ -131,7 +131,9 @@ def test_the_scratch_copy_gets_the_first_cell_and_notebooks_do_not(tmp_path):
     nbformat.write(nb, root / "notebooks" / "01_x.ipynb")
     scratch = rehearsal._scratch_repo(root, tmp_path / "scratch")
     cells = nbformat.read(scratch / "notebooks" / "01_x.ipynb", as_version=4).cells
-    assert [c.source for c in cells] == [rehearsal.FIRST_CELL, "import gemma_helpers as gh"]
+    live = rehearsal.live_file(scratch, "01_x.ipynb")
+    assert [c.source for c in cells] == [rehearsal.first_cell("01", live), "import gemma_helpers as gh"]
+    assert cells[0].source.endswith(f"rehearsal.watch_budget('01', {str(live)!r})")
     assert len(nbformat.read(root / "notebooks" / "01_x.ipynb", as_version=4).cells) == 1
 
 
@@ -239,3 +241,133 @@ def test_each_notebook_entry_carries_its_t4_budget():
     assert all(e["fits"] for e in entries.values()), entries
     assert all(e["peak_gpu_gb"] < budget.T4.gpu_gb and e["minutes"] <= budget.NOTEBOOK_MINUTES for e in entries.values())
     assert entries["02"]["peak_gpu_gb"] > 10 and entries["00"]["minutes"] == 0  # an E4B notebook; the install one
+
+
+# notebook 02's own lines: section 4's load, section 8's free, release and load of the merged folder
+PERSIAN_LOAD = "model, tok = gh.load_model(MODEL, load_in_4bit=LOAD_IN_4BIT, max_seq_length=spec.max_seq_length)"
+PERSIAN_FREE = "model = run.model = None  # the trained model goes before the merged one loads"
+PERSIAN_RELEASE = 'print(f"GPU memory still allocated: {gh.memory.release():.0f} MiB")'
+PERSIAN_MERGED = 'merged, merged_tok = gh.load_model(str(merged_dir), load_in_4bit=R["merged_in_4bit"])'
+
+
+def _watched_section_8(monkeypatch, tmp_path, free: bool):
+    """Notebook 02's load / free lines run under the rehearsal's live ledger, with tiny stand-in objects for
+    the loads, LoRA and training (no model is built): the ledger counts them as the real E4B."""
+    import json
+    import types
+
+    import torch
+
+    from gemma_helpers import merging, models, vision
+
+    source = (Path(__file__).resolve().parents[1] / "notebooks" / "02_persian_chatml_qlora.py").read_text().splitlines()
+    assert all(line in source for line in (PERSIAN_LOAD, PERSIAN_FREE, PERSIAN_RELEASE, PERSIAN_MERGED))
+
+    def fake_load(name="gemma-3-270m", load_in_4bit=False, max_seq_length=1024, dtype=None, use_unsloth=None):
+        return torch.nn.Linear(2, 2), "tokenizer"
+
+    class Lora(torch.nn.Module):  # PEFT's layout: PeftModel.base_model (LoraModel).model (the base)
+        def __init__(self, base):
+            super().__init__()
+            self.model = base
+
+    class Peft(torch.nn.Module):
+        def __init__(self, base):
+            super().__init__()
+            self.base_model = Lora(base)
+
+    for module in (models, gh):  # restored after the test; watch_budget wraps these
+        monkeypatch.setattr(module, "load_model", fake_load)
+    for module in (vision, gh):
+        monkeypatch.setattr(module, "load_vision_model", vision.load_vision_model)
+    monkeypatch.setattr(merging, "merge_16bit", merging.merge_16bit)
+    monkeypatch.delenv(gh.env.HUB_MIRROR, raising=False)
+    merged_dir = tmp_path / "merged"
+    merged_dir.mkdir()
+    (merged_dir / "gemma_helpers.json").write_text(json.dumps({"base": "unsloth/gemma-3n-E4B-it"}))
+    ledger = rehearsal.watch_budget("02", tmp_path / "live.json")
+    lines = [PERSIAN_LOAD, "model = Peft(model)", "run = types.SimpleNamespace(model=model)"]
+    lines += ([PERSIAN_FREE] if free else []) + [PERSIAN_RELEASE, PERSIAN_MERGED]
+    script = tmp_path / "section_8.py"
+    script.write_text("\n".join(lines) + "\n")
+    namespace = {"gh": gh, "Peft": Peft, "types": types, "MODEL": "gemma-3n-e4b-it", "LOAD_IN_4BIT": True,
+                 "spec": types.SimpleNamespace(max_seq_length=1024), "merged_dir": merged_dir,
+                 "R": {"merged_in_4bit": True}}
+    exec(compile(script.read_text(), str(script), "exec"), namespace)  # noqa: S102 - the notebook's own lines
+    return ledger, json.loads((tmp_path / "live.json").read_text())
+
+
+def test_notebook_02_section_8_without_its_free_line_fails_the_live_check(monkeypatch, tmp_path):
+    with pytest.raises(gh.budget.BudgetError) as err:
+        _watched_section_8(monkeypatch, tmp_path, free=False)
+    message = str(err.value)
+    assert message.startswith(f"notebook 02, `{PERSIAN_MERGED}`: ")
+    assert message.count("gemma-3n-e4b-it 4-bit") == 2 and "> 15.0 GB" in message
+    assert "held by model, run.model" in message and "change: free model, run.model before this load" in message
+
+
+def test_notebook_02_section_8_as_it_is_passes_the_live_check_and_writes_its_figures(monkeypatch, tmp_path):
+    ledger, written = _watched_section_8(monkeypatch, tmp_path, free=True)
+    one = gh.budget.architecture("gemma-3n-e4b-it").weights_gb(True)
+    assert written["live_loads"] == ledger.as_dict()["live_loads"]  # the file, as the ledger had it
+    assert written["live_peak_gpu_gb"] == pytest.approx(gh.budget.CUDA_CONTEXT_GB + one, abs=0.01)
+    assert [e["alive"] for e in written["live_loads"]] == [["gemma-3n-e4b-it 4-bit"]] * 2  # one at a time
+    assert written["live_loads"][1]["load"] == f"load 2: `{PERSIAN_MERGED}`"
+    assert gh.load_model.live_ledger is ledger and rehearsal.watch_budget("02") is ledger  # wrapped once
+
+
+def test_a_stand_in_folder_or_merged_folder_stands_for_its_registry_model(monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setenv("GEMMA_HELPERS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(gh.env.HUB_MIRROR, raising=False)
+    assert rehearsal.stands_for("gemma-3n-e4b-it") == "gemma-3n-e4b-it"
+    assert rehearsal.stands_for("google/gemma-4-e4b-it") == "gemma-4-e4b-it"
+    assert rehearsal.stands_for("gemma-3-270m") is None  # the embedded model: counted at its own size
+    standin = rehearsal.mirror_root() / "unsloth" / "gemma-3-1b-it"
+    standin.mkdir(parents=True)
+    assert rehearsal.stands_for(str(standin)) == "gemma-3-1b-it"
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "config.json").write_text(json.dumps({"_name_or_path": "unsloth/gemma-3n-E4B-it"}))
+    assert rehearsal.stands_for(str(merged)) == "gemma-3n-e4b-it"
+    assert rehearsal.stands_for(str(tmp_path)) is None
+
+
+def test_rehearsal_json_entries_carry_the_live_ledger(tmp_path, monkeypatch):
+    import json
+    import subprocess
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for name in ("00_none.ipynb", "03_two.ipynb"):
+        (notebooks / name).write_text("{}")
+    live = gh.budget.LiveLedger("03")
+    first, second = _Held(), _Held()
+    live.hold(first, "gemma-3-1b-it", four_bit=True, where="`model, tok = gh.load_model(MODEL)`")
+    live.hold(second, "gemma-3-1b-it", four_bit=True, where="`model, tok = gh.load_model(MODEL)`")
+
+    def fake_run(cmd, **kwargs):  # the kernel's side: notebook 03's first cell wrote its ledger
+        if cmd[-1].endswith("03_two.ipynb"):
+            path = rehearsal.live_file(tmp_path, "03_two.ipynb")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(live.as_dict()))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(rehearsal, "_scratch_repo", lambda root, scratch, first_cell=None: tmp_path)
+    monkeypatch.setattr(rehearsal, "fill_mirror", lambda: tmp_path / "mirror")
+    monkeypatch.setattr(rehearsal, "arxiv_files", dict)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    report = rehearsal.run_notebooks(notebooks, out=tmp_path / "results")
+    entries = {e["notebook"]: e["budget"] for e in json.loads((tmp_path / "results" / "rehearsal.json").read_text())
+               ["notebooks"]}
+    assert entries == {e["notebook"]: e["budget"] for e in report["notebooks"]}
+    two = entries["03_two"]
+    assert {"peak_gpu_gb", "host_ram_gb", "minutes", "fits"} <= set(two)  # the static walk
+    assert two["live_peak_gpu_gb"] == live.as_dict()["live_peak_gpu_gb"] > gh.budget.CUDA_CONTEXT_GB
+    assert two["live_alive_at_peak"] == ["gemma-3-1b-it 4-bit"] * 2 and len(two["live_loads"]) == 2
+    assert entries["00_none"]["live_peak_gpu_gb"] is None and entries["00_none"]["live_loads"] == []
+
+
+class _Held:
+    """A loaded model's stand-in: anything a weak reference can watch."""
