@@ -454,13 +454,17 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def action_scores(predictions: Sequence[str], references: Sequence[str]) -> dict:
-    """Exact match (after lower-casing and dropping punctuation) and mean token F1.
+def action_scores(predictions: Sequence[str], references: Sequence[str], **bootstrap) -> dict:
+    """Exact match (after lower-casing and dropping punctuation) with its bootstrap interval over the
+    items (:func:`bootstrap_ci`, ``bootstrap`` passed on), each item's 0/1 (``correct``) and mean token F1.
 
     Notebook 04, "Ablation: the same adapter, frames from other clips"."""
     pairs = list(zip(predictions, references, strict=True))
+    correct = [float(_words(p) == _words(r)) for p, r in pairs]
     return {
-        "exact_match": fraction([_words(p) == _words(r) for p, r in pairs]),
+        "exact_match": fraction(correct),
+        "exact_match_ci": bootstrap_ci(correct, **bootstrap) if correct else [0.0, 0.0],
+        "correct": correct,
         "token_f1": sum(token_f1(p, r) for p, r in pairs) / len(pairs) if pairs else 0.0,
         "n": len(pairs),
     }

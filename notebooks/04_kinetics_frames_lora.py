@@ -103,7 +103,8 @@ MODEL, N_FRAMES, FRAME_SIZE, HELDOUT, MAX_NEW_TOKENS = R["model"], R["n_frames"]
 # the answer. One colour for all: under the tiny model's *random* vision tower a change of colour moves the
 # image features more than the motion does (measured on the seed's clips: a nearest-centroid readout of the
 # frozen features of 4 frames tells the 6 actions apart in 36% of clips with four colours, 92% with one),
-# and 36 training clips cannot teach an adapter to look past it.
+# and a few dozen training clips cannot teach an adapter to look past it. On CPU: 24 clips per action, a
+# third of them held out (96 train, 48 held out: enough for an interval, see below).
 #
 # Either way, `frames.build_rows` samples 4 evenly spaced frames per clip, writes them as JPEGs, and
 # builds rows in the seed's format; a clip that cannot be decoded or is too short is named and skipped.
@@ -179,19 +180,26 @@ assert check["frozen_vision"] and not check["lora_outside_language_model"]
 # ## After training: the same held-out clips
 # Compare with the bar a model reaches without looking at the frames: always giving the most common
 # training answer. On CPU the vision tower and projector are *random* and frozen, so the adapter must
-# learn to read the clips from random features within 80 steps; a score at that bar means it learned
+# learn to read the clips from random features within 400 steps (`recipes.py` shows the sweep: 200 steps
+# stopped at about 0.33 to 0.54); a score at that bar means it learned
 # the answer format and vocabulary, not the motion. The real checkpoint's vision tower is trained.
+#
+# Each exact match carries a 95 % bootstrap interval over the held-out clips (the clips resampled with
+# replacement, `evaluate.bootstrap_ci`): with 48 clips one answer moves the score by 0.02, and the interval
+# says how far chance alone would move it. The verdict at the end stands on the intervals, not the points.
 
 # %%
 after_answers = evaluate.answer_rows(run.model, processor, heldout_rows, load_images, MAX_NEW_TOKENS)
 after = evaluate.action_scores(after_answers, references)
-print(f"held-out exact match {before['exact_match']:.2f} -> {after['exact_match']:.2f}, "
+lo, hi = after["exact_match_ci"]
+print(f"held-out exact match {before['exact_match']:.2f} -> {after['exact_match']:.2f} [{lo:.2f}, {hi:.2f}], "
       f"token F1 {before['token_f1']:.2f} -> {after['token_f1']:.2f}")
 # the bar a model that ignores the frames can reach: always give the most common training answer
 train_answers = [frames.answer_of(r) for r in train_rows]
 majority = max(sorted(set(train_answers)), key=train_answers.count)
 baseline = evaluate.action_scores([majority] * len(references), references)
-print(f"always answering {majority!r}: exact match {baseline['exact_match']:.2f}, token F1 {baseline['token_f1']:.2f}")
+print(f"always answering {majority!r}: exact match {baseline['exact_match']:.2f} "
+      f"[{baseline['exact_match_ci'][0]:.2f}, {baseline['exact_match_ci'][1]:.2f}], token F1 {baseline['token_f1']:.2f}")
 for ref, ans in list(zip(references, after_answers))[:6]:
     print(f"  {ref:>14} <- {ans!r}")
 
@@ -244,8 +252,9 @@ results = {
     "loss_first": losses[0], "loss_last": losses[-1],
     "heldout_accuracy_before": before["exact_match"], "heldout_accuracy_after": after["exact_match"],
     "heldout_token_f1_before": before["token_f1"], "heldout_token_f1_after": after["token_f1"],
-    "heldout_accuracy_majority_answer": baseline["exact_match"],
-    "heldout_accuracy_frames_ablated": ablated["exact_match"], "heldout_ablation": "frames of another held-out clip",
+    "heldout_accuracy_after_ci": after["exact_match_ci"],
+    "heldout_accuracy_majority_answer": baseline["exact_match"], "heldout_accuracy_majority_answer_ci": baseline["exact_match_ci"],
+    "heldout_accuracy_frames_ablated": ablated["exact_match"], "heldout_accuracy_frames_ablated_ci": ablated["exact_match_ci"], "heldout_ablation": "frames of another held-out clip",
     "heldout_ablated_follows_frames": follows["exact_match"], "heldout_answers_frames_ablated": ablated_answers,
     "heldout_clips": after["n"], "train_clips": len(train_rows), "skipped_clips": [s.clip for s in skipped],
     "trainable_params": check["trainable_params"], "frozen_vision": check["frozen_vision"],
@@ -258,6 +267,6 @@ print(gh.results.summary_table(results))
 print(f"whole notebook: {results['runtime_s']:.0f} s | written to {path}")
 
 # %%
-shown, sentence = frames.verdict(after["exact_match"], baseline["exact_match"], ablated["exact_match"], after["n"],
-                                 clip_source)
+shown, sentence = frames.verdict(after["exact_match"], after["exact_match_ci"], baseline["exact_match"],
+                                 baseline["exact_match_ci"], ablated["exact_match"], after["n"], clip_source)
 print(sentence)

@@ -69,12 +69,21 @@ def test_swapped_frames_come_from_another_clip_and_keep_the_question(tmp_path):
 
 
 def test_the_verdict_on_synthetic_clips_says_it_checks_the_pipeline_not_real_actions():
-    shown, sentence = F.verdict(0.5, 0.17, 0.17, 12, F.SYNTHETIC)
-    assert shown and sentence.startswith("Shown: on 12 held-out clips")
+    bar, bar_ci = 0.17, [0.06, 0.27]  # 8 of 48 clips: a constant answer's interval
+    shown, sentence = F.verdict(0.6, [0.46, 0.73], bar, bar_ci, 0.15, 48, F.SYNTHETIC)
+    assert shown and sentence.startswith("Shown: on 48 held-out clips")
+    assert "3.5 times" in sentence and "0.15 (within the bar's interval)" in sentence
     assert "synthetic moving-shape clips" in sentence and "not recognition of real actions" in sentence
-    shown, sentence = F.verdict(0.5, 0.17, 0.17, 48, "/content/drive/MyDrive/clips")
+    shown, sentence = F.verdict(0.6, [0.46, 0.73], bar, bar_ci, 0.04, 48, "/content/drive/MyDrive/clips")
     assert shown and "synthetic" not in sentence and "/content/drive/MyDrive/clips" in sentence
-    shown, sentence = F.verdict(0.25, 0.17, 0.17, 12)
-    assert not shown and sentence.startswith("NOT shown") and "below twice it" in sentence
-    shown, _ = F.verdict(0.5, 0.17, 0.33, 12)  # other clips' frames still answered: not from the frames
-    assert not shown
+    assert "0.04 (below the bar's interval)" in sentence  # below chance still means the frames steered it
+
+
+def test_the_verdict_stands_on_the_intervals_not_the_points():
+    bar, bar_ci = 0.17, [0.06, 0.27]
+    shown, sentence = F.verdict(0.45, [0.31, 0.58], bar, bar_ci, 0.15, 48)  # 2.6 times the bar
+    assert not shown and sentence.startswith("NOT shown") and "less than 3 times" in sentence
+    shown, sentence = F.verdict(0.58, [0.15, 0.95], bar, bar_ci, 0.15, 12)  # 3.4 times, but a wide interval
+    assert not shown and "lower end 0.15 not above the bar" in sentence
+    shown, sentence = F.verdict(0.6, [0.46, 0.73], bar, bar_ci, 0.31, 48)  # other clips' frames still answered
+    assert not shown and "stays at 0.31 (above the bar's interval)" in sentence

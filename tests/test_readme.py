@@ -53,9 +53,10 @@ def test_headline_figures_match_the_committed_results():
     assert f"{kept}/{x['controls_known_to_base']} kept" in rows["03_xylandia_fact_injection"]
     assert f"+{x['ppl_change']:.1%}".replace("%", " %") in rows["03_xylandia_fact_injection"]
     f = _results("04_frames")
-    assert (f"**{f['heldout_accuracy_before']:.2f} → {f['heldout_accuracy_after']:.2f}** against a most-common-answer "
-            f"bar of {f['heldout_accuracy_majority_answer']:.2f}; {f['heldout_accuracy_frames_ablated']:.2f}"
-            in rows["04_kinetics_frames_lora"])
+    ci, bar = f["heldout_accuracy_after_ci"], f["heldout_accuracy_majority_answer_ci"]
+    assert (f"**{f['heldout_accuracy_before']:.2f} → {f['heldout_accuracy_after']:.2f}** [{ci[0]:.2f}, {ci[1]:.2f}] on "
+            f"{f['heldout_clips']} clips against a most-common-answer bar of {f['heldout_accuracy_majority_answer']:.2f} "
+            f"[{bar[0]:.2f}, {bar[1]:.2f}]; {f['heldout_accuracy_frames_ablated']:.2f}" in rows["04_kinetics_frames_lora"])
 
 
 def test_it_says_plainly_that_the_gpu_path_has_not_run_and_claims_no_gpu_run():

@@ -156,6 +156,12 @@ def test_action_scores():
     assert scores["exact_match"] == pytest.approx(1 / 3)
     assert scores["token_f1"] == pytest.approx((1 + 0.5 + 2 / 3) / 3)
     assert evaluate.token_f1("", "growing") == 0.0
+    assert scores["correct"] == [1.0, 0.0, 0.0]
+    low, high = scores["exact_match_ci"]
+    assert 0.0 <= low < 1 / 3 < high <= 1.0
+    wide = evaluate.action_scores(["grow"] * 12, ["grow"] * 4 + ["shrink"] * 8)["exact_match_ci"]
+    narrow = evaluate.action_scores(["grow"] * 48, ["grow"] * 16 + ["shrink"] * 32)["exact_match_ci"]
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]  # four times the clips: a narrower interval
 
 
 def test_accelerate_two_processes_end_with_the_same_adapter(tmp_path):

@@ -200,19 +200,28 @@ def clips_from_csv(folder: str | Path, csv_name: str = "annotations.csv") -> lis
 SYNTHETIC = "synthetic"  # the clip source named in results when notebook 04 made its own moving-shape clips
 
 
-def verdict(after: float, bar: float, ablated: float, n: int, clips: str = SYNTHETIC) -> tuple[bool, str]:
-    """``(shown, sentence)``: whether the adapter's held-out exact match ``after`` is at least twice the
-    most-common-answer ``bar`` while frames from other clips (``ablated``) fall back to within 0.1 of the
-    bar, and the sentence notebook 04 prints. On synthetic clips the sentence says so: the figure then
+def verdict(after: float, after_ci: Sequence[float], bar: float, bar_ci: Sequence[float], ablated: float, n: int,
+            clips: str = SYNTHETIC) -> tuple[bool, str]:
+    """``(shown, sentence)``: whether the adapter's held-out exact match ``after`` is at least three times
+    the most-common-answer ``bar`` with the lower end of its interval ``after_ci`` above the bar, while
+    frames from other clips (``ablated``) fall back to no more than the top of the bar's own interval
+    ``bar_ci`` (what a model that ignores the frames reaches on these ``n`` clips); and the sentence
+    notebook 04 prints, naming each margin. On synthetic clips the sentence says so: the figure then
     checks the pipeline (frames reach the adapter and steer its answer), not recognition of real actions.
 
     Notebook 04, "Results"."""
-    above, falls = after >= 2 * bar, ablated <= bar + 0.1
-    shown = above and falls
-    sentence = (f"{'Shown' if shown else 'NOT shown'}: on {n} held-out clips the adapter's exact match is {after:.2f} "
-                f"against a most-common-answer bar of {bar:.2f} ({'at least' if above else 'below'} twice it), "
-                f"and with frames from other clips it {'falls back to' if falls else 'stays above'} "
-                f"{ablated:.2f} (bar + 0.1 = {bar + 0.1:.2f}), so the answers "
+    times = after >= 3 * bar
+    clears = after_ci[0] > bar
+    falls = ablated <= bar_ci[1]
+    shown = times and clears and falls
+    ratio = f"{after / bar:.1f} times" if bar else "above"
+    where = "within" if bar_ci[0] <= ablated <= bar_ci[1] else ("below" if ablated < bar_ci[0] else "above")
+    sentence = (f"{'Shown' if shown else 'NOT shown'}: on {n} held-out clips the adapter's exact match is "
+                f"{after:.2f} [{after_ci[0]:.2f}, {after_ci[1]:.2f}], {ratio} the most-common-answer bar of "
+                f"{bar:.2f} [{bar_ci[0]:.2f}, {bar_ci[1]:.2f}] ({'at least' if times else 'less than'} 3 times; "
+                f"its interval's lower end {after_ci[0]:.2f} {'above' if clears else 'not above'} the bar), "
+                f"and with frames from other clips it {'falls back to' if falls else 'stays at'} {ablated:.2f} "
+                f"({where} the bar's interval), so the answers "
                 f"{'come from' if shown else 'are not shown to come from'} the frames.")
     if clips == SYNTHETIC:
         sentence += (" These are synthetic moving-shape clips: the figure checks the pipeline, not recognition of "
