@@ -150,7 +150,10 @@ def test_a_real_bfloat16_gpu_still_trains_in_bfloat16(monkeypatch):
     _fake_t4(monkeypatch)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.delenv(env.COMPUTE_DTYPE_VARIABLE, raising=False)  # a forced-float32 run of the suite sets it
     assert env.bf16_supported() is True and env.train_dtype() is torch.bfloat16
+    monkeypatch.setenv(env.COMPUTE_DTYPE_VARIABLE, "float32")  # the GPU check's T4 limits: no bf16 on any card
+    assert env.bf16_supported() is False and env.train_dtype() is torch.float32
 
 
 def test_cuda_work_is_timed_after_it_finishes(monkeypatch):
